@@ -1,0 +1,115 @@
+"""Every error a dagtask user can meet, with OCP's error codes where OCP has one.
+
+Each error says what was wrong and what to do about it. ``code`` is the OCP error code carried in
+the REST error envelope (``error.code``) and ``http_status`` the HTTP status it maps to (SPEC §7).
+"""
+
+from __future__ import annotations
+
+
+class DagtaskError(Exception):
+    """Base class of all dagtask errors."""
+
+    code: int = 20000 - 1  # overridden by subclasses that have an OCP code
+    http_status: int = 500
+
+    def __init__(self, message: str, *, target: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.target = target
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class TaskNotFoundError(DagtaskError):
+    """The task (or subtask) id does not exist (OCP 20000)."""
+
+    code = 20000
+    http_status = 404
+
+
+class CycleError(DagtaskError):
+    """A template's links close a cycle (OCP 20001)."""
+
+    code = 20001
+    http_status = 400
+
+    def __init__(self, cycle: list[str]) -> None:
+        self.cycle = cycle
+        path = " -> ".join([*cycle, cycle[0]]) if cycle else "?"
+        super().__init__(
+            f"error 20001: the subtask links form a cycle: {path}; "
+            "remove one of these upstream links so the template is a DAG"
+        )
+
+
+class ContextError(DagtaskError):
+    """A task context is invalid or upstream contexts disagree (OCP 20002)."""
+
+    code = 20002
+    http_status = 400
+
+
+class OperationNotAllowedError(DagtaskError):
+    """The operation is not supported in the task's or subtask's current state (OCP 20003)."""
+
+    code = 20003
+    http_status = 409
+
+
+class RollbackProhibitedError(DagtaskError):
+    """The task cannot be rolled back (OCP 20004)."""
+
+    code = 20004
+    http_status = 409
+
+
+class TemplateError(DagtaskError):
+    """A template is malformed: unknown upstream, duplicate name, bad handler, bad value."""
+
+    code = 400
+    http_status = 400
+
+
+class HandlerImportError(TemplateError):
+    """A handler's dotted path does not resolve to an importable class or function."""
+
+
+class ArgumentError(DagtaskError):
+    """A task argument (stringMap / listMap value) is missing or invalid."""
+
+    code = 400
+    http_status = 400
+
+
+class HostNotFoundError(DagtaskError):
+    """No host with this id is in the inventory."""
+
+    code = 404
+    http_status = 404
+
+
+class HostError(DagtaskError):
+    """A host or its agent is not in a state the operation can work with."""
+
+    code = 409
+    http_status = 409
+
+
+class StoreError(DagtaskError):
+    """The database could not be opened or used."""
+
+    code = 500
+    http_status = 500
+
+
+class SchemaOutdatedError(StoreError):
+    """The database schema is older than this version of dagtask needs."""
+
+
+class TaskTimeoutError(DagtaskError):
+    """Waiting for a task did not end within the deadline."""
+
+    code = 408
+    http_status = 408

@@ -1,0 +1,107 @@
+"""Expansion: a template plus the task's arguments become the subtask instances of one task.
+
+Pure: no I/O, no ids. The store turns an :class:`ExpandedTask` into rows. Decisions written down:
+
+* ``seriesId`` is the position in *reverse* topological order (sinks first), as in OCP's Stop OCP
+  agent sample, with ties broken by template order. Ids are handed out in seriesId order, so ids
+  grow the same way (the sample's sink also has the smallest id).
+* Fan-out (SPEC §5): a spec with ``split_key = K`` becomes one copy per element of
+  ``listMap[K]`` with ``parallel = true`` and ``parallelIdx = 0..n-1``. PARALLEL copies link to
+  every copy of each neighbour; SERIAL copies form a chain, upstream links attach to the first
+  copy and downstream links to the last. An empty or missing list is refused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from dagtask import graph
+from dagtask.context import PROHIBIT_ROLLBACK, TaskContext
+from dagtask.errors import ArgumentError
+from dagtask.template import SplitMethod, SubtaskSpec, TaskTemplate
+
+
+@dataclass
+class ExpandedSubtask:
+    """One subtask instance before it has an id (``index`` is its position in the task)."""
+
+    index: int
+    spec: SubtaskSpec
+    parallel: bool = False
+    parallel_idx: int = -1
+    series_id: int = 0
+    upstreams: list[int] = field(default_factory=list)
+
+
+@dataclass
+class ExpandedTask:
+    """The subtask instances of one task and the task's own context."""
+
+    template: TaskTemplate
+    context: TaskContext
+    subtasks: list[ExpandedSubtask]
+
+    @property
+    def edges(self) -> list[tuple[int, int]]:
+        """``(upstream index, downstream index)`` pairs."""
+        return [(up, sub.index) for sub in self.subtasks for up in sub.upstreams]
+
+
+def task_context(
+    template: TaskTemplate,
+    strings: dict[str, str] | None = None,
+    lists: dict[str, list[str]] | None = None,
+) -> TaskContext:
+    """The task's argument: the given maps plus ``prohibit_rollback`` from the template default."""
+    string_map = {PROHIBIT_ROLLBACK: "true" if template.prohibit_rollback else "false"}
+    string_map.update(strings or {})
+    return TaskContext(string_map=string_map, list_map=dict(lists or {}))
+
+
+def expand(template: TaskTemplate, context: TaskContext) -> ExpandedTask:
+    """Expand ``template`` for ``context`` (fan-out, links, seriesId)."""
+    subtasks: list[ExpandedSubtask] = []
+    copies: dict[str, list[int]] = {}
+    for spec in template.subtasks:
+        if spec.split_key is None:
+            indexes = [_new(subtasks, spec)]
+        else:
+            values = context.list_map.get(spec.split_key)
+            if not values:
+                raise ArgumentError(
+                    f"subtask {spec.name!r} fans out over listMap[{spec.split_key!r}], which is "
+                    f"{'empty' if values is not None else 'missing'}; "
+                    f"submit the task with --list {spec.split_key}=A,B,..."
+                )
+            indexes = [_new(subtasks, spec, parallel_idx=i) for i in range(len(values))]
+            if spec.split_method is SplitMethod.SERIAL:
+                for up, down in zip(indexes, indexes[1:], strict=False):
+                    subtasks[down].upstreams.append(up)
+        copies[spec.name] = indexes
+    for spec in template.subtasks:
+        mine = copies[spec.name]
+        serial = spec.split_method is SplitMethod.SERIAL and spec.split_key is not None
+        receivers = mine[:1] if serial else mine
+        for up_name in spec.upstreams:
+            theirs = copies[up_name]
+            up_spec = next(s for s in template.subtasks if s.name == up_name)
+            up_serial = up_spec.split_method is SplitMethod.SERIAL and up_spec.split_key is not None
+            senders = theirs[-1:] if up_serial else theirs
+            for down in receivers:
+                subtasks[down].upstreams.extend(senders)
+    order = graph.topological_order(
+        [s.index for s in subtasks], [(u, s.index) for s in subtasks for u in s.upstreams]
+    )
+    for series_id, index in enumerate(reversed(order)):
+        subtasks[index].series_id = series_id
+    return ExpandedTask(template=template, context=context, subtasks=subtasks)
+
+
+def _new(subtasks: list[ExpandedSubtask], spec: SubtaskSpec, parallel_idx: int = -1) -> int:
+    index = len(subtasks)
+    subtasks.append(
+        ExpandedSubtask(
+            index=index, spec=spec, parallel=parallel_idx >= 0, parallel_idx=parallel_idx
+        )
+    )
+    return index

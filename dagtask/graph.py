@@ -1,0 +1,50 @@
+"""Graph rules on networkx: the only module that imports it.
+
+Nodes are opaque hashable keys (template subtask names, or expanded subtask indexes); edges point
+from an upstream to its downstream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable, Sequence
+from typing import TypeVar
+
+import networkx as nx
+
+from dagtask.errors import CycleError
+
+N = TypeVar("N", bound=Hashable)
+
+
+def build(nodes: Sequence[N], edges: Iterable[tuple[N, N]]) -> nx.DiGraph:
+    """A directed graph of ``nodes`` (kept in the given order) and ``upstream -> downstream`` edges."""
+    graph = nx.DiGraph()
+    graph.add_nodes_from(nodes)
+    graph.add_edges_from(edges)
+    return graph
+
+
+def check_acyclic(nodes: Sequence[N], edges: Iterable[tuple[N, N]]) -> None:
+    """Raise :class:`CycleError` (20001) naming the nodes of one cycle, if there is one."""
+    graph = build(nodes, edges)
+    try:
+        cycle = nx.find_cycle(graph)
+    except nx.NetworkXNoCycle:
+        return
+    raise CycleError([str(u) for u, _ in cycle])
+
+
+def topological_order(nodes: Sequence[N], edges: Iterable[tuple[N, N]]) -> list[N]:
+    """A topological order that is deterministic: ties are broken by position in ``nodes``."""
+    position = {node: i for i, node in enumerate(nodes)}
+    graph = build(nodes, edges)
+    return list(nx.lexicographical_topological_sort(graph, key=position.__getitem__))
+
+
+def descendants(nodes: Sequence[N], edges: Iterable[tuple[N, N]], sources: Iterable[N]) -> set[N]:
+    """Every node reachable from any of ``sources`` (the sources themselves excluded)."""
+    graph = build(nodes, edges)
+    found: set[N] = set()
+    for source in sources:
+        found |= nx.descendants(graph, source)
+    return found

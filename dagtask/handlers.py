@@ -1,0 +1,273 @@
+"""The handler contract (SPEC §9): what a subtask runs, and how a dotted path becomes one.
+
+A handler is a class with ``execute(self, ctx)`` and optionally ``rollback(self, ctx)``,
+``retry(self, ctx)`` and ``cancel(self)``, or a plain function ``fn(ctx)`` used as ``execute``.
+It returns ``None`` (the output is the input), a :class:`TaskContext`, or a mapping of stringMap
+updates. Raising fails the attempt. A long handler checks ``ctx.token`` (or waits on it) so a
+timeout or a cancel can stop it.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import inspect
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from dagtask.context import TaskContext
+from dagtask.errors import HandlerImportError
+from dagtask.states import Operation
+
+if TYPE_CHECKING:
+    from dagtask.services import Services
+
+HandlerResult = TaskContext | Mapping[str, str] | None
+
+
+class CancelledError(Exception):
+    """Raised by :meth:`CancellationToken.raise_if_cancelled` once a stop was asked for."""
+
+
+class CancellationToken:
+    """Set by the watchdog (timeout) or by a cancel; handlers poll it or wait on it.
+
+    Callbacks registered with :meth:`on_cancel` run once when the token is set, e.g. to terminate
+    a child process the handler started.
+    """
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self._lock = threading.Lock()
+        self._callbacks: list[Callable[[], None]] = []
+        self.reason = ""
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether a stop was asked for."""
+        return self._event.is_set()
+
+    def cancel(self, reason: str) -> None:
+        """Ask the handler to stop, and run the registered callbacks."""
+        with self._lock:
+            if self._event.is_set():
+                return
+            self.reason = reason
+            self._event.set()
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:  # a failing callback must not stop the others
+                logging.getLogger(__name__).exception("cancellation callback failed")
+
+    def on_cancel(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` when the token is set (at once if it already is)."""
+        with self._lock:
+            if not self._event.is_set():
+                self._callbacks.append(callback)
+                return
+        callback()
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep up to ``seconds``; return True (early) if the token was set."""
+        return self._event.wait(seconds)
+
+    def raise_if_cancelled(self) -> None:
+        """Raise :class:`CancelledError` if a stop was asked for."""
+        if self._event.is_set():
+            raise CancelledError(self.reason or "cancelled")
+
+
+@dataclass
+class RunContext:
+    """What a handler receives: its input context plus the engine's services for this attempt."""
+
+    context: TaskContext
+    task_id: int
+    subtask_id: int
+    operation: Operation
+    run_time: int
+    token: CancellationToken
+    services: Services
+    log: logging.Logger = field(default_factory=lambda: logging.getLogger("dagtask.subtask"))
+
+    @property
+    def string_map(self) -> dict[str, str]:
+        """The input stringMap."""
+        return self.context.string_map
+
+    @property
+    def list_map(self) -> dict[str, list[str]]:
+        """The input listMap."""
+        return self.context.list_map
+
+    @property
+    def parallel_idx(self) -> int:
+        """This copy's index in a fan-out, or -1."""
+        return self.context.parallel_idx
+
+    def get(self, key: str, list_key: str | None = None) -> str:
+        """This copy's argument: ``listMap[list_key][parallelIdx]`` or ``stringMap[key]``."""
+        return self.context.get(key, list_key)
+
+    def output(self, **strings: str) -> TaskContext:
+        """The input context with ``strings`` written into its stringMap."""
+        return self.context.with_strings(strings)
+
+
+class HandlerProtocol(Protocol):
+    """The methods the engine calls on a handler instance."""
+
+    def execute(self, ctx: RunContext) -> HandlerResult: ...
+
+
+class Handler:
+    """Base class for handlers; subclasses implement :meth:`execute` and may override the rest."""
+
+    prohibit_rollback: bool = False
+
+    def execute(self, ctx: RunContext) -> HandlerResult:
+        """Do the work; return the output context, stringMap updates, or None."""
+        raise NotImplementedError
+
+    def rollback(self, ctx: RunContext) -> HandlerResult:
+        """Undo :meth:`execute`; the default undoes nothing."""
+        return None
+
+    def retry(self, ctx: RunContext) -> HandlerResult:
+        """Run again after a failure; the default is rollback followed by execute."""
+        self.rollback(ctx)
+        return self.execute(ctx)
+
+    def cancel(self) -> None:
+        """Called (from another thread) when the attempt must stop; the token is set too."""
+
+
+class FunctionHandler(Handler):
+    """Adapts a plain ``fn(ctx)`` to the handler interface."""
+
+    def __init__(self, fn: Callable[[RunContext], HandlerResult]) -> None:
+        self.fn = fn
+
+    def execute(self, ctx: RunContext) -> HandlerResult:
+        """Call the function."""
+        return self.fn(ctx)
+
+
+HandlerFactory = Callable[[], Handler]
+
+
+def dotted_path(obj: object) -> str:
+    """The stable name of a handler class or function: ``module.QualName``."""
+    if isinstance(obj, str):
+        return obj
+    module = getattr(obj, "__module__", None)
+    qualname = getattr(obj, "__qualname__", None)
+    if not module or not qualname or "<" in qualname:
+        raise HandlerImportError(
+            f"handler {obj!r} has no importable dotted path; "
+            "define it at module level (not inside a function or as a lambda)"
+        )
+    return f"{module}.{qualname}"
+
+
+@functools.lru_cache(maxsize=1024)
+def resolve(path: str) -> HandlerFactory:
+    """Import the handler named by ``path`` and return a factory of fresh handler instances.
+
+    Raises :class:`HandlerImportError` naming the path and the reason when it does not import or
+    is neither a class with ``execute`` nor a callable.
+    """
+    module_name, _, attr_path = path.partition(":")
+    if not attr_path:
+        module_name, _, attr_path = path.rpartition(".")
+    if not module_name or not attr_path:
+        raise HandlerImportError(
+            f"handler {path!r} is not a dotted path; write it as package.module.ClassName"
+        )
+    obj: Any = None
+    # The class may be nested (module.Outer.Inner): import the longest module prefix that works.
+    parts = f"{module_name}.{attr_path}".split(".")
+    error: Exception | None = None
+    for cut in range(len(parts) - 1, 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:cut]))
+        except ImportError as exc:
+            error = error or exc
+            continue
+        try:
+            for name in parts[cut:]:
+                obj = getattr(obj, name)
+        except AttributeError as exc:
+            raise HandlerImportError(
+                f"handler {path!r} does not exist: module {'.'.join(parts[:cut])!r} "
+                f"has no attribute {'.'.join(parts[cut:])!r}"
+            ) from exc
+        break
+    else:
+        raise HandlerImportError(
+            f"handler {path!r} does not import ({error}); check the dotted path and that its "
+            "package is installed or on PYTHONPATH"
+        ) from error
+    if inspect.isclass(obj):
+        if not callable(getattr(obj, "execute", None)):
+            raise HandlerImportError(f"handler class {path!r} has no execute(self, ctx) method")
+        cls = obj
+        if issubclass(cls, Handler):
+            return cls  # type: ignore[no-any-return]
+        return functools.partial(_wrap_plain_class, cls)
+    if callable(obj):
+        fn = obj
+        return lambda: FunctionHandler(fn)
+    raise HandlerImportError(f"handler {path!r} is neither a class nor a function")
+
+
+class _PlainClassHandler(Handler):
+    """Adapts a class that has ``execute`` (and maybe more) but does not subclass Handler."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.prohibit_rollback = bool(getattr(inner, "prohibit_rollback", False))
+
+    def execute(self, ctx: RunContext) -> HandlerResult:
+        result: HandlerResult = self.inner.execute(ctx)
+        return result
+
+    def rollback(self, ctx: RunContext) -> HandlerResult:
+        method = getattr(self.inner, "rollback", None)
+        result: HandlerResult = method(ctx) if method else None
+        return result
+
+    def retry(self, ctx: RunContext) -> HandlerResult:
+        method = getattr(self.inner, "retry", None)
+        if method is None:
+            return super().retry(ctx)
+        result: HandlerResult = method(ctx)
+        return result
+
+    def cancel(self) -> None:
+        method = getattr(self.inner, "cancel", None)
+        if method:
+            method()
+
+
+def _wrap_plain_class(cls: type[Any]) -> Handler:
+    return _PlainClassHandler(cls())
+
+
+def output_context(result: HandlerResult, given: TaskContext) -> TaskContext:
+    """Turn a handler's return value into its output context (SPEC §9)."""
+    if result is None:
+        return given
+    if isinstance(result, TaskContext):
+        return result
+    if isinstance(result, Mapping):
+        return given.with_strings({str(k): str(v) for k, v in result.items()})
+    raise TypeError(
+        f"a handler returned {type(result).__name__}; return None, a TaskContext or a mapping "
+        "of stringMap updates"
+    )

@@ -1,0 +1,154 @@
+"""The tables, as SQLAlchemy Core. Migrations in ``migrations/versions`` create exactly these.
+
+Times are stored as naive UTC. Indexes follow what is polled: READY subtasks by id (claims),
+subtasks of a task by status (concurrency and end-of-task checks), runnable PENDING subtasks of a
+task, edges by downstream, events and logs by task / subtask.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
+
+metadata = sa.MetaData()
+
+# MySQL's DATETIME keeps whole seconds unless told otherwise.
+Timestamp = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+id_sequence = sa.Table(
+    "dagtask_id_sequence",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("next_value", sa.BigInteger, nullable=False),
+)
+"""Hi-lo id allocator: a task's ids are taken as one block so its edges can be bulk-inserted."""
+
+task_template = sa.Table(
+    "dagtask_template",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(256), nullable=False),
+    sa.Column("version", sa.Integer, nullable=False),
+    sa.Column("digest", sa.String(64), nullable=False, unique=True),
+    sa.Column("definition", sa.JSON, nullable=False),
+    sa.Column("create_time", Timestamp, nullable=False),
+    sa.UniqueConstraint("name", "version", name="uq_dagtask_template_name_version"),
+)
+
+task = sa.Table(
+    "dagtask_task",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=False),
+    sa.Column("name", sa.String(256), nullable=False),
+    sa.Column("template_id", BigId, sa.ForeignKey("dagtask_template.id"), nullable=True),
+    sa.Column("task_definition_id", sa.BigInteger, nullable=False, server_default="-1"),
+    sa.Column("type", sa.String(16), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("operation", sa.String(16), nullable=False),
+    sa.Column("creator", sa.String(128), nullable=False),
+    sa.Column("executor", sa.String(256), nullable=False),
+    sa.Column("context", sa.JSON, nullable=False),
+    sa.Column("prohibit_rollback", sa.Boolean, nullable=False),
+    sa.Column("host_id", sa.BigInteger, nullable=True),
+    sa.Column("cluster_id", sa.BigInteger, nullable=True),
+    sa.Column("tenant_id", sa.BigInteger, nullable=True),
+    sa.Column("concurrency", sa.Integer, nullable=False),
+    sa.Column("create_time", Timestamp, nullable=False),
+    sa.Column("start_time", Timestamp, nullable=True),
+    sa.Column("finish_time", Timestamp, nullable=True),
+    sa.Index("ix_dagtask_task_status", "status"),
+    sa.Index("ix_dagtask_task_host", "host_id", "status"),
+)
+
+subtask = sa.Table(
+    "dagtask_subtask",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=False),
+    sa.Column(
+        "task_id", BigId, sa.ForeignKey("dagtask_task.id", ondelete="CASCADE"), nullable=False
+    ),
+    sa.Column("series_id", sa.Integer, nullable=False),
+    sa.Column("name", sa.String(256), nullable=False),
+    sa.Column("description", sa.String(1024), nullable=False),
+    sa.Column("class_name", sa.String(512), nullable=False),
+    sa.Column("node_type", sa.String(32), nullable=False),
+    sa.Column("operation", sa.String(16), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("run_time", sa.Integer, nullable=False),
+    sa.Column("timeout", sa.Integer, nullable=False),
+    sa.Column("retry_count", sa.Integer, nullable=False),
+    sa.Column("parallel", sa.Boolean, nullable=False),
+    sa.Column("parallel_idx", sa.Integer, nullable=False),
+    sa.Column("prohibit_rollback", sa.Boolean, nullable=False),
+    sa.Column(
+        "pending_upstreams",
+        sa.Integer,
+        nullable=False,
+        comment="upstreams not SUCCESSFUL; 0 = may become READY (no rescan of the task)",
+    ),
+    sa.Column("executor", sa.String(256), nullable=True),
+    sa.Column("output_context", sa.JSON, nullable=True),
+    sa.Column("message", sa.Text, nullable=True),
+    sa.Column("create_time", Timestamp, nullable=False),
+    sa.Column("start_time", Timestamp, nullable=True),
+    sa.Column("finish_time", Timestamp, nullable=True),
+    sa.Index("ix_dagtask_subtask_claim", "status", "id"),
+    sa.Index("ix_dagtask_subtask_task_status", "task_id", "status", "pending_upstreams"),
+)
+
+subtask_edge = sa.Table(
+    "dagtask_subtask_edge",
+    metadata,
+    sa.Column("upstream_id", BigId, primary_key=True, autoincrement=False),
+    sa.Column("downstream_id", BigId, primary_key=True, autoincrement=False),
+    sa.Column(
+        "task_id", BigId, sa.ForeignKey("dagtask_task.id", ondelete="CASCADE"), nullable=False
+    ),
+    sa.Index("ix_dagtask_edge_downstream", "downstream_id"),
+    sa.Index("ix_dagtask_edge_task", "task_id"),
+)
+
+subtask_log = sa.Table(
+    "dagtask_subtask_log",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("subtask_id", BigId, nullable=False),
+    sa.Column("run_time", sa.Integer, nullable=False),
+    sa.Column("text", sa.Text, nullable=False),
+    sa.Column("create_time", Timestamp, nullable=False),
+    sa.Index("ix_dagtask_log_subtask", "subtask_id", "run_time", "id"),
+)
+
+task_event = sa.Table(
+    "dagtask_event",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("task_id", BigId, nullable=False),
+    sa.Column("subtask_id", BigId, nullable=True),
+    sa.Column("time", Timestamp, nullable=False),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("old_status", sa.String(16), nullable=True),
+    sa.Column("new_status", sa.String(16), nullable=True),
+    sa.Column("old_operation", sa.String(16), nullable=True),
+    sa.Column("new_operation", sa.String(16), nullable=True),
+    sa.Column("run_time", sa.Integer, nullable=True),
+    sa.Column("executor", sa.String(256), nullable=True),
+    sa.Column("message", sa.Text, nullable=True),
+    sa.Index("ix_dagtask_event_task", "task_id", "id"),
+)
+"""Append-only: one row per status or operation change, written with the change."""
+
+host = sa.Table(
+    "dagtask_host",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(256), nullable=False, unique=True),
+    sa.Column("inner_ip", sa.String(64), nullable=False),
+    sa.Column("status", sa.String(32), nullable=False),
+    sa.Column("agent_status", sa.String(32), nullable=False),
+    sa.Column("agent_home", sa.String(1024), nullable=False),
+    sa.Column("connector", sa.String(64), nullable=False),
+    sa.Column("create_time", Timestamp, nullable=False),
+    sa.Column("update_time", Timestamp, nullable=False),
+)
