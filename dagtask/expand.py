@@ -13,6 +13,7 @@ Pure: no I/O, no ids. The store turns an :class:`ExpandedTask` into rows. Decisi
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 from dagtask import graph
@@ -75,7 +76,7 @@ def expand(template: TaskTemplate, context: TaskContext) -> ExpandedTask:
                 )
             indexes = [_new(subtasks, spec, parallel_idx=i) for i in range(len(values))]
             if spec.split_method is SplitMethod.SERIAL:
-                for up, down in zip(indexes, indexes[1:], strict=False):
+                for up, down in itertools.pairwise(indexes):
                     subtasks[down].upstreams.append(up)
         copies[spec.name] = indexes
     for spec in template.subtasks:

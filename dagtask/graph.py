@@ -17,7 +17,7 @@ N = TypeVar("N", bound=Hashable)
 
 
 def build(nodes: Sequence[N], edges: Iterable[tuple[N, N]]) -> nx.DiGraph:
-    """A directed graph of ``nodes`` (kept in the given order) and ``upstream -> downstream`` edges."""
+    """A directed graph of ``nodes`` (in the given order) and ``upstream -> downstream`` edges."""
     graph = nx.DiGraph()
     graph.add_nodes_from(nodes)
     graph.add_edges_from(edges)

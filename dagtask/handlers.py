@@ -93,7 +93,8 @@ class RunContext:
     run_time: int
     token: CancellationToken
     services: Services
-    log: logging.Logger = field(default_factory=lambda: logging.getLogger("dagtask.subtask"))
+    log: logging.Logger = field(default_factory=lambda: logging.getLogger("dagtask.handler"))
+    subtask_name: str = ""
 
     @property
     def string_map(self) -> dict[str, str]:
@@ -218,7 +219,7 @@ def resolve(path: str) -> HandlerFactory:
             raise HandlerImportError(f"handler class {path!r} has no execute(self, ctx) method")
         cls = obj
         if issubclass(cls, Handler):
-            return cls  # type: ignore[no-any-return]
+            return cls
         return functools.partial(_wrap_plain_class, cls)
     if callable(obj):
         fn = obj

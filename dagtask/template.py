@@ -9,6 +9,7 @@ is stored, so a template that cannot run is refused before anything is written.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from enum import StrEnum
@@ -200,7 +201,7 @@ class TemplateBuilder:
         split_method: SplitMethod | str = SplitMethod.PARALLEL,
         **extra: Any,
     ) -> str:
-        """Add a subtask run by ``handler`` after the subtasks named in ``after``; return its name."""
+        """Add a subtask run by ``handler`` after the subtasks in ``after``; return its name."""
         self.specs.append(
             {
                 "name": name,
@@ -220,7 +221,7 @@ class TemplateBuilder:
     def chain(self, *names: str) -> None:
         """Link the named subtasks one after another (each gains the previous as upstream)."""
         index = {spec["name"]: spec for spec in self.specs}
-        for up, down in zip(names, names[1:], strict=False):
+        for up, down in itertools.pairwise(names):
             index[down]["upstreams"].append(up)
 
     def build(self) -> TaskTemplate:

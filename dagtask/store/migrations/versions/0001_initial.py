@@ -80,11 +80,15 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("name"),
     )
-    op.create_table(
+    id_sequence = op.create_table(
         "dagtask_id_sequence",
         sa.Column("name", sa.String(length=64), nullable=False),
         sa.Column("next_value", sa.BigInteger(), nullable=False),
         sa.PrimaryKeyConstraint("name"),
+    )
+    # Seeded here so concurrent first submitters never race to create the rows.
+    op.bulk_insert(
+        id_sequence, [{"name": "task", "next_value": 1}, {"name": "subtask", "next_value": 1}]
     )
     op.create_table(
         "dagtask_subtask_log",

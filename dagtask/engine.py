@@ -1,0 +1,300 @@
+"""The embeddable facade: submit tasks, run workers, wait for and inspect results.
+
+>>> from dagtask import Engine
+>>> with Engine("sqlite:///dagtask.db", workers=4) as engine:      # doctest: +SKIP
+...     host = engine.hosts.add(name="web-1", inner_ip="10.0.0.5", agent_home="/opt/agent")
+...     task = engine.run("Stop OCP agent", args={"host_id": str(host.id)})
+...     print(task.status)
+SUCCESSFUL
+
+``Engine(...)`` opens (and if empty, creates) the database. ``start()`` runs worker threads in
+the background until ``stop()``/``close()``; ``run()`` submits a task and, if the background
+workers are not running, works on that task in this process until it ends.
+"""
+
+from __future__ import annotations
+
+import builtins
+import getpass
+import re
+import socket
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from types import TracebackType
+from typing import Self
+
+from dagtask import expand
+from dagtask.builtin import builtin_templates
+from dagtask.errors import ArgumentError, HostNotFoundError, TaskTimeoutError, TemplateError
+from dagtask.hosts.inventory import HostInventory
+from dagtask.models import TaskEvent, TaskInfo, TaskPage
+from dagtask.services import Services
+from dagtask.states import TaskStatus
+from dagtask.store.db import open_database
+from dagtask.store.sql import Claim, FinishOutcome, Store
+from dagtask.template import TaskTemplate
+from dagtask.worker import WorkerPool, default_worker_name
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+class Engine:
+    """A dagtask engine bound to one database."""
+
+    def __init__(
+        self,
+        db: str | None = None,
+        *,
+        workers: int = 4,
+        name: str | None = None,
+        templates: Iterable[TaskTemplate] = (),
+        poll_interval: float = 0.25,
+    ) -> None:
+        """Open the database (``db`` URL, else ``$DAGTASK_DB_URL``, else ./dagtask.db).
+
+        ``workers`` is the number of worker threads :meth:`start` runs (0: this engine only
+        submits and reads; another process runs the tasks).
+        """
+        self.database = open_database(db)
+        self.store = Store(self.database)
+        self.services = Services(self.database)
+        self.workers = workers
+        self.name = name or default_worker_name()
+        self.poll_interval = poll_interval
+        self._templates: dict[str, TaskTemplate] = {}
+        for template in [*builtin_templates(), *templates]:
+            self.register_template(template)
+        self._pool: WorkerPool | None = None
+        self._changed = threading.Condition()
+
+    @property
+    def hosts(self) -> HostInventory:
+        """The host inventory of this database."""
+        return self.services.hosts
+
+    # ---- templates ---------------------------------------------------------------------------
+
+    def register_template(self, template: TaskTemplate) -> None:
+        """Make ``template`` available by name (and by its slug, e.g. ``stop-ocp-agent``)."""
+        self._templates[template.name] = template
+        self._templates[_slug(template.name)] = template
+
+    def template(self, name: str) -> TaskTemplate:
+        """The registered or built-in template called ``name`` (or its slug)."""
+        found = self._templates.get(name) or self._templates.get(_slug(name))
+        if found is None:
+            known = ", ".join(sorted({t.name for t in self._templates.values()}))
+            raise TemplateError(
+                f"no template named {name!r}; known templates: {known}; "
+                "or pass a template file (FILE.yaml / FILE.json)"
+            )
+        return found
+
+    def templates(self) -> builtins.list[TaskTemplate]:
+        """Every registered and built-in template, by name."""
+        unique = {t.name: t for t in self._templates.values()}
+        return [unique[name] for name in sorted(unique)]
+
+    # ---- submit and read ---------------------------------------------------------------------
+
+    def submit(
+        self,
+        template: TaskTemplate | str,
+        *,
+        args: Mapping[str, str] | None = None,
+        lists: Mapping[str, Sequence[str]] | None = None,
+        creator: str | None = None,
+    ) -> TaskInfo:
+        """Validate, expand and store a new task; its root subtasks become READY.
+
+        ``args`` fills the stringMap and ``lists`` the listMap. Everything is checked before
+        anything is written: the template's handlers import, the arguments are strings, the host
+        named by the template's ``host_arg`` exists.
+        """
+        tpl = self.template(template) if isinstance(template, str) else template
+        tpl.check_handlers()
+        strings = {str(k): _string_arg(k, v) for k, v in (args or {}).items()}
+        list_map = {str(k): [str(item) for item in v] for k, v in (lists or {}).items()}
+        context = expand.task_context(tpl, strings, list_map)
+        expanded = expand.expand(tpl, context)
+        host_id = self._check_host(tpl, context.string_map) if tpl.host_arg else None
+        template_id = self.store.save_template(tpl)
+        task_id = self.store.submit(
+            expanded,
+            template_id=template_id,
+            creator=creator or _user(),
+            executor=socket.gethostname(),
+            host_id=host_id,
+        )
+        if self._pool is not None:
+            self._pool.wake(min(tpl.concurrency, len(expanded.subtasks)))
+        return self.store.get_task(task_id)
+
+    def _check_host(self, tpl: TaskTemplate, strings: Mapping[str, str]) -> int:
+        key = tpl.host_arg or "host_id"
+        raw = strings.get(key)
+        if raw is None:
+            raise ArgumentError(
+                f"{tpl.name!r} acts on a host: pass its id as {key} (e.g. --set {key}=1); "
+                "list hosts with `dagtask hosts list`"
+            )
+        try:
+            host_id = int(raw)
+        except ValueError:
+            raise ArgumentError(f"{key} must be a host id (an integer), got {raw!r}") from None
+        try:
+            self.hosts.get(host_id)
+        except HostNotFoundError as exc:
+            raise HostNotFoundError(
+                f"host {host_id} does not exist, so no task was created; "
+                "add it with `dagtask hosts add` or list hosts with `dagtask hosts list`"
+            ) from exc
+        return host_id
+
+    def get(self, task_id: int) -> TaskInfo:
+        """The task and its subtasks (raises TaskNotFoundError, OCP 20000)."""
+        return self.store.get_task(task_id)
+
+    def list(
+        self,
+        *,
+        page: int = 1,
+        size: int = 20,
+        name: str | None = None,
+        statuses: Sequence[TaskStatus] = (),
+        host_id: int | None = None,
+    ) -> TaskPage:
+        """One page of tasks, newest first (``page`` counts from 1, ``size`` ≤ 2000)."""
+        if page < 1 or not 1 <= size <= 2000:
+            raise ArgumentError("page counts from 1 and size must be between 1 and 2000")
+        return self.store.list_tasks(
+            page=page, size=size, name=name, statuses=statuses, host_id=host_id
+        )
+
+    def logs(self, task_id: int, subtask_id: int) -> str:
+        """The log of every attempt of one subtask."""
+        return self.store.read_log(task_id, subtask_id)
+
+    def events(self, task_id: int, after_id: int = 0) -> builtins.list[TaskEvent]:
+        """The task's history events after ``after_id``."""
+        self.store.task_status(task_id)
+        return self.store.events(task_id, after_id)
+
+    # ---- running -----------------------------------------------------------------------------
+
+    def start(self) -> Self:
+        """Run ``workers`` worker threads in the background until :meth:`stop`."""
+        if self._pool is None:
+            if self.workers < 1:
+                raise ArgumentError("this engine was created with workers=0; it cannot run tasks")
+            self._pool = self._new_pool(self.workers, None)
+            self._pool.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the background workers, letting running handlers finish for up to ``timeout``."""
+        if self._pool is not None:
+            self._pool.stop(timeout)
+            self._pool = None
+
+    def close(self) -> None:
+        """Stop the workers and release the database."""
+        self.stop()
+        self.database.dispose()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _new_pool(self, size: int, task_id: int | None) -> WorkerPool:
+        return WorkerPool(
+            self.store,
+            self.services,
+            size=size,
+            name=self.name,
+            task_id=task_id,
+            poll_interval=self.poll_interval,
+            on_finish=self._finished,
+        )
+
+    def _finished(self, _claim: Claim, outcome: FinishOutcome) -> None:
+        if outcome.task_status is not None:
+            with self._changed:
+                self._changed.notify_all()
+
+    def wait(self, task_id: int, timeout: float | None = None) -> TaskInfo:
+        """Block until the task is no longer RUNNING; return it (TaskTimeoutError on timeout)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if self.store.task_status(task_id) is not TaskStatus.RUNNING:
+                return self.get(task_id)
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise TaskTimeoutError(
+                    f"task {task_id} is still RUNNING after {timeout} s; "
+                    f"see its progress with `dagtask show {task_id}`"
+                )
+            with self._changed:
+                self._changed.wait(min(0.1, left) if left is not None else 0.1)
+
+    def run_task(self, task_id: int, timeout: float | None = None) -> TaskInfo:
+        """Work on one task in this process until it ends (alongside workers elsewhere)."""
+        if self._pool is not None:
+            return self.wait(task_id, timeout)
+        pool = self._new_pool(max(1, self.workers), task_id)
+        pool.start()
+        try:
+            return self.wait(task_id, timeout)
+        finally:
+            pool.stop()
+
+    def run(
+        self,
+        template: TaskTemplate | str,
+        *,
+        args: Mapping[str, str] | None = None,
+        lists: Mapping[str, Sequence[str]] | None = None,
+        creator: str | None = None,
+        timeout: float | None = None,
+    ) -> TaskInfo:
+        """Submit a task and return it once it has ended."""
+        task = self.submit(template, args=args, lists=lists, creator=creator)
+        return self.run_task(task.id, timeout)
+
+    def follow(self, task_id: int, *, poll: float = 0.1) -> Iterator[TaskEvent]:
+        """Yield the task's history events as they are written, until the task has ended."""
+        last = 0
+        while True:
+            ended = self.store.task_status(task_id) is not TaskStatus.RUNNING
+            for event in self.store.events(task_id, last):
+                last = event.id
+                yield event
+            if ended:
+                return
+            with self._changed:
+                self._changed.wait(poll)
+
+
+def _string_arg(key: object, value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str | int | float):
+        return str(value)
+    raise ArgumentError(f"argument {key!r} must be a string, got {type(value).__name__}")
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"

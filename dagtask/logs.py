@@ -1,0 +1,126 @@
+"""Subtask logs in OCP's format (SPEC §6), and capture of what handlers log.
+
+Each attempt starts with ``############{OPERATION}{ISO timestamp}############``; each line after it
+is ``<date time.ms>  <LEVEL> <pid> --- [<thread>] <logger> : <message>``, as in OCP's sample;
+status changes of the subtask are logged as ``Set state for subtask: <id>, current state: <OLD>,
+new state: <NEW>``. The text is buffered per attempt and stored with the attempt's result (and
+flushed every second while a handler runs, so a running subtask's log grows).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from datetime import UTC, datetime
+
+from dagtask.clock import aware, utcnow
+
+HANDLER_LOGGER = "dagtask.handler"
+logging.getLogger(HANDLER_LOGGER).setLevel(logging.DEBUG)
+
+
+def iso_ms(value: datetime) -> str:
+    """ISO-8601 in local time with milliseconds and offset, e.g. 2021-09-03T14:27:59.687+08:00."""
+    return aware(value).astimezone().isoformat(timespec="milliseconds")
+
+
+def separator(operation: str, when: datetime) -> str:
+    """The line that opens an attempt's log."""
+    return f"############{{{operation}}}{{{iso_ms(when)}}}############\n"
+
+
+def line(
+    message: str,
+    *,
+    level: str = "INFO",
+    logger: str = "dagtask.worker",
+    thread: str | None = None,
+    when: datetime | None = None,
+) -> str:
+    """One log line in OCP's layout."""
+    stamp = aware(when or utcnow()).astimezone().strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+    thread = thread or threading.current_thread().name
+    return f"{stamp} {level:>5} {os.getpid()} --- [{thread}] {logger} : {message}\n"
+
+
+def state_line(subtask_id: int, old: str, new: str, *, when: datetime | None = None) -> str:
+    """The line logged for a subtask status change."""
+    return line(
+        f"Set state for subtask: {subtask_id}, current state: {old}, new state: {new}", when=when
+    )
+
+
+class AttemptLog:
+    """The buffered log of one attempt; thread-safe, drained when stored."""
+
+    def __init__(self) -> None:
+        self._parts: list[str] = []
+        self._lock = threading.Lock()
+
+    def write(self, text: str) -> None:
+        """Append text (one or more whole lines)."""
+        with self._lock:
+            self._parts.append(text)
+
+    def drain(self) -> str:
+        """Everything written since the last drain."""
+        with self._lock:
+            text = "".join(self._parts)
+            self._parts.clear()
+        return text
+
+
+class CaptureHandler(logging.Handler):
+    """A logging handler that routes records from attempt threads into their :class:`AttemptLog`.
+
+    Installed once on the root logger; records from threads that are not running an attempt pass
+    through untouched.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self._by_thread: dict[int, AttemptLog] = {}
+
+    def bind(self, log: AttemptLog) -> None:
+        """Route this thread's records into ``log``."""
+        self._by_thread[threading.get_ident()] = log
+
+    def unbind(self) -> None:
+        """Stop routing this thread's records."""
+        self._by_thread.pop(threading.get_ident(), None)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Write the record into the attempt log of the thread that logged it, if any."""
+        target = self._by_thread.get(record.thread or 0)
+        if target is None:
+            return
+        try:
+            message = record.getMessage()
+            if record.exc_info:
+                message += "\n" + logging.Formatter().formatException(record.exc_info)
+            target.write(
+                line(
+                    message,
+                    level=record.levelname,
+                    logger=record.name,
+                    thread=record.threadName,
+                    when=datetime.fromtimestamp(record.created, UTC).replace(tzinfo=None),
+                )
+            )
+        except Exception:
+            self.handleError(record)
+
+
+_capture: CaptureHandler | None = None
+_capture_lock = threading.Lock()
+
+
+def capture_handler() -> CaptureHandler:
+    """The process-wide capture handler, installed on the root logger on first use."""
+    global _capture
+    with _capture_lock:
+        if _capture is None:
+            _capture = CaptureHandler()
+            logging.getLogger().addHandler(_capture)
+        return _capture

@@ -1,0 +1,361 @@
+"""Workers: claim READY subtasks, run their handlers under a watchdog, report the result.
+
+A :class:`WorkerPool` is a set of threads in one process. Each thread loops: claim a subtask
+(one conditional UPDATE), run its handler with the input context, hand the result to the store
+(one transaction that also promotes successors). A worker that just completed a subtask claims
+again at once, so a newly READY successor starts without waiting; idle threads sleep on a
+condition that in-process completions and submissions signal, with a short bounded poll for work
+that other processes create.
+
+The :class:`Watchdog` thread enforces timeouts: at the deadline it sets the attempt's cancellation
+token, calls the handler's ``cancel()`` and fails the subtask ("timed out after N s") itself, so
+the subtask ends on time even if the handler ignores the token. The pool then starts a spare
+thread so a stuck handler does not cost capacity; when the stuck thread returns, its late result
+is discarded by the store and the spare retires. The watchdog also flushes running attempts'
+logs every second.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import os
+import socket
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from dagtask import handlers, logs
+from dagtask.context import TaskContext
+from dagtask.errors import ContextError
+from dagtask.planner import AttemptResult
+from dagtask.services import Services
+from dagtask.states import Operation
+from dagtask.store.sql import Claim, FinishOutcome, Store
+
+_log = logging.getLogger(__name__)
+
+
+def default_worker_name() -> str:
+    """``host:pid``: how a worker identifies itself as a subtask's ``executor``."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass
+class Attempt:
+    """One run of one subtask by this process."""
+
+    claim: Claim
+    token: handlers.CancellationToken = field(default_factory=handlers.CancellationToken)
+    log: logs.AttemptLog = field(default_factory=logs.AttemptLog)
+    handler: handlers.Handler | None = None
+
+
+FinishListener = Callable[[Claim, FinishOutcome], None]
+
+
+class Watchdog:
+    """Fails attempts that outlive their timeout and flushes running attempts' logs."""
+
+    FLUSH_SECONDS = 1.0
+
+    def __init__(
+        self, store: Store, executor: str, on_timeout: Callable[[Attempt, FinishOutcome], None]
+    ) -> None:
+        self.store = store
+        self.executor = executor
+        self.on_timeout = on_timeout
+        self._heap: list[tuple[float, int, Attempt]] = []
+        self._running: dict[int, Attempt] = {}
+        self._seq = itertools.count()
+        self._cond = threading.Condition()
+        self._stopped = False
+        self._thread = threading.Thread(target=self._loop, name="dagtask-watchdog", daemon=True)
+
+    def start(self) -> None:
+        """Start the watchdog thread."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the watchdog thread."""
+        with self._cond:
+            self._stopped = True
+            self._cond.notify()
+        self._thread.join(timeout=5)
+
+    def watch(self, attempt: Attempt) -> None:
+        """Track a started attempt (its deadline, if it has a timeout, and its log)."""
+        with self._cond:
+            self._running[id(attempt)] = attempt
+            if attempt.claim.timeout > 0:
+                deadline = time.monotonic() + attempt.claim.timeout
+                heapq.heappush(self._heap, (deadline, next(self._seq), attempt))
+                self._cond.notify()
+
+    def forget(self, attempt: Attempt) -> None:
+        """Stop tracking an attempt that ended."""
+        with self._cond:
+            self._running.pop(id(attempt), None)
+
+    def _loop(self) -> None:
+        next_flush = time.monotonic() + self.FLUSH_SECONDS
+        while True:
+            expired: list[Attempt] = []
+            with self._cond:
+                if self._stopped:
+                    return
+                now = time.monotonic()
+                while self._heap and (
+                    self._heap[0][0] <= now or id(self._heap[0][2]) not in self._running
+                ):
+                    _, _, attempt = heapq.heappop(self._heap)
+                    if id(attempt) in self._running:
+                        expired.append(attempt)
+                        self._running.pop(id(attempt))
+                wake = min(next_flush, self._heap[0][0] if self._heap else next_flush)
+                if not expired:
+                    self._cond.wait(max(0.0, wake - now))
+                running = list(self._running.values())
+            for attempt in expired:
+                self._expire(attempt)
+            if time.monotonic() >= next_flush:
+                next_flush = time.monotonic() + self.FLUSH_SECONDS
+                for attempt in running:
+                    self._flush(attempt)
+
+    def _flush(self, attempt: Attempt) -> None:
+        text = attempt.log.drain()
+        if text:
+            try:
+                self.store.append_log(attempt.claim.subtask_id, attempt.claim.run_time, text)
+            except Exception:
+                _log.exception("could not flush the log of subtask %s", attempt.claim.subtask_id)
+                attempt.log.write(text)
+
+    def _expire(self, attempt: Attempt) -> None:
+        claim = attempt.claim
+        message = f"timed out after {claim.timeout} s"
+        attempt.token.cancel(message)
+        if attempt.handler is not None:
+            try:
+                attempt.handler.cancel()
+            except Exception:
+                _log.exception("handler cancel() of subtask %s failed", claim.subtask_id)
+        attempt.log.write(
+            logs.line(
+                f"Subtask {claim.subtask_id} {message}; asked the handler to stop", level="ERROR"
+            )
+        )
+        try:
+            outcome = self.store.finish(
+                claim,
+                AttemptResult(ok=False, message=message),
+                log_text=attempt.log.drain(),
+                executor=self.executor,
+            )
+        except Exception:
+            _log.exception("could not record the timeout of subtask %s", claim.subtask_id)
+            return
+        self.on_timeout(attempt, outcome)
+
+
+class WorkerPool:
+    """``size`` threads that claim and run READY subtasks (of one task only, if ``task_id``)."""
+
+    def __init__(
+        self,
+        store: Store,
+        services: Services,
+        *,
+        size: int = 4,
+        name: str | None = None,
+        task_id: int | None = None,
+        poll_interval: float = 0.25,
+        on_finish: FinishListener | None = None,
+    ) -> None:
+        if size < 1:
+            raise ValueError("a worker pool needs at least one thread")
+        self.store = store
+        self.services = services
+        self.size = size
+        self.name = name or default_worker_name()
+        self.task_id = task_id
+        self.poll_interval = poll_interval
+        self.on_finish = on_finish
+        self.watchdog = Watchdog(store, self.name, self._timed_out)
+        self._capture = logs.capture_handler()
+        self._work = threading.Condition()
+        self._signals = 0
+        self._running = False
+        self._spares = 0
+        self._threads: list[threading.Thread] = []
+        self._counter = itertools.count(1)
+        self._lock = threading.Lock()
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the threads and the watchdog."""
+        self._running = True
+        self.watchdog.start()
+        for _ in range(self.size):
+            self._spawn()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop claiming; wait up to ``timeout`` s for running handlers to return."""
+        self._running = False
+        with self._work:
+            self._work.notify_all()
+        deadline = time.monotonic() + timeout
+        for thread in list(self._threads):
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self.watchdog.stop()
+
+    def wake(self, count: int = 1) -> None:
+        """Tell idle threads that ``count`` subtasks may have become READY."""
+        with self._work:
+            self._signals += count
+            self._work.notify(count)
+
+    def _spawn(self) -> None:
+        thread = threading.Thread(
+            target=self._loop, name=f"dagtask-worker-{next(self._counter)}", daemon=True
+        )
+        with self._lock:
+            self._threads.append(thread)
+        thread.start()
+
+    # ---- the loop --------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while self._running:
+            try:
+                claims = self.store.claim(self.name, limit=1, task_id=self.task_id)
+            except Exception:
+                _log.exception("claim failed; retrying in %.2f s", self.poll_interval)
+                time.sleep(self.poll_interval)
+                continue
+            if not claims:
+                self._idle()
+                continue
+            for claim in claims:
+                self._run(claim)
+            with self._lock:
+                if self._spares > 0:  # a spare took over while this thread was stuck
+                    self._spares -= 1
+                    self._threads.remove(threading.current_thread())
+                    return
+
+    def _idle(self) -> None:
+        with self._work:
+            if self._signals > 0:
+                self._signals -= 1
+                return
+            self._work.wait(self.poll_interval)
+            if self._signals > 0:
+                self._signals -= 1
+
+    def _run(self, claim: Claim) -> None:
+        attempt = Attempt(claim)
+        log = attempt.log
+        log.write(logs.separator(claim.operation.value, claim.start_time))
+        log.write(logs.state_line(claim.subtask_id, "READY", "RUNNING", when=claim.start_time))
+        self.watchdog.watch(attempt)
+        self._capture.bind(log)
+        output: TaskContext | None = None
+        try:
+            if claim.context_error:
+                raise ContextError(claim.context_error)
+            given = claim.context
+            seen = given.with_strings(
+                {
+                    "task_instance_id": str(claim.task_id),
+                    "sub_task_instance_id": str(claim.subtask_id),
+                    "task_operation": claim.operation.value.lower(),
+                    "latest_execution_start_time": logs.iso_ms(claim.start_time),
+                }
+            )
+            log.write(
+                logs.line(
+                    f"Run subtask, id={claim.subtask_id}, context={seen.to_json()}, "
+                    f"executor={self.name}"
+                )
+            )
+            output = self._call_handler(attempt, seen)
+            result = AttemptResult(ok=True)
+        except Exception as exc:
+            message = f"{type(exc).__name__}: {exc}"
+            log.write(logs.line(f"Subtask {claim.subtask_id} failed: {message}", level="ERROR"))
+            log.write("".join(traceback.format_exception(exc)))
+            result = AttemptResult(ok=False, message=message, cancelled=False)
+        finally:
+            self._capture.unbind()
+            self.watchdog.forget(attempt)
+        if attempt.token.cancelled:
+            # Asked to stop (timeout): whatever the handler did, the attempt failed for that
+            # reason. The watchdog records it too; the store keeps whichever comes first.
+            result = AttemptResult(ok=False, message=attempt.token.reason)
+        self._report(attempt, result, output)
+
+    def _call_handler(self, attempt: Attempt, given: TaskContext) -> TaskContext:
+        claim = attempt.claim
+        if claim.operation in (Operation.SKIP, Operation.ROLLBACK_SKIP):
+            attempt.log.write(logs.line(f"Skip subtask {claim.subtask_id}: nothing is run"))
+            return given
+        handler = handlers.resolve(claim.class_name)()
+        attempt.handler = handler
+        ctx = handlers.RunContext(
+            context=given,
+            task_id=claim.task_id,
+            subtask_id=claim.subtask_id,
+            operation=claim.operation,
+            run_time=claim.run_time,
+            token=attempt.token,
+            services=self.services,
+            log=logging.getLogger(f"{logs.HANDLER_LOGGER}.{claim.class_name.rsplit('.', 1)[-1]}"),
+            subtask_name=claim.name,
+        )
+        if claim.operation is Operation.ROLLBACK:
+            result = handler.rollback(ctx)
+        elif claim.operation is Operation.RETRY:
+            result = handler.retry(ctx)
+        else:
+            result = handler.execute(ctx)
+        return handlers.output_context(result, given)
+
+    def _report(self, attempt: Attempt, result: AttemptResult, output: TaskContext | None) -> None:
+        claim = attempt.claim
+        for delay in (0.05, 0.2, 1.0, 5.0, None):
+            try:
+                outcome = self.store.finish(
+                    claim, result, output=output, log_text=attempt.log.drain(), executor=self.name
+                )
+                break
+            except Exception:
+                if delay is None:
+                    _log.exception("giving up recording the result of subtask %s", claim.subtask_id)
+                    return
+                _log.warning(
+                    "recording subtask %s failed; retrying", claim.subtask_id, exc_info=True
+                )
+                time.sleep(delay)
+        self._after(claim, outcome)
+
+    def _after(self, claim: Claim, outcome: FinishOutcome) -> None:
+        if outcome.promoted > 1:
+            self.wake(outcome.promoted - 1)  # this thread takes one itself
+        if self.on_finish is not None:
+            self.on_finish(claim, outcome)
+
+    def _timed_out(self, attempt: Attempt, outcome: FinishOutcome) -> None:
+        with self._lock:
+            self._spares += 1
+        if self._running:
+            self._spawn()
+        if outcome.promoted:
+            self.wake(outcome.promoted)
+        if self.on_finish is not None:
+            self.on_finish(attempt.claim, outcome)

@@ -1,0 +1,252 @@
+"""One store suite, run on SQLite, PostgreSQL and MariaDB (see ``db_url`` in conftest)."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+
+import pytest
+import sqlalchemy as sa
+
+from dagtask import TaskStatus, TemplateBuilder
+from dagtask.errors import SchemaOutdatedError, TaskNotFoundError
+from dagtask.expand import expand, task_context
+from dagtask.models import EventKind
+from dagtask.planner import AttemptResult
+from dagtask.states import Operation, SubtaskStatus
+from dagtask.store import db as dbmod
+from dagtask.store.schema import metadata
+from dagtask.store.sql import Store
+
+NOOP = "dagtask.builtin.noop"
+
+
+@pytest.fixture
+def store(db_url: str) -> Store:
+    database = dbmod.open_database(db_url)
+    yield Store(database)
+    database.dispose()
+
+
+def chain(n: int, concurrency: int = 10, retry_count: int = 0) -> object:
+    t = TemplateBuilder(f"chain{n}", concurrency=concurrency)
+    prev: list[str] = []
+    for i in range(n):
+        prev = [t.add(f"s{i}", NOOP, after=prev, retry_count=retry_count)]
+    return t.build()
+
+
+def fan(n: int, concurrency: int) -> object:
+    t = TemplateBuilder(f"fan{n}", concurrency=concurrency)
+    t.add("root", NOOP)
+    for i in range(n):
+        t.add(f"m{i}", NOOP, after=["root"])
+    t.add("sink", NOOP, after=[f"m{i}" for i in range(n)])
+    return t.build()
+
+
+def submit(store: Store, tpl: object, **args: str) -> int:
+    expanded = expand(tpl, task_context(tpl, args))  # type: ignore[arg-type]
+    return store.submit(
+        expanded,
+        template_id=store.save_template(tpl),
+        creator="tester",
+        executor="here",  # type: ignore[arg-type]
+    )
+
+
+def drain(store: Store, fail: set[str] = frozenset()) -> list[str]:  # type: ignore[assignment]
+    """Run every READY subtask to the end in this thread; return the names in run order."""
+    order = []
+    while claims := store.claim("w1", limit=5):
+        for c in claims:
+            order.append(c.name)
+            ok = c.name not in fail
+            store.finish(c, AttemptResult(ok=ok, message=None if ok else "boom"), output=c.context)
+    return order
+
+
+def test_fresh_database_is_created_at_head_and_matches_the_tables(db_url: str) -> None:
+    database = dbmod.open_database(db_url)
+    assert dbmod.current_revision(database) == dbmod.head_revision()
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    with database.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), metadata)
+    # The migration creates exactly what schema.py declares (no missing/extra tables or indexes).
+    assert [
+        d
+        for d in diff
+        if d[0]
+        in ("add_table", "remove_table", "add_index", "remove_index", "add_column", "remove_column")
+    ] == []
+    database.dispose()
+
+
+def test_schema_behind_is_refused_with_upgrade_advice(db_url: str) -> None:
+    database = dbmod.open_database(db_url)
+    with database.begin() as conn:
+        conn.exec_driver_sql("UPDATE alembic_version SET version_num = '0000'")
+    database.dispose()
+    with pytest.raises(SchemaOutdatedError, match=r"does not know|dagtask db upgrade"):
+        dbmod.open_database(db_url)
+
+
+def test_submit_stores_roots_ready_others_pending(store: Store) -> None:
+    task_id = submit(store, chain(3), host_id="2")
+    task = store.get_task(task_id)
+    assert task.status is TaskStatus.RUNNING and task.operation is Operation.EXECUTE
+    by_name = {s.name: s for s in task.subtasks}
+    assert by_name["s0"].status is SubtaskStatus.READY
+    assert {by_name["s1"].status, by_name["s2"].status} == {SubtaskStatus.PENDING}
+    assert by_name["s1"].upstreams == [by_name["s0"].id]
+    assert by_name["s0"].downstreams == [by_name["s1"].id]
+    assert all(s.run_time == 1 for s in task.subtasks)
+    assert task.context.string_map == {"prohibit_rollback": "false", "host_id": "2"}
+    kinds = [e.kind for e in store.events(task_id)]
+    assert kinds == [EventKind.TASK_SUBMITTED, EventKind.SUBTASK_STATUS]
+
+
+def test_a_chain_runs_in_order_and_every_change_has_its_event(store: Store) -> None:
+    task_id = submit(store, chain(5))
+    assert drain(store) == [f"s{i}" for i in range(5)]
+    task = store.get_task(task_id)
+    assert task.status is TaskStatus.SUCCESSFUL and task.finish_time is not None
+    events = store.events(task_id)
+    per_subtask = Counter(e.subtask_id for e in events if e.subtask_id)
+    # PENDING->READY, READY->RUNNING, RUNNING->SUCCESSFUL for each subtask (the root skips none).
+    assert set(per_subtask.values()) == {3}
+    last = events[-1]
+    assert (last.kind, last.old_status, last.new_status) == (
+        EventKind.TASK_STATUS,
+        "RUNNING",
+        "SUCCESSFUL",
+    )
+
+
+def test_a_claim_is_won_by_exactly_one_worker(store: Store) -> None:
+    submit(store, fan(60, concurrency=60))
+    drain_root = store.claim("w0")
+    store.finish(drain_root[0], AttemptResult(ok=True), output=drain_root[0].context)
+    won: dict[str, list[int]] = {"a": [], "b": [], "c": []}
+    barrier = threading.Barrier(3)
+
+    def grab(name: str) -> None:
+        barrier.wait()
+        while claims := store.claim(name, limit=2):
+            won[name].extend(c.subtask_id for c in claims)
+
+    threads = [threading.Thread(target=grab, args=(n,)) for n in won]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    all_ids = [i for ids in won.values() for i in ids]
+    assert len(all_ids) == 60 and len(set(all_ids)) == 60
+
+
+def test_concurrency_caps_ready_and_running(store: Store) -> None:
+    task_id = submit(store, fan(20, concurrency=4))
+    root = store.claim("w")[0]
+    store.finish(root, AttemptResult(ok=True), output=root.context)
+    task = store.get_task(task_id)
+    assert sum(s.status is SubtaskStatus.READY for s in task.subtasks) == 4
+    claims = store.claim("w", limit=10)
+    assert len(claims) == 4
+    store.finish(claims[0], AttemptResult(ok=True), output=claims[0].context)
+    task = store.get_task(task_id)
+    active = [s for s in task.subtasks if s.status in (SubtaskStatus.READY, SubtaskStatus.RUNNING)]
+    assert len(active) == 4
+
+
+def test_failure_with_retries_goes_back_to_ready_then_fails(store: Store) -> None:
+    task_id = submit(store, chain(2, retry_count=1))
+    first = store.claim("w")[0]
+    out = store.finish(first, AttemptResult(ok=False, message="boom"))
+    assert out.status is SubtaskStatus.READY
+    again = store.claim("w")[0]
+    assert (again.run_time, again.operation) == (2, Operation.RETRY)
+    out = store.finish(again, AttemptResult(ok=False, message="boom again"))
+    assert out.status is SubtaskStatus.FAILED and out.task_status is TaskStatus.FAILED
+    task = store.get_task(task_id)
+    s0 = task.subtask("s0")
+    assert (s0.status, s0.operation, s0.run_time, s0.message) == (
+        SubtaskStatus.FAILED,
+        Operation.RETRY,
+        2,
+        "boom again",
+    )
+    assert task.subtask("s1").status is SubtaskStatus.PENDING
+
+
+def test_a_stale_result_is_discarded(store: Store) -> None:
+    submit(store, chain(1, retry_count=1))
+    claim = store.claim("w")[0]
+    assert store.finish(claim, AttemptResult(ok=False, message="timed out after 1 s")).applied
+    late = store.finish(claim, AttemptResult(ok=True), log_text="late line\n")
+    assert not late.applied
+    again = store.claim("w")[0]
+    assert again.run_time == 2
+
+
+def test_logs_are_kept_per_run_time(store: Store) -> None:
+    task_id = submit(store, chain(1, retry_count=1))
+    c1 = store.claim("w")[0]
+    store.finish(c1, AttemptResult(ok=False, message="x"), log_text="first\n")
+    c2 = store.claim("w")[0]
+    store.finish(c2, AttemptResult(ok=True), log_text="second\n")
+    text = store.read_log(task_id, c1.subtask_id)
+    assert text.index("first") < text.index("second")
+    assert "current state: RUNNING, new state: FAILED" in text
+    assert "current state: RUNNING, new state: SUCCESSFUL" in text
+    with pytest.raises(TaskNotFoundError, match="20000"):
+        store.read_log(task_id + 1, c1.subtask_id)
+
+
+def test_unknown_task_is_error_20000(store: Store) -> None:
+    with pytest.raises(TaskNotFoundError, match="20000"):
+        store.get_task(424242)
+
+
+def test_templates_are_versioned_by_definition(store: Store) -> None:
+    a = store.save_template(chain(2))
+    assert store.save_template(chain(2)) == a
+    b = store.save_template(chain(2, retry_count=3))
+    assert b != a
+    versions = {name: version for name, version, _ in store.stored_templates()}
+    assert versions["chain2"] == 2
+
+
+def test_list_tasks_pages_and_filters(store: Store) -> None:
+    ids = [submit(store, chain(1)) for _ in range(5)]
+    page = store.list_tasks(page=1, size=2)
+    assert [t.id for t in page.tasks] == sorted(ids, reverse=True)[:2]
+    assert (page.total_elements, page.total_pages) == (5, 3)
+    drain(store)
+    assert store.list_tasks(statuses=[TaskStatus.RUNNING]).total_elements == 0
+    assert store.list_tasks(name="chain").total_elements == 5
+
+
+def test_ids_are_unique_across_concurrent_submitters(db_url: str) -> None:
+    database = dbmod.open_database(db_url)
+    store = Store(database)
+    got: list[int] = []
+    lock = threading.Lock()
+
+    def work() -> None:
+        for _ in range(5):
+            task_id = submit(store, chain(3))
+            with lock:
+                got.append(task_id)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(got)) == 20
+    with database.read() as conn:
+        n = conn.execute(sa.text("SELECT count(*) FROM dagtask_subtask")).scalar()
+    assert n == 60
+    database.dispose()

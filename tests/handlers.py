@@ -1,0 +1,65 @@
+"""Handlers the tests submit (importable as ``tests.handlers.<name>``).
+
+``record`` writes every run into :data:`JOURNAL` so a test can check what ran, when and how often.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict
+
+from dagtask import RunContext, TaskContext
+
+JOURNAL: dict[int, list[tuple[str, str, float]]] = defaultdict(list)
+"""task id -> [(subtask name, "start" | "end", monotonic time)]"""
+_lock = threading.Lock()
+
+
+def _note(ctx: RunContext, phase: str) -> None:
+    with _lock:
+        JOURNAL[ctx.task_id].append((ctx.subtask_name, phase, time.monotonic()))
+
+
+def record(ctx: RunContext) -> dict[str, str]:
+    """Record the run; fail when this subtask's name is in ``stringMap.fail`` (comma list)."""
+    _note(ctx, "start")
+    _note(ctx, "end")
+    if ctx.subtask_name in ctx.string_map.get("fail", "").split(","):
+        raise RuntimeError(f"injected failure in {ctx.subtask_name}")
+    return {f"ran_{ctx.subtask_name}": "yes"}
+
+
+def flaky(ctx: RunContext) -> None:
+    """Fail while ``runTime <= stringMap.fail_times``, then succeed."""
+    _note(ctx, "start")
+    if ctx.run_time <= int(ctx.string_map.get("fail_times", "0")):
+        raise RuntimeError(f"attempt {ctx.run_time} fails on purpose")
+
+
+def sleep_ignoring_token(ctx: RunContext) -> None:
+    """Sleep ``stringMap.seconds`` without looking at the cancellation token."""
+    time.sleep(float(ctx.string_map.get("seconds", "3")))
+
+
+def sleep_with_token(ctx: RunContext) -> None:
+    """Sleep ``stringMap.seconds`` but stop as soon as the token is set."""
+    if ctx.token.wait(float(ctx.string_map.get("seconds", "30"))):
+        ctx.token.raise_if_cancelled()
+
+
+def hold(ctx: RunContext) -> None:
+    """Note start and end around a short sleep, to observe how many run at once."""
+    _note(ctx, "start")
+    time.sleep(0.05)
+    _note(ctx, "end")
+
+
+def emit(ctx: RunContext) -> TaskContext:
+    """Write ``stringMap.key = stringMap.value`` (per subtask name) into the output."""
+    return ctx.output(**{ctx.string_map.get("key", "k"): ctx.subtask_name})
+
+
+def chatty(ctx: RunContext) -> None:
+    """Log a line through the handler logger."""
+    ctx.log.info("hello from %s", ctx.subtask_name)

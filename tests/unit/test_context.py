@@ -1,0 +1,67 @@
+"""Context merge rules and the argument accessor."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dagtask import ContextError, TaskContext
+from dagtask.context import merge
+
+keys = st.text("abcdef", min_size=1, max_size=3)
+values = st.text("xyz", max_size=3)
+
+
+def test_disagreeing_strings_are_error_20002() -> None:
+    with pytest.raises(ContextError, match=r"20002.*'k'"):
+        merge([TaskContext(string_map={"k": "1"}), TaskContext(string_map={"k": "2"})])
+
+
+def test_engine_keys_never_conflict_and_are_dropped() -> None:
+    merged = merge(
+        [
+            TaskContext(string_map={"sub_task_instance_id": "1", "a": "x"}),
+            TaskContext(string_map={"sub_task_instance_id": "2", "a": "x"}),
+        ]
+    )
+    assert merged.string_map == {"a": "x"}
+
+
+@given(st.lists(st.dictionaries(keys, st.lists(values, max_size=3), max_size=3), max_size=4))
+def test_list_maps_are_unioned(list_maps: list[dict[str, list[str]]]) -> None:
+    merged = merge(TaskContext(list_map=m) for m in list_maps)
+    for m in list_maps:
+        for key, items in m.items():
+            assert set(items) <= set(merged.list_map[key])
+    for key, items in merged.list_map.items():
+        assert len(items) == len(set(items))
+        assert set(items) == {i for m in list_maps for i in m.get(key, [])}
+
+
+def test_accessor_reads_the_parallel_element_or_the_string() -> None:
+    single = TaskContext(string_map={"host_id": "7"})
+    assert single.get("host_id") == "7"
+    copy = TaskContext(list_map={"host_ids": ["1", "2", "3"]}, parallel=True, parallel_idx=1)
+    assert copy.get("host_id") == "2"
+    with pytest.raises(ContextError, match="host_id"):
+        TaskContext().get("host_id")
+    with pytest.raises(ContextError, match="parallelIdx=5"):
+        copy.model_copy(update={"parallel_idx": 5}).get("host_id")
+
+
+def test_non_string_values_are_refused_with_a_hint() -> None:
+    with pytest.raises(ValueError, match="must be a string"):
+        TaskContext.model_validate({"stringMap": {"n": 2}})
+
+
+def test_json_round_trip_uses_ocp_keys() -> None:
+    ctx = TaskContext(string_map={"a": "b"}, list_map={"l": ["1"]})
+    data = ctx.to_json()
+    assert data == {
+        "stringMap": {"a": "b"},
+        "listMap": {"l": ["1"]},
+        "parallel": False,
+        "parallelIdx": -1,
+    }
+    assert TaskContext.from_json(data) == ctx
