@@ -24,11 +24,11 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Self
 
-from dagtask import expand
+from dagtask import expand, handlers, planner
 from dagtask.builtin import builtin_templates
 from dagtask.errors import ArgumentError, HostNotFoundError, TaskTimeoutError, TemplateError
 from dagtask.hosts.inventory import HostInventory
-from dagtask.models import TaskEvent, TaskInfo, TaskPage
+from dagtask.models import RollbackPlan, SubtaskInfo, TaskEvent, TaskInfo, TaskPage
 from dagtask.services import Services
 from dagtask.states import TaskStatus
 from dagtask.store.db import open_database
@@ -120,6 +120,10 @@ class Engine:
         list_map = {str(k): [str(item) for item in v] for k, v in (lists or {}).items()}
         context = expand.task_context(tpl, strings, list_map)
         expanded = expand.expand(tpl, context)
+        for sub in expanded.subtasks:
+            sub.prohibit_rollback = sub.prohibit_rollback or handlers.prohibits_rollback(
+                sub.spec.handler
+            )
         host_id = self._check_host(tpl, context.string_map) if tpl.host_arg else None
         template_id = self.store.save_template(tpl)
         task_id = self.store.submit(
@@ -182,6 +186,59 @@ class Engine:
         """The task's history events after ``after_id``."""
         self.store.task_status(task_id)
         return self.store.events(task_id, after_id)
+
+    # ---- operator actions (SPEC §4) ----------------------------------------------------------
+
+    def retry(self, task_id: int, *, operator: str | None = None) -> TaskInfo:
+        """Retry a FAILED task: every FAILED subtask runs again as RETRY (else error 20003)."""
+        self.store.retry_task(task_id, operator or _user())
+        return self._acted(task_id)
+
+    def rollback(self, task_id: int, *, operator: str | None = None) -> TaskInfo:
+        """Roll a FAILED task back in reverse topological order (20003 / 20004 if refused)."""
+        self.store.rollback_task(task_id, operator or _user())
+        return self._acted(task_id)
+
+    def rollback_plan(self, task_id: int) -> RollbackPlan:
+        """What :meth:`rollback` would undo, in which order, and what would refuse it."""
+        return planner.rollback_plan(self.get(task_id))
+
+    def retry_subtask(
+        self, task_id: int, subtask_id: int, *, operator: str | None = None
+    ) -> SubtaskInfo:
+        """Run one FAILED subtask again as RETRY; the task goes back to RUNNING."""
+        self.store.retry_subtask(task_id, subtask_id, operator or _user())
+        return self._acted_subtask(task_id, subtask_id)
+
+    def skip_subtask(
+        self, task_id: int, subtask_id: int, *, operator: str | None = None
+    ) -> SubtaskInfo:
+        """Mark one FAILED subtask done without running it (SKIP, or ROLLBACK_SKIP)."""
+        self.store.skip_subtask(task_id, subtask_id, operator or _user())
+        return self._acted_subtask(task_id, subtask_id)
+
+    def cancel_subtask(
+        self, task_id: int, subtask_id: int, *, operator: str | None = None
+    ) -> SubtaskInfo:
+        """Interrupt one RUNNING subtask; it ends FAILED with op CANCEL and is not retried."""
+        self.store.cancel_subtask(task_id, subtask_id, operator or _user())
+        return self._acted_subtask(task_id, subtask_id)
+
+    def cancel(self, task_id: int, *, operator: str | None = None) -> TaskInfo:
+        """Cancel a RUNNING task: interrupt its running subtasks, start nothing new."""
+        self.store.cancel_task(task_id, operator or _user())
+        return self._acted(task_id)
+
+    def _acted(self, task_id: int) -> TaskInfo:
+        if self._pool is not None:
+            self._pool.wake(self._pool.size)
+        with self._changed:
+            self._changed.notify_all()
+        return self.get(task_id)
+
+    def _acted_subtask(self, task_id: int, subtask_id: int) -> SubtaskInfo:
+        task = self._acted(task_id)
+        return next(s for s in task.subtasks if s.id == subtask_id)
 
     # ---- running -----------------------------------------------------------------------------
 

@@ -32,6 +32,8 @@ class ExpandedSubtask:
     parallel_idx: int = -1
     series_id: int = 0
     upstreams: list[int] = field(default_factory=list)
+    prohibit_rollback: bool = False
+    """The spec's flag, or'ed by the engine with its handler class's ``prohibit_rollback``."""
 
 
 @dataclass
@@ -102,7 +104,11 @@ def _new(subtasks: list[ExpandedSubtask], spec: SubtaskSpec, parallel_idx: int =
     index = len(subtasks)
     subtasks.append(
         ExpandedSubtask(
-            index=index, spec=spec, parallel=parallel_idx >= 0, parallel_idx=parallel_idx
+            index=index,
+            spec=spec,
+            parallel=parallel_idx >= 0,
+            parallel_idx=parallel_idx,
+            prohibit_rollback=spec.prohibit_rollback,
         )
     )
     return index

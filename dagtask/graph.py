@@ -48,3 +48,13 @@ def descendants(nodes: Sequence[N], edges: Iterable[tuple[N, N]], sources: Itera
     for source in sources:
         found |= nx.descendants(graph, source)
     return found
+
+
+def reverse_generations(nodes: Sequence[N], edges: Iterable[tuple[N, N]]) -> list[list[N]]:
+    """Waves of a reverse topological order: sinks first, then what only they depended on, ...
+
+    Each wave can run once every earlier wave is done (the order a rollback takes).
+    """
+    position = {node: i for i, node in enumerate(nodes)}
+    graph = build(nodes, edges).reverse(copy=True)
+    return [sorted(wave, key=position.__getitem__) for wave in nx.topological_generations(graph)]

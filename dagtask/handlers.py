@@ -9,12 +9,16 @@ timeout or a cancel can stop it.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import inspect
 import logging
+import os
+import signal
+import subprocess
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -118,6 +122,65 @@ class RunContext:
     def output(self, **strings: str) -> TaskContext:
         """The input context with ``strings`` written into its stringMap."""
         return self.context.with_strings(strings)
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        check: bool = True,
+    ) -> int:
+        """Run a command, logging each line of its output into the subtask log.
+
+        The command runs in its own process group; a timeout or a cancel terminates the whole
+        group (SIGTERM, then SIGKILL after 3 s) and raises :class:`CancelledError`. With
+        ``check``, a non-zero exit raises :class:`CommandError`. Returns the exit code.
+        """
+        self.token.raise_if_cancelled()
+        name = os.path.basename(argv[0])
+        proc = subprocess.Popen(
+            list(argv),
+            cwd=cwd,
+            env=None if env is None else dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        self.token.on_cancel(lambda: _terminate_group(proc))
+        assert proc.stdout is not None
+        for text in proc.stdout:
+            self.log.info("[%s] %s", name, text.rstrip("\n"))
+        code = proc.wait()
+        self.token.raise_if_cancelled()
+        if check and code != 0:
+            raise CommandError(f"command {' '.join(argv)!r} exited with status {code}")
+        return code
+
+
+class CommandError(Exception):
+    """A command run with :meth:`RunContext.run` exited with a non-zero status."""
+
+
+def _terminate_group(proc: subprocess.Popen[str]) -> None:
+    """SIGTERM the command's process group, then SIGKILL it if it is still there after 3 s."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+
+    def kill_later() -> None:
+        try:
+            proc.wait(timeout=3)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+
+    threading.Thread(target=kill_later, name="dagtask-kill", daemon=True).start()
 
 
 class HandlerProtocol(Protocol):
@@ -258,6 +321,17 @@ class _PlainClassHandler(Handler):
 
 def _wrap_plain_class(cls: type[Any]) -> Handler:
     return _PlainClassHandler(cls())
+
+
+def prohibits_rollback(path: str) -> bool:
+    """Whether the handler named by ``path`` is a class marked ``prohibit_rollback = True``."""
+    factory = resolve(path)
+    cls = (
+        getattr(factory, "args", (factory,))[0]
+        if isinstance(factory, functools.partial)
+        else factory
+    )
+    return bool(getattr(cls, "prohibit_rollback", False))
 
 
 def output_context(result: HandlerResult, given: TaskContext) -> TaskContext:

@@ -32,8 +32,8 @@ def separator(operation: str, when: datetime) -> str:
 
 def line(
     message: str,
-    *,
     level: str = "INFO",
+    *,
     logger: str = "dagtask.worker",
     thread: str | None = None,
     when: datetime | None = None,

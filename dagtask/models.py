@@ -136,3 +136,24 @@ class TaskPage(_Model):
     def total_pages(self) -> int:
         """How many pages of ``size`` the whole list makes."""
         return (self.total_elements + self.size - 1) // self.size if self.size else 0
+
+
+class PlannedStep(_Model):
+    """A subtask a rollback would undo."""
+
+    id: int
+    name: str
+    status: SubtaskStatus
+    prohibit_rollback: bool
+
+
+class RollbackPlan(_Model):
+    """What rolling a task back would do (beyond OCP): the order, and what would refuse it.
+
+    ``waves`` are rolled back in order; the subtasks of one wave may roll back in parallel.
+    """
+
+    task_id: int
+    allowed: bool
+    refusals: list[str]
+    waves: list[list[PlannedStep]]

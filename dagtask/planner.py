@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from dagtask import graph
+from dagtask.models import PlannedStep, RollbackPlan, TaskInfo
 from dagtask.states import Operation, SubtaskStatus, TaskStatus
 
 
@@ -74,3 +76,110 @@ def task_status_when_idle(*, any_failed: bool, any_pending: bool, rollback: bool
     if rollback:
         return TaskStatus.SUCCESSFUL
     return TaskStatus.FAILED if any_pending else TaskStatus.SUCCESSFUL
+
+
+# ---- operator actions (SPEC §4): when each is allowed --------------------------------------------
+#
+# Each function returns None when the action is allowed, else the reason it is refused; the store
+# turns a reason into OperationNotAllowedError (20003) or RollbackProhibitedError (20004).
+
+
+def retry_task_refusal(status: TaskStatus, operation: Operation) -> str | None:
+    """Retry of a whole task: only a FAILED task that is not rolling back."""
+    if status is not TaskStatus.FAILED:
+        return f"it is {status}; only a FAILED task can be retried"
+    if operation is Operation.ROLLBACK:
+        return "its rollback failed; roll the task back again or skip the failed rollback step"
+    return None
+
+
+def rollback_refusal(status: TaskStatus) -> str | None:
+    """Rollback of a whole task (state part; prohibit_rollback is checked separately)."""
+    if status is not TaskStatus.FAILED:
+        return f"it is {status}; only a FAILED task can be rolled back"
+    return None
+
+
+def rollback_blockers(
+    task_prohibits: bool, subtasks: list[tuple[int, str, SubtaskStatus, bool]]
+) -> list[str]:
+    """Why a rollback is prohibited: the task flag, and every subtask that has run with the flag.
+
+    ``subtasks`` holds (id, name, status, prohibit_rollback).
+    """
+    reasons = []
+    if task_prohibits:
+        reasons.append("the task's stringMap.prohibit_rollback is 'true'")
+    for sid, name, status, prohibits in subtasks:
+        if prohibits and status not in (SubtaskStatus.PENDING, SubtaskStatus.READY):
+            reasons.append(f"subtask {sid} ({name!r}) has run and is marked prohibit_rollback")
+    return reasons
+
+
+def retry_subtask_refusal(
+    status: SubtaskStatus, operation: Operation, task_operation: Operation
+) -> str | None:
+    """Retry of one subtask: FAILED and not a failed rollback step (a step of a task that is
+    rolling back is retried by rolling the task back again)."""
+    if status is not SubtaskStatus.FAILED:
+        return f"it is {status}; only a FAILED subtask can be retried"
+    if operation is Operation.ROLLBACK or task_operation is Operation.ROLLBACK:
+        return "it failed while rolling back; roll the task back again or skip it"
+    return None
+
+
+def skip_refusal(status: SubtaskStatus) -> str | None:
+    """Skip of one subtask: only FAILED."""
+    if status is not SubtaskStatus.FAILED:
+        return f"it is {status}; only a FAILED subtask can be skipped"
+    return None
+
+
+def cancel_subtask_refusal(status: SubtaskStatus) -> str | None:
+    """Cancel of one subtask: only RUNNING."""
+    if status is not SubtaskStatus.RUNNING:
+        return f"it is {status}; only a RUNNING subtask can be cancelled"
+    return None
+
+
+def cancel_task_refusal(status: TaskStatus) -> str | None:
+    """Cancel of a whole task (beyond OCP): only RUNNING."""
+    if status is not TaskStatus.RUNNING:
+        return f"it is {status}; only a RUNNING task can be cancelled"
+    return None
+
+
+def skip_operation(task_operation: Operation) -> Operation:
+    """SKIP, or ROLLBACK_SKIP while the task is rolling back."""
+    return Operation.ROLLBACK_SKIP if task_operation is Operation.ROLLBACK else Operation.SKIP
+
+
+def rollback_plan(task: TaskInfo) -> RollbackPlan:
+    """The subtasks a rollback of ``task`` would undo, in order, and why it would be refused."""
+    involved = [s for s in task.subtasks if s.status is not SubtaskStatus.PENDING]
+    ids = {s.id for s in involved}
+    by_id = {s.id: s for s in involved}
+    edges = [(s.id, d) for s in involved for d in s.downstreams if d in ids]
+    # Topological order of ids grows from sinks (seriesId order), so sort roots-first for ties.
+    order = sorted(ids, key=lambda i: -by_id[i].series_id)
+    waves = [
+        [
+            PlannedStep(
+                id=i,
+                name=by_id[i].name,
+                status=by_id[i].status,
+                prohibit_rollback=by_id[i].prohibit_rollback,
+            )
+            for i in wave
+        ]
+        for wave in graph.reverse_generations(order, edges)
+    ]
+    refusals = []
+    state = rollback_refusal(task.status)
+    if state:
+        refusals.append(state)
+    refusals += rollback_blockers(
+        task.context.prohibit_rollback,
+        [(s.id, s.name, s.status, s.prohibit_rollback) for s in task.subtasks],
+    )
+    return RollbackPlan(task_id=task.id, allowed=not refusals, refusals=refusals, waves=waves)

@@ -58,17 +58,27 @@ FinishListener = Callable[[Claim, FinishOutcome], None]
 
 
 class Watchdog:
-    """Fails attempts that outlive their timeout and flushes running attempts' logs."""
+    """Ends attempts that overrun: timeouts, and operator cancels a handler does not obey.
+
+    * At an attempt's timeout it sets the token, calls the handler's ``cancel()`` and records
+      the failure ("timed out after N s") itself.
+    * Every :attr:`CANCEL_POLL_SECONDS` it asks the store which of this worker's subtasks an
+      operator marked CANCELING (from any process), and interrupts those attempts the same way;
+      if a handler has not returned :attr:`CANCEL_GRACE_SECONDS` later, it records the cancel.
+    * Every :attr:`FLUSH_SECONDS` it stores what running attempts logged so far.
+    """
 
     FLUSH_SECONDS = 1.0
+    CANCEL_POLL_SECONDS = 0.25
+    CANCEL_GRACE_SECONDS = 5.0
 
     def __init__(
-        self, store: Store, executor: str, on_timeout: Callable[[Attempt, FinishOutcome], None]
+        self, store: Store, executor: str, on_overrun: Callable[[Attempt, FinishOutcome], None]
     ) -> None:
         self.store = store
         self.executor = executor
-        self.on_timeout = on_timeout
-        self._heap: list[tuple[float, int, Attempt]] = []
+        self.on_overrun = on_overrun
+        self._heap: list[tuple[float, int, Attempt, str]] = []
         self._running: dict[int, Attempt] = {}
         self._seq = itertools.count()
         self._cond = threading.Condition()
@@ -91,19 +101,23 @@ class Watchdog:
         with self._cond:
             self._running[id(attempt)] = attempt
             if attempt.claim.timeout > 0:
-                deadline = time.monotonic() + attempt.claim.timeout
-                heapq.heappush(self._heap, (deadline, next(self._seq), attempt))
-                self._cond.notify()
+                self._push(time.monotonic() + attempt.claim.timeout, attempt, "timeout")
 
     def forget(self, attempt: Attempt) -> None:
         """Stop tracking an attempt that ended."""
         with self._cond:
             self._running.pop(id(attempt), None)
 
+    def _push(self, deadline: float, attempt: Attempt, kind: str) -> None:
+        heapq.heappush(self._heap, (deadline, next(self._seq), attempt, kind))
+        self._cond.notify()
+
     def _loop(self) -> None:
-        next_flush = time.monotonic() + self.FLUSH_SECONDS
+        now = time.monotonic()
+        next_flush = now + self.FLUSH_SECONDS
+        next_poll = now + self.CANCEL_POLL_SECONDS
         while True:
-            expired: list[Attempt] = []
+            due: list[tuple[Attempt, str]] = []
             with self._cond:
                 if self._stopped:
                     return
@@ -111,20 +125,50 @@ class Watchdog:
                 while self._heap and (
                     self._heap[0][0] <= now or id(self._heap[0][2]) not in self._running
                 ):
-                    _, _, attempt = heapq.heappop(self._heap)
-                    if id(attempt) in self._running:
-                        expired.append(attempt)
-                        self._running.pop(id(attempt))
-                wake = min(next_flush, self._heap[0][0] if self._heap else next_flush)
-                if not expired:
+                    _, _, attempt, kind = heapq.heappop(self._heap)
+                    if self._running.pop(id(attempt), None) is not None:
+                        due.append((attempt, kind))
+                if not due:
+                    wake = min(next_flush, next_poll, *(e[0] for e in self._heap[:1]))
                     self._cond.wait(max(0.0, wake - now))
                 running = list(self._running.values())
-            for attempt in expired:
-                self._expire(attempt)
-            if time.monotonic() >= next_flush:
-                next_flush = time.monotonic() + self.FLUSH_SECONDS
+            for attempt, kind in due:
+                self._overrun(attempt, kind)
+            now = time.monotonic()
+            if now >= next_poll:
+                next_poll = now + self.CANCEL_POLL_SECONDS
+                if running:
+                    self._poll_cancels(running)
+            if now >= next_flush:
+                next_flush = now + self.FLUSH_SECONDS
                 for attempt in running:
                     self._flush(attempt)
+
+    def _poll_cancels(self, running: list[Attempt]) -> None:
+        try:
+            marked = set(self.store.canceling(self.executor))
+        except Exception:
+            _log.exception("could not look for cancelled subtasks")
+            return
+        for attempt in running:
+            claim = attempt.claim
+            if (claim.subtask_id, claim.run_time) in marked and not attempt.token.cancelled:
+                self._interrupt(attempt, "cancelled by the operator")
+                with self._cond:
+                    if id(attempt) in self._running:
+                        self._push(time.monotonic() + self.CANCEL_GRACE_SECONDS, attempt, "cancel")
+
+    def _interrupt(self, attempt: Attempt, reason: str) -> None:
+        claim = attempt.claim
+        attempt.log.write(
+            logs.line(f"Subtask {claim.subtask_id} {reason}; asking the handler to stop", "WARN")
+        )
+        attempt.token.cancel(reason)
+        if attempt.handler is not None:
+            try:
+                attempt.handler.cancel()
+            except Exception:
+                _log.exception("handler cancel() of subtask %s failed", claim.subtask_id)
 
     def _flush(self, attempt: Attempt) -> None:
         text = attempt.log.drain()
@@ -135,31 +179,30 @@ class Watchdog:
                 _log.exception("could not flush the log of subtask %s", attempt.claim.subtask_id)
                 attempt.log.write(text)
 
-    def _expire(self, attempt: Attempt) -> None:
+    def _overrun(self, attempt: Attempt, kind: str) -> None:
         claim = attempt.claim
-        message = f"timed out after {claim.timeout} s"
-        attempt.token.cancel(message)
-        if attempt.handler is not None:
-            try:
-                attempt.handler.cancel()
-            except Exception:
-                _log.exception("handler cancel() of subtask %s failed", claim.subtask_id)
-        attempt.log.write(
-            logs.line(
-                f"Subtask {claim.subtask_id} {message}; asked the handler to stop", level="ERROR"
+        if kind == "timeout":
+            message = f"timed out after {claim.timeout} s"
+            self._interrupt(attempt, message)
+            result = AttemptResult(ok=False, message=message)
+        else:
+            message = "cancelled by the operator"
+            attempt.log.write(
+                logs.line(
+                    f"The handler of subtask {claim.subtask_id} did not stop within "
+                    f"{self.CANCEL_GRACE_SECONDS:g} s; recording the cancel",
+                    "ERROR",
+                )
             )
-        )
+            result = AttemptResult(ok=False, message=message, cancelled=True)
         try:
             outcome = self.store.finish(
-                claim,
-                AttemptResult(ok=False, message=message),
-                log_text=attempt.log.drain(),
-                executor=self.executor,
+                claim, result, log_text=attempt.log.drain(), executor=self.executor
             )
         except Exception:
-            _log.exception("could not record the timeout of subtask %s", claim.subtask_id)
+            _log.exception("could not record the overrun of subtask %s", claim.subtask_id)
             return
-        self.on_timeout(attempt, outcome)
+        self.on_overrun(attempt, outcome)
 
 
 class WorkerPool:
@@ -185,7 +228,7 @@ class WorkerPool:
         self.task_id = task_id
         self.poll_interval = poll_interval
         self.on_finish = on_finish
-        self.watchdog = Watchdog(store, self.name, self._timed_out)
+        self.watchdog = Watchdog(store, self.name, self._overran)
         self._capture = logs.capture_handler()
         self._work = threading.Condition()
         self._signals = 0
@@ -350,7 +393,7 @@ class WorkerPool:
         if self.on_finish is not None:
             self.on_finish(claim, outcome)
 
-    def _timed_out(self, attempt: Attempt, outcome: FinishOutcome) -> None:
+    def _overran(self, attempt: Attempt, outcome: FinishOutcome) -> None:
         with self._lock:
             self._spares += 1
         if self._running:

@@ -76,3 +76,12 @@ def db_url(request: pytest.FixtureRequest) -> str:
     """The same test on SQLite, PostgreSQL and MariaDB."""
     name = {"sqlite": "sqlite_url", "postgres": "pg_url", "mysql": "mysql_url"}[request.param]
     return str(request.getfixturevalue(name))
+
+
+@pytest.fixture(autouse=True)
+def _fresh_journals() -> None:
+    """Task ids restart in every fresh database: forget what earlier tests' handlers recorded."""
+    from tests import handlers
+
+    handlers.JOURNAL.clear()
+    handlers.ROLLED_BACK.clear()

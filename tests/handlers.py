@@ -63,3 +63,38 @@ def emit(ctx: RunContext) -> TaskContext:
 def chatty(ctx: RunContext) -> None:
     """Log a line through the handler logger."""
     ctx.log.info("hello from %s", ctx.subtask_name)
+
+
+ROLLED_BACK: dict[int, list[str]] = defaultdict(list)
+"""task id -> names of subtasks whose rollback ran, in order."""
+
+
+class Undoable:
+    """Executes like ``record``; its rollback is recorded and fails when named in
+    ``stringMap.fail_rollback``."""
+
+    def execute(self, ctx: RunContext) -> dict[str, str]:
+        return record(ctx)
+
+    def rollback(self, ctx: RunContext) -> None:
+        with _lock:
+            ROLLED_BACK[ctx.task_id].append(ctx.subtask_name)
+        if ctx.subtask_name in ctx.string_map.get("fail_rollback", "").split(","):
+            raise RuntimeError(f"rollback of {ctx.subtask_name} fails on purpose")
+
+
+class Guarded(Undoable):
+    """Like :class:`Undoable`, but its class forbids rollback."""
+
+    prohibit_rollback = True
+
+
+def run_child(ctx: RunContext) -> None:
+    """Run a child process that sleeps; writes its pid to ``stringMap.pid_file`` first."""
+    import sys
+
+    script = (
+        "import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); "
+        "print('child started', flush=True); time.sleep(60)"
+    )
+    ctx.run([sys.executable, "-c", script, ctx.string_map["pid_file"]])

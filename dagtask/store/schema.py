@@ -54,6 +54,13 @@ task = sa.Table(
     sa.Column("cluster_id", sa.BigInteger, nullable=True),
     sa.Column("tenant_id", sa.BigInteger, nullable=True),
     sa.Column("concurrency", sa.Integer, nullable=False),
+    sa.Column(
+        "cancel_requested",
+        sa.Boolean,
+        nullable=False,
+        server_default=sa.false(),
+        comment="an operator cancelled the task: nothing new starts until a retry or rollback",
+    ),
     sa.Column("create_time", Timestamp, nullable=False),
     sa.Column("start_time", Timestamp, nullable=True),
     sa.Column("finish_time", Timestamp, nullable=True),

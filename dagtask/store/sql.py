@@ -28,179 +28,25 @@ import sqlalchemy as sa
 from dagtask import context, logs, planner, states
 from dagtask.clock import utcnow
 from dagtask.context import TaskContext
-from dagtask.errors import ContextError, TaskNotFoundError
+from dagtask.errors import (
+    ContextError,
+    OperationNotAllowedError,
+    RollbackProhibitedError,
+    TaskNotFoundError,
+)
 from dagtask.expand import ExpandedTask
-from dagtask.models import EventKind, SubtaskInfo, TaskEvent, TaskInfo, TaskPage
+from dagtask.models import EventKind
 from dagtask.planner import AttemptResult
 from dagtask.states import Operation, SubtaskStatus, TaskStatus
+from dagtask.store import statements as q
 from dagtask.store.db import Database
-from dagtask.store.schema import id_sequence, subtask, subtask_edge, subtask_log, task, task_event
+from dagtask.store.reads import StoreReads
+from dagtask.store.schema import subtask, subtask_edge, task
 from dagtask.store.schema import task_template as template_table
 from dagtask.template import TaskTemplate
 
 S = SubtaskStatus
-ACTIVE = [s.value for s in states.ACTIVE_SUBTASK_STATUSES]
-
-# ---- prebuilt statements (hot path) -------------------------------------------------------------
-
-_lock_task = (
-    sa.select(task.c.status, task.c.operation, task.c.concurrency)
-    .where(task.c.id == sa.bindparam("task_id"))
-    .with_for_update()
-)
-_lock_subtask = (
-    sa.select(
-        subtask.c.status,
-        subtask.c.operation,
-        subtask.c.run_time,
-        subtask.c.retry_count,
-        subtask.c.executor,
-    )
-    .where(subtask.c.id == sa.bindparam("sid"))
-    .with_for_update()
-)
-_set_subtask = (
-    subtask.update()
-    .where(subtask.c.id == sa.bindparam("sid"))
-    .where(subtask.c.status == sa.bindparam("old_status"))
-    .values(
-        status=sa.bindparam("new_status"),
-        operation=sa.bindparam("new_operation"),
-        run_time=sa.bindparam("new_run_time"),
-    )
-)
-_finish_subtask = (
-    subtask.update()
-    .where(
-        subtask.c.id == sa.bindparam("sid"),
-        subtask.c.status == sa.bindparam("old_status"),
-        subtask.c.operation == sa.bindparam("old_operation"),
-        subtask.c.run_time == sa.bindparam("old_run_time"),
-    )
-    .values(
-        status=sa.bindparam("new_status"),
-        operation=sa.bindparam("new_operation"),
-        run_time=sa.bindparam("new_run_time"),
-        output_context=sa.bindparam("output"),
-        message=sa.bindparam("message"),
-        finish_time=sa.bindparam("now"),
-    )
-)
-_insert_event = task_event.insert()
-_insert_log = subtask_log.insert()
-_decrement_downstreams = (
-    subtask.update()
-    .where(
-        subtask.c.id.in_(
-            sa.select(subtask_edge.c.downstream_id).where(
-                subtask_edge.c.upstream_id == sa.bindparam("sid")
-            )
-        )
-    )
-    .values(pending_upstreams=subtask.c.pending_upstreams - 1)
-)
-_count_active = sa.select(sa.func.count()).where(
-    subtask.c.task_id == sa.bindparam("task_id"), subtask.c.status.in_(ACTIVE)
-)
-_runnable = (
-    sa.select(subtask.c.id)
-    .where(
-        subtask.c.task_id == sa.bindparam("task_id"),
-        subtask.c.status == S.PENDING.value,
-        subtask.c.pending_upstreams == 0,
-    )
-    .order_by(subtask.c.id.desc())
-    .limit(sa.bindparam("limit"))
-)
-_has_status = (
-    sa.select(subtask.c.id)
-    .where(subtask.c.task_id == sa.bindparam("task_id"), subtask.c.status == sa.bindparam("st"))
-    .limit(1)
-)
-_set_task = (
-    task.update()
-    .where(task.c.id == sa.bindparam("task_id"))
-    .values(status=sa.bindparam("status"), finish_time=sa.bindparam("finish_time"))
-)
-_claim_candidates = (
-    sa.select(subtask.c.id)
-    .where(subtask.c.status == S.READY.value)
-    .order_by(subtask.c.id)
-    .limit(sa.bindparam("limit"))
-    .with_for_update(skip_locked=True)
-)
-_claim_candidates_of_task = (
-    sa.select(subtask.c.id)
-    .where(subtask.c.status == S.READY.value, subtask.c.task_id == sa.bindparam("task_id"))
-    .order_by(subtask.c.id)
-    .limit(sa.bindparam("limit"))
-    .with_for_update(skip_locked=True)
-)
-_claim_one = (
-    subtask.update()
-    .where(subtask.c.id == sa.bindparam("sid"), subtask.c.status == S.READY.value)
-    .values(
-        status=S.RUNNING.value, executor=sa.bindparam("executor"), start_time=sa.bindparam("now")
-    )
-)
-_CLAIM_COLUMNS = (
-    subtask.c.id,
-    subtask.c.task_id,
-    subtask.c.name,
-    subtask.c.class_name,
-    subtask.c.operation,
-    subtask.c.run_time,
-    subtask.c.timeout,
-    subtask.c.retry_count,
-    subtask.c.parallel,
-    subtask.c.parallel_idx,
-)
-_claim_returning = (
-    subtask.update()
-    .where(subtask.c.id.in_(_claim_candidates.scalar_subquery()), subtask.c.status == S.READY.value)
-    .values(
-        status=S.RUNNING.value, executor=sa.bindparam("executor"), start_time=sa.bindparam("now")
-    )
-    .returning(*_CLAIM_COLUMNS)
-)
-_claim_returning_of_task = (
-    subtask.update()
-    .where(
-        subtask.c.id.in_(_claim_candidates_of_task.scalar_subquery()),
-        subtask.c.status == S.READY.value,
-    )
-    .values(
-        status=S.RUNNING.value, executor=sa.bindparam("executor"), start_time=sa.bindparam("now")
-    )
-    .returning(*_CLAIM_COLUMNS)
-)
-_claimed_rows = sa.select(
-    subtask.c.id,
-    subtask.c.task_id,
-    subtask.c.name,
-    subtask.c.class_name,
-    subtask.c.operation,
-    subtask.c.run_time,
-    subtask.c.timeout,
-    subtask.c.retry_count,
-    subtask.c.parallel,
-    subtask.c.parallel_idx,
-).where(subtask.c.id.in_(sa.bindparam("ids", expanding=True)))
-_upstream_outputs = (
-    sa.select(subtask.c.output_context)
-    .join(subtask_edge, subtask_edge.c.upstream_id == subtask.c.id)
-    .where(subtask_edge.c.downstream_id == sa.bindparam("sid"))
-    .order_by(subtask.c.id)
-)
-_task_context = sa.select(task.c.context).where(task.c.id == sa.bindparam("task_id"))
-_any_ready = sa.select(subtask.c.id).where(subtask.c.status == S.READY.value).limit(1)
-_task_status = sa.select(task.c.status).where(task.c.id == sa.bindparam("task_id"))
-_next_ids = (
-    id_sequence.update()
-    .where(id_sequence.c.name == sa.bindparam("seq"))
-    .values(next_value=id_sequence.c.next_value + sa.bindparam("n"))
-)
-_read_next_id = sa.select(id_sequence.c.next_value).where(id_sequence.c.name == sa.bindparam("seq"))
+_BACKWARD = {Operation.ROLLBACK.value, Operation.ROLLBACK_SKIP.value}
 
 
 @dataclass(frozen=True)
@@ -264,7 +110,7 @@ def _event(
     }
 
 
-class Store:
+class Store(StoreReads):
     """Tasks, subtasks, their history and logs in one SQL database."""
 
     def __init__(self, db: Database) -> None:
@@ -311,8 +157,8 @@ class Store:
     def allocate_ids(self, sequence: str, count: int) -> int:
         """Reserve ``count`` consecutive ids of ``sequence``; return the first."""
         with self.db.begin() as conn:
-            conn.execute(_next_ids, {"seq": sequence, "n": count})
-            end = conn.execute(_read_next_id, {"seq": sequence}).scalar_one()
+            conn.execute(q.next_ids, {"seq": sequence, "n": count})
+            end = conn.execute(q.read_next_id, {"seq": sequence}).scalar_one()
         return int(end) - count
 
     def submit(
@@ -364,7 +210,7 @@ class Store:
                 "retry_count": sub.spec.retry_count,
                 "parallel": sub.parallel,
                 "parallel_idx": sub.parallel_idx,
-                "prohibit_rollback": sub.spec.prohibit_rollback,
+                "prohibit_rollback": sub.prohibit_rollback,
                 "pending_upstreams": len(sub.upstreams),
                 "create_time": now,
             }
@@ -391,8 +237,10 @@ class Store:
             conn.execute(subtask.insert(), sub_rows)
             if edge_rows:
                 conn.execute(subtask_edge.insert(), edge_rows)
-            self._promote(conn, task_id, expanded.template.concurrency, 0, now, events)
-            conn.execute(_insert_event, events)
+            self._promote(
+                conn, task_id, Operation.EXECUTE, expanded.template.concurrency, now, events
+            )
+            conn.execute(q.insert_event, events)
         return task_id
 
     # ---- the hot path: claim and finish ---------------------------------------------------
@@ -406,26 +254,26 @@ class Store:
         now = utcnow()
         params: dict[str, Any] = {"limit": limit, "executor": executor, "now": now}
         if task_id is not None:
-            params["task_id"] = task_id
+            params["only_task"] = task_id
         with self.db.begin() as conn:
             if self._returning:
-                stmt = _claim_returning if task_id is None else _claim_returning_of_task
+                stmt = q.claim_returning if task_id is None else q.claim_returning_of_task
                 rows = conn.execute(stmt, params).all()
             else:
-                pick = _claim_candidates if task_id is None else _claim_candidates_of_task
+                pick = q.claim_candidates if task_id is None else q.claim_candidates_of_task
                 candidates = conn.execute(pick, params).scalars().all()
                 won = [
                     sid
                     for sid in candidates
                     if conn.execute(
-                        _claim_one, {"sid": sid, "executor": executor, "now": now}
+                        q.claim_one, {"sid": sid, "executor": executor, "now": now}
                     ).rowcount
                 ]
-                rows = conn.execute(_claimed_rows, {"ids": won}).all() if won else []
+                rows = conn.execute(q.claimed_rows, {"ids": won}).all() if won else []
             if not rows:
                 return []
             conn.execute(
-                _insert_event,
+                q.insert_event,
                 [
                     _event(
                         row.task_id,
@@ -464,9 +312,12 @@ class Store:
     def _input_context(conn: sa.Connection, row: sa.Row[Any]) -> dict[str, Any]:
         """``context`` (and ``context_error``) of a claimed row, for :class:`Claim`."""
         copy = {"parallel": row.parallel, "parallel_idx": row.parallel_idx}
-        outputs = conn.execute(_upstream_outputs, {"sid": row.id}).scalars().all()
+        if row.operation in _BACKWARD and row.output_context:
+            # A rollback undoes what this subtask's execute recorded in its own output.
+            return {"context": TaskContext.from_json(row.output_context).model_copy(update=copy)}
+        outputs = conn.execute(q.upstream_outputs, {"sid": row.id}).scalars().all()
         if not outputs:
-            data = conn.execute(_task_context, {"task_id": row.task_id}).scalar_one()
+            data = conn.execute(q.task_context, {"task_id": row.task_id}).scalar_one()
             return {"context": TaskContext.from_json(data).model_copy(update=copy)}
         try:
             merged = context.merge(TaskContext.from_json(o) for o in outputs)
@@ -483,11 +334,17 @@ class Store:
         log_text: str = "",
         executor: str | None = None,
     ) -> FinishOutcome:
-        """Record the end of an attempt, promote successors and settle the task, atomically."""
+        """Record the end of an attempt, promote what it unblocks and settle the task, atomically.
+
+        The update is conditional on the subtask still being RUNNING in this attempt. If an
+        operator asked to cancel it (CANCELING), the attempt ends FAILED with op CANCEL whatever
+        the handler returned; if it is in neither state (timed out, recovered), the result is
+        stale and only its log is kept.
+        """
         now = utcnow()
         events: list[dict[str, Any]] = []
         with self.db.begin() as conn:
-            task_row = conn.execute(_lock_task, {"task_id": claim.task_id}).one()
+            task_row = conn.execute(q.lock_task, {"task_id": claim.task_id}).one()
             old = S.RUNNING
             steps = planner.after_attempt(
                 claim.operation, claim.run_time, claim.retry_count, result
@@ -497,14 +354,12 @@ class Store:
                 "old_status": old.value,
                 "old_operation": claim.operation.value,
                 "old_run_time": claim.run_time,
-                "output": output.without_engine_keys().to_json() if output else None,
+                "output": output.without_engine_keys().to_json() if output and result.ok else None,
                 "message": None if result.ok else result.message,
                 "now": now,
             }
-            if not self._finish_one(conn, steps, values):
-                # Not RUNNING in this attempt any more: an operator cancel (CANCELING) finishes
-                # as CANCEL; anything else (timed out, recovered) makes this result stale.
-                current = conn.execute(_lock_subtask, {"sid": claim.subtask_id}).one_or_none()
+            if not self._finish_row(conn, steps, values):
+                current = conn.execute(q.lock_subtask, {"sid": claim.subtask_id}).one_or_none()
                 if (
                     current is None
                     or current.status != S.CANCELING.value
@@ -519,10 +374,9 @@ class Store:
                 steps = planner.after_attempt(
                     claim.operation, claim.run_time, claim.retry_count, result
                 )
-                values.update(old_status=old.value, message=message)
-                self._finish_one(conn, steps, values)
-            prev = old
-            prev_op = claim.operation
+                values.update(old_status=old.value, message=message, output=None)
+                self._finish_row(conn, steps, values)
+            prev, prev_op = old, claim.operation
             for step in steps:
                 states.check_subtask_transition(prev, step.status)
                 log_text += logs.state_line(claim.subtask_id, prev, step.status, when=now)
@@ -543,27 +397,14 @@ class Store:
                 )
                 prev, prev_op = step.status, step.operation
             final = steps[-1]
-            if log_text:
-                self._log(conn, claim.subtask_id, claim.run_time, log_text, now)
-            if final.status is S.SUCCESSFUL:
-                conn.execute(_decrement_downstreams, {"sid": claim.subtask_id})
-            active = conn.execute(_count_active, {"task_id": claim.task_id}).scalar_one()
-            promoted = self._promote(conn, claim.task_id, task_row.concurrency, active, now, events)
-            task_status = None
-            if active + promoted == 0:
-                task_status = self._settle_task(
-                    conn,
-                    claim.task_id,
-                    TaskStatus(task_row.status),
-                    task_row.operation,
-                    now,
-                    events,
-                )
-            conn.execute(_insert_event, events)
+            self._log(conn, claim.subtask_id, claim.run_time, log_text, now)
+            self._successful_crossing(conn, [claim.subtask_id], old, final.status)
+            promoted, task_status = self._progress(conn, claim.task_id, task_row, now, events)
+            conn.execute(q.insert_event, events)
         return FinishOutcome(True, final.status, promoted, task_status)
 
     @staticmethod
-    def _finish_one(conn: sa.Connection, steps: list[planner.Step], values: dict[str, Any]) -> bool:
+    def _finish_row(conn: sa.Connection, steps: list[planner.Step], values: dict[str, Any]) -> bool:
         """The attempt's subtask row update, conditional on it still being in that attempt."""
         final = steps[-1]
         params = {
@@ -572,12 +413,280 @@ class Store:
             "new_operation": final.operation.value,
             "new_run_time": final.run_time,
         }
-        return bool(conn.execute(_finish_subtask, params).rowcount)
+        if final.status is S.PENDING:  # a rollback keeps the output of the execute it undid
+            params.pop("output")
+            return bool(conn.execute(q.finish_subtask_keep_output, params).rowcount)
+        return bool(conn.execute(q.finish_subtask, params).rowcount)
 
     def append_log(self, subtask_id: int, run_time: int, text: str) -> None:
         """Append to an attempt's log (used to flush a long-running handler's log)."""
         with self.db.begin() as conn:
             self._log(conn, subtask_id, run_time, text, utcnow())
+
+    # ---- operator actions (SPEC §4) -------------------------------------------------------------
+
+    def retry_task(self, task_id: int, operator: str) -> None:
+        """Every FAILED subtask → READY as RETRY (runTime + 1); the task → RUNNING / RETRY."""
+        with self.db.begin() as conn:
+            row, now, events = self._lock_for_action(conn, task_id)
+            old, op = TaskStatus(row.status), Operation(row.operation)
+            _refuse(task_id, "retry", planner.retry_task_refusal(old, op))
+            failed = [s for s in self._subtasks(conn, task_id) if s.status == S.FAILED.value]
+            for sub in failed:
+                self._change_subtasks(
+                    conn,
+                    task_id,
+                    [sub.id],
+                    S.FAILED,
+                    [planner.Step(S.READY, Operation.RETRY, sub.run_time + 1)],
+                    now,
+                    operator,
+                    "retried by the operator",
+                    Operation(sub.operation),
+                    events,
+                )
+            self._restart_task(conn, task_id, old, Operation.RETRY, now, events, operator, "retry")
+            self._progress(conn, task_id, self._relock(conn, task_id), now, events)
+            conn.execute(q.insert_event, events)
+
+    def rollback_task(self, task_id: int, operator: str) -> None:
+        """Start (or resume) rolling the task back in reverse topological order (SPEC §4)."""
+        with self.db.begin() as conn:
+            row, now, events = self._lock_for_action(conn, task_id)
+            old = TaskStatus(row.status)
+            _refuse(task_id, "roll back", planner.rollback_refusal(old))
+            subs = self._subtasks(conn, task_id)
+            context = TaskContext.from_json(
+                conn.execute(q.task_context, {"task_id": task_id}).scalar_one()
+            )
+            blockers = planner.rollback_blockers(
+                context.prohibit_rollback,
+                [(s.id, s.name, S(s.status), s.prohibit_rollback) for s in subs],
+            )
+            if blockers:
+                raise RollbackProhibitedError(
+                    f"error 20004: task {task_id} cannot be rolled back: {'; '.join(blockers)}; "
+                    "retry it or skip the failed subtasks instead"
+                )
+            for sub in subs:
+                status, op = S(sub.status), Operation(sub.operation)
+                if status is S.FAILED:
+                    # A failed subtask's downstreams never ran: it can roll back at once. A
+                    # failed rollback step is tried again with runTime + 1.
+                    run_time = sub.run_time + 1 if op is Operation.ROLLBACK else sub.run_time
+                    steps = [planner.Step(S.READY, Operation.ROLLBACK, run_time)]
+                elif status is S.SUCCESSFUL and op is not Operation.ROLLBACK:
+                    steps = [planner.Step(S.SUCCESSFUL, Operation.ROLLBACK, sub.run_time)]
+                else:
+                    continue
+                self._change_subtasks(
+                    conn,
+                    task_id,
+                    [sub.id],
+                    status,
+                    steps,
+                    now,
+                    operator,
+                    "rollback requested by the operator",
+                    op,
+                    events,
+                )
+            self._restart_task(
+                conn, task_id, old, Operation.ROLLBACK, now, events, operator, "rollback"
+            )
+            self._progress(conn, task_id, self._relock(conn, task_id), now, events)
+            conn.execute(q.insert_event, events)
+
+    def retry_subtask(self, task_id: int, subtask_id: int, operator: str) -> None:
+        """A FAILED subtask → READY as RETRY (runTime + 1); the task → RUNNING."""
+        with self.db.begin() as conn:
+            row, now, events = self._lock_for_action(conn, task_id)
+            sub = self._subtask_of(conn, task_id, subtask_id)
+            refusal = planner.retry_subtask_refusal(
+                S(sub.status), Operation(sub.operation), Operation(row.operation)
+            )
+            _refuse_subtask(task_id, subtask_id, "retry", refusal)
+            self._change_subtasks(
+                conn,
+                task_id,
+                [subtask_id],
+                S.FAILED,
+                [planner.Step(S.READY, Operation.RETRY, sub.run_time + 1)],
+                now,
+                operator,
+                "retried by the operator",
+                Operation(sub.operation),
+                events,
+            )
+            self._restart_task(
+                conn,
+                task_id,
+                TaskStatus(row.status),
+                Operation(row.operation),
+                now,
+                events,
+                operator,
+                "subtask retry",
+            )
+            conn.execute(q.insert_event, events)
+
+    def skip_subtask(self, task_id: int, subtask_id: int, operator: str) -> None:
+        """A FAILED subtask → READY as SKIP (ROLLBACK_SKIP while rolling back); nothing runs."""
+        with self.db.begin() as conn:
+            row, now, events = self._lock_for_action(conn, task_id)
+            sub = self._subtask_of(conn, task_id, subtask_id)
+            _refuse_subtask(task_id, subtask_id, "skip", planner.skip_refusal(S(sub.status)))
+            op = planner.skip_operation(Operation(row.operation))
+            self._change_subtasks(
+                conn,
+                task_id,
+                [subtask_id],
+                S.FAILED,
+                [planner.Step(S.READY, op, sub.run_time)],
+                now,
+                operator,
+                "skipped by the operator",
+                Operation(sub.operation),
+                events,
+            )
+            self._restart_task(
+                conn,
+                task_id,
+                TaskStatus(row.status),
+                Operation(row.operation),
+                now,
+                events,
+                operator,
+                "subtask skip",
+            )
+            conn.execute(q.insert_event, events)
+
+    def cancel_subtask(self, task_id: int, subtask_id: int, operator: str) -> None:
+        """A RUNNING subtask → CANCELING; the worker running it interrupts it (SPEC §4)."""
+        with self.db.begin() as conn:
+            _row, now, events = self._lock_for_action(conn, task_id)
+            sub = self._subtask_of(conn, task_id, subtask_id)
+            refusal = planner.cancel_subtask_refusal(S(sub.status))
+            _refuse_subtask(task_id, subtask_id, "cancel", refusal)
+            self._change_subtasks(
+                conn,
+                task_id,
+                [subtask_id],
+                S.RUNNING,
+                [planner.Step(S.CANCELING, Operation(sub.operation), sub.run_time)],
+                now,
+                operator,
+                "cancel requested by the operator",
+                Operation(sub.operation),
+                events,
+            )
+            conn.execute(q.insert_event, events)
+
+    def cancel_task(self, task_id: int, operator: str) -> None:
+        """Cancel every RUNNING subtask, withdraw READY ones, start nothing new (beyond OCP).
+
+        The task ends FAILED once its running subtasks have stopped; it can then be retried or
+        rolled back.
+        """
+        with self.db.begin() as conn:
+            row, now, events = self._lock_for_action(conn, task_id)
+            _refuse(task_id, "cancel", planner.cancel_task_refusal(TaskStatus(row.status)))
+            conn.execute(q.request_task_cancel, {"task_id": task_id})
+            for sub in self._subtasks(conn, task_id):
+                status, op = S(sub.status), Operation(sub.operation)
+                if status is S.RUNNING:
+                    step = planner.Step(S.CANCELING, op, sub.run_time)
+                elif status is S.READY:
+                    step = planner.Step(S.PENDING, op, sub.run_time)
+                else:
+                    continue
+                self._change_subtasks(
+                    conn,
+                    task_id,
+                    [sub.id],
+                    status,
+                    [step],
+                    now,
+                    operator,
+                    "task cancelled by the operator",
+                    op,
+                    events,
+                )
+            self._progress(conn, task_id, self._relock(conn, task_id), now, events)
+            conn.execute(q.insert_event, events)
+
+    def canceling(self, executor: str) -> list[tuple[int, int]]:
+        """(subtask id, runTime) of the CANCELING subtasks that ``executor`` runs."""
+        with self.db.read() as conn:
+            rows = conn.execute(q.canceling_of, {"executor": executor}).all()
+        return [(row.id, row.run_time) for row in rows]
+
+    # ---- helpers of the actions -----------------------------------------------------------------
+
+    def _lock_for_action(
+        self, conn: sa.Connection, task_id: int
+    ) -> tuple[Any, datetime, list[dict[str, Any]]]:
+        row = conn.execute(q.lock_task, {"task_id": task_id}).one_or_none()
+        if row is None:
+            raise TaskNotFoundError(
+                f"error 20000: task {task_id} does not exist; list tasks with `dagtask list`"
+            )
+        return row, utcnow(), []
+
+    @staticmethod
+    def _relock(conn: sa.Connection, task_id: int) -> Any:
+        return conn.execute(q.lock_task, {"task_id": task_id}).one()
+
+    @staticmethod
+    def _subtasks(conn: sa.Connection, task_id: int) -> list[Any]:
+        return list(conn.execute(q.task_subtasks, {"task_id": task_id}).all())
+
+    @staticmethod
+    def _subtask_of(conn: sa.Connection, task_id: int, subtask_id: int) -> Any:
+        row = conn.execute(q.subtask_row, {"sid": subtask_id}).one_or_none()
+        if row is None or row.task_id != task_id:
+            raise TaskNotFoundError(
+                f"error 20000: task {task_id} has no subtask {subtask_id}; "
+                f"see its subtasks with `dagtask show {task_id}`"
+            )
+        return row
+
+    def _restart_task(
+        self,
+        conn: sa.Connection,
+        task_id: int,
+        old: TaskStatus,
+        operation: Operation,
+        now: datetime,
+        events: list[dict[str, Any]],
+        operator: str,
+        action: str,
+    ) -> None:
+        """The task → RUNNING with ``operation``; an operator action clears a task cancel."""
+        states.check_task_transition(old, TaskStatus.RUNNING)
+        conn.execute(
+            q.set_task_operation,
+            {
+                "task_id": task_id,
+                "status": TaskStatus.RUNNING.value,
+                "operation": operation.value,
+                "cancel_requested": False,
+            },
+        )
+        events.append(
+            _event(
+                task_id,
+                None,
+                now,
+                EventKind.TASK_STATUS,
+                old.value,
+                TaskStatus.RUNNING.value,
+                None,
+                operation.value,
+                executor=operator,
+                message=f"{action} by {operator}",
+            )
+        )
 
     # ---- status changes: the only place they are written -----------------------------------
 
@@ -598,7 +707,8 @@ class Store:
         appended to ``events``, which the caller inserts in the same transaction."""
         status, operation = old, old_operation
         for step in steps:
-            states.check_subtask_transition(status, step.status)
+            if step.status is not status:
+                states.check_subtask_transition(status, step.status)
             params = [
                 {
                     "sid": sid,
@@ -609,7 +719,7 @@ class Store:
                 }
                 for sid in subtask_ids
             ]
-            result = conn.execute(_set_subtask, params)
+            result = conn.execute(q.set_subtask, params)
             if result.rowcount != len(subtask_ids):
                 raise RuntimeError(
                     f"subtasks {list(subtask_ids)} were not all {status} (changed concurrently)"
@@ -630,36 +740,83 @@ class Store:
                 )
                 for sid in subtask_ids
             )
+            self._successful_crossing(conn, subtask_ids, status, step.status)
             status, operation = step.status, step.operation
+
+    @staticmethod
+    def _successful_crossing(
+        conn: sa.Connection, subtask_ids: Sequence[int], old: SubtaskStatus, new: SubtaskStatus
+    ) -> None:
+        """Keep downstreams' ``pending_upstreams`` equal to their upstreams not SUCCESSFUL."""
+        if (old is S.SUCCESSFUL) == (new is S.SUCCESSFUL):
+            return
+        delta = -1 if new is S.SUCCESSFUL else 1
+        conn.execute(q.adjust_downstreams, [{"sid": sid, "delta": delta} for sid in subtask_ids])
+
+    def _progress(
+        self,
+        conn: sa.Connection,
+        task_id: int,
+        task_row: Any,
+        now: datetime,
+        events: list[dict[str, Any]],
+    ) -> tuple[int, TaskStatus | None]:
+        """Promote what may run now (within the concurrency) and settle the task if idle."""
+        active = conn.execute(q.count_active, {"task_id": task_id}).scalar_one()
+        promoted = 0
+        if not task_row.cancel_requested and TaskStatus(task_row.status) is TaskStatus.RUNNING:
+            room = planner.promotable(task_row.concurrency, active)
+            if room:
+                promoted = self._promote(
+                    conn, task_id, Operation(task_row.operation), room, now, events
+                )
+        task_status = None
+        if active + promoted == 0:
+            task_status = self._settle_task(
+                conn, task_id, TaskStatus(task_row.status), task_row.operation, now, events
+            )
+        return promoted, task_status
 
     def _promote(
         self,
         conn: sa.Connection,
         task_id: int,
-        concurrency: int,
-        active: int,
+        operation: Operation,
+        room: int,
         now: datetime,
         events: list[dict[str, Any]],
     ) -> int:
-        """Make runnable PENDING subtasks READY, as many as the task's concurrency allows."""
-        room = planner.promotable(concurrency, active)
-        if room == 0:
-            return 0
-        ids = conn.execute(_runnable, {"task_id": task_id, "limit": room}).scalars().all()
-        if ids:
+        """Make up to ``room`` subtasks READY: forward, PENDING ones whose upstreams all
+        succeeded; in a rollback, SUCCESSFUL ones whose downstreams are all PENDING."""
+        if operation is Operation.ROLLBACK:
+            old = S.SUCCESSFUL
+            rows = conn.execute(q.rollback_runnable, {"task_id": task_id, "limit": room}).all()
+        else:
+            old = S.PENDING
+            rows = conn.execute(q.runnable, {"task_id": task_id, "limit": room}).all()
+        groups: dict[tuple[str, int], list[int]] = {}
+        for row in rows:
+            groups.setdefault((row.operation, row.run_time), []).append(row.id)
+        for (current_op, run_time), ids in groups.items():
+            if operation is Operation.ROLLBACK:
+                new_op = Operation.ROLLBACK
+            elif current_op in (Operation.ROLLBACK.value, Operation.ROLLBACK_SKIP.value):
+                new_op = Operation.EXECUTE
+            else:
+                new_op = Operation(current_op)  # keeps RETRY of a subtask a cancel withdrew
             self._change_subtasks(
                 conn,
                 task_id,
                 ids,
-                S.PENDING,
-                [planner.Step(S.READY, Operation.EXECUTE, 1)],
+                old,
+                [planner.Step(S.READY, new_op, run_time)],
                 now,
                 None,
                 None,
-                Operation.EXECUTE,
+                Operation(current_op),
                 events,
             )
-        return len(ids)
+        return len(rows)
 
     def _settle_task(
         self,
@@ -673,7 +830,7 @@ class Store:
         """Nothing of the task is active: set its final status (SPEC §3)."""
 
         def has(status: SubtaskStatus) -> bool:
-            found = conn.execute(_has_status, {"task_id": task_id, "st": status.value}).first()
+            found = conn.execute(q.has_status, {"task_id": task_id, "st": status.value}).first()
             return found is not None
 
         new = planner.task_status_when_idle(
@@ -701,7 +858,7 @@ class Store:
         states.check_task_transition(old, new)
         finished = new is not TaskStatus.RUNNING
         conn.execute(
-            _set_task,
+            q.set_task,
             {"task_id": task_id, "status": new.value, "finish_time": now if finished else None},
         )
         events.append(
@@ -720,194 +877,18 @@ class Store:
 
     def _log(self, conn: sa.Connection, sid: int, run_time: int, text: str, now: datetime) -> None:
         conn.execute(
-            _insert_log, {"subtask_id": sid, "run_time": run_time, "text": text, "create_time": now}
+            q.insert_log,
+            {"subtask_id": sid, "run_time": run_time, "text": text, "create_time": now},
         )
 
-    # ---- reads --------------------------------------------------------------------------------
 
-    def any_ready(self) -> bool:
-        """Whether any subtask is READY (a cheap check before trying to claim)."""
-        with self.db.read() as conn:
-            return conn.execute(_any_ready).first() is not None
-
-    def task_status(self, task_id: int) -> TaskStatus:
-        """The task's status (raises TaskNotFoundError)."""
-        with self.db.read() as conn:
-            value = conn.execute(_task_status, {"task_id": task_id}).scalar()
-        if value is None:
-            raise _not_found(task_id)
-        return TaskStatus(value)
-
-    def get_task(self, task_id: int) -> TaskInfo:
-        """The task with its subtasks and their links."""
-        with self.db.read() as conn:
-            row = conn.execute(sa.select(task).where(task.c.id == task_id)).one_or_none()
-            if row is None:
-                raise _not_found(task_id)
-            subs = conn.execute(
-                sa.select(subtask).where(subtask.c.task_id == task_id).order_by(subtask.c.id)
-            ).all()
-            edges = conn.execute(
-                sa.select(subtask_edge.c.upstream_id, subtask_edge.c.downstream_id).where(
-                    subtask_edge.c.task_id == task_id
-                )
-            ).all()
-        return _task_info(row, subs, edges)
-
-    def list_tasks(
-        self,
-        *,
-        page: int = 1,
-        size: int = 20,
-        name: str | None = None,
-        statuses: Sequence[TaskStatus] = (),
-        host_id: int | None = None,
-        descending: bool = True,
-    ) -> TaskPage:
-        """One page of tasks (newest first by default), with their subtasks."""
-        where: list[sa.ColumnElement[bool]] = []
-        if name:
-            where.append(task.c.name.like(f"%{name}%"))
-        if statuses:
-            where.append(task.c.status.in_([s.value for s in statuses]))
-        if host_id is not None:
-            where.append(task.c.host_id == host_id)
-        order = task.c.id.desc() if descending else task.c.id.asc()
-        with self.db.read() as conn:
-            total = conn.execute(
-                sa.select(sa.func.count()).select_from(task).where(*where)
-            ).scalar()
-            rows = conn.execute(
-                sa.select(task).where(*where).order_by(order).limit(size).offset((page - 1) * size)
-            ).all()
-            ids = [r.id for r in rows]
-            subs = conn.execute(
-                sa.select(subtask).where(subtask.c.task_id.in_(ids)).order_by(subtask.c.id)
-            ).all()
-            edges = conn.execute(
-                sa.select(
-                    subtask_edge.c.upstream_id, subtask_edge.c.downstream_id, subtask_edge.c.task_id
-                ).where(subtask_edge.c.task_id.in_(ids))
-            ).all()
-        tasks = [
-            _task_info(
-                r,
-                [s for s in subs if s.task_id == r.id],
-                [e for e in edges if e.task_id == r.id],
-            )
-            for r in rows
-        ]
-        return TaskPage(tasks=tasks, number=page, size=size, total_elements=int(total or 0))
-
-    def read_log(self, task_id: int, subtask_id: int) -> str:
-        """Every attempt's log of one subtask, in order."""
-        with self.db.read() as conn:
-            owner = conn.execute(
-                sa.select(subtask.c.task_id).where(subtask.c.id == subtask_id)
-            ).scalar()
-            if owner != task_id:
-                raise TaskNotFoundError(
-                    f"error 20000: task {task_id} has no subtask {subtask_id}; "
-                    f"see the subtask ids with `dagtask show {task_id}`"
-                )
-            parts = conn.execute(
-                sa.select(subtask_log.c.text)
-                .where(subtask_log.c.subtask_id == subtask_id)
-                .order_by(subtask_log.c.run_time, subtask_log.c.id)
-            ).scalars()
-            return "".join(parts)
-
-    def events(self, task_id: int, after_id: int = 0) -> list[TaskEvent]:
-        """The task's history events with id greater than ``after_id``, oldest first."""
-        with self.db.read() as conn:
-            rows = conn.execute(
-                sa.select(task_event)
-                .where(task_event.c.task_id == task_id, task_event.c.id > after_id)
-                .order_by(task_event.c.id)
-            ).all()
-        return [TaskEvent.model_validate(row._asdict()) for row in rows]
-
-    def template_definition(self, template_id: int) -> dict[str, Any]:
-        """The stored definition of a template version."""
-        with self.db.read() as conn:
-            value = conn.execute(
-                sa.select(template_table.c.definition).where(template_table.c.id == template_id)
-            ).scalar_one()
-        return dict(value)
-
-    def stored_templates(self) -> list[tuple[str, int, int]]:
-        """(name, newest version, id) of every template name stored in the database."""
-        with self.db.read() as conn:
-            rows = conn.execute(
-                sa.select(
-                    template_table.c.name, template_table.c.version, template_table.c.id
-                ).order_by(template_table.c.name, template_table.c.version)
-            ).all()
-        newest: dict[str, tuple[str, int, int]] = {}
-        for name, version, tid in rows:
-            newest[name] = (name, version, tid)
-        return list(newest.values())
+def _refuse(task_id: int, action: str, reason: str | None) -> None:
+    if reason is not None:
+        raise OperationNotAllowedError(f"error 20003: cannot {action} task {task_id}: {reason}")
 
 
-def _not_found(task_id: int) -> TaskNotFoundError:
-    return TaskNotFoundError(
-        f"error 20000: task {task_id} does not exist; list tasks with `dagtask list`"
-    )
-
-
-def _task_info(row: Any, subs: Sequence[Any], edges: Sequence[Any]) -> TaskInfo:
-    """Map a task row, its subtask rows and its edge rows to the domain model."""
-    ups: dict[int, list[int]] = {}
-    downs: dict[int, list[int]] = {}
-    for edge in edges:
-        ups.setdefault(edge.downstream_id, []).append(edge.upstream_id)
-        downs.setdefault(edge.upstream_id, []).append(edge.downstream_id)
-    subtasks = [
-        SubtaskInfo(
-            id=s.id,
-            task_id=s.task_id,
-            name=s.name,
-            description=s.description,
-            class_name=s.class_name,
-            node_type=s.node_type,
-            operation=Operation(s.operation),
-            status=S(s.status),
-            series_id=s.series_id,
-            run_time=s.run_time,
-            timeout=s.timeout,
-            retry_count=s.retry_count,
-            parallel=s.parallel,
-            parallel_idx=s.parallel_idx,
-            prohibit_rollback=s.prohibit_rollback,
-            upstreams=sorted(ups.get(s.id, [])),
-            downstreams=sorted(downs.get(s.id, [])),
-            executor=s.executor,
-            context=TaskContext.from_json(s.output_context) if s.output_context else None,
-            message=s.message,
-            create_time=s.create_time,
-            start_time=s.start_time,
-            finish_time=s.finish_time,
+def _refuse_subtask(task_id: int, subtask_id: int, action: str, reason: str | None) -> None:
+    if reason is not None:
+        raise OperationNotAllowedError(
+            f"error 20003: cannot {action} subtask {subtask_id} of task {task_id}: {reason}"
         )
-        for s in subs
-    ]
-    return TaskInfo(
-        id=row.id,
-        name=row.name,
-        template_id=row.template_id,
-        task_definition_id=row.task_definition_id,
-        type=states.TaskType(row.type),
-        status=TaskStatus(row.status),
-        operation=Operation(row.operation),
-        creator=row.creator,
-        executor=row.executor,
-        context=TaskContext.from_json(row.context),
-        prohibit_rollback=row.prohibit_rollback,
-        host_id=row.host_id,
-        cluster_id=row.cluster_id,
-        tenant_id=row.tenant_id,
-        concurrency=row.concurrency,
-        create_time=row.create_time,
-        start_time=row.start_time,
-        finish_time=row.finish_time,
-        subtasks=subtasks,
-    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -120,3 +121,23 @@ def test_connector_for_picks_by_kind(inventory: HostInventory) -> None:
         HostError, match=r"connector 'ssh', which dagtask does not know \(known: lo"
     ):
         connector_for(remote)
+
+
+def test_concurrent_conditional_sets_let_exactly_one_win(inventory: HostInventory) -> None:
+    host = inventory.add("db1", "10.0.0.1", "/opt/agent", agent_status=AgentStatus.STOPPED)
+    outcomes: list[str] = []
+
+    def start() -> None:
+        try:
+            inventory.set_agent_status(host.id, AgentStatus.STARTING, AgentStatus.STOPPED)
+            outcomes.append("won")
+        except HostError:
+            outcomes.append("refused")
+
+    threads = [threading.Thread(target=start) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert sorted(outcomes) == ["refused"] * 7 + ["won"]
+    assert inventory.agent_status(host.id) is AgentStatus.STARTING

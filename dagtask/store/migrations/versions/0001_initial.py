@@ -166,6 +166,13 @@ def upgrade() -> None:
         sa.Column("tenant_id", sa.BigInteger(), nullable=True),
         sa.Column("concurrency", sa.Integer(), nullable=False),
         sa.Column(
+            "cancel_requested",
+            sa.Boolean(),
+            server_default=sa.false(),
+            nullable=False,
+            comment="an operator cancelled the task: nothing new starts until a retry or rollback",
+        ),
+        sa.Column(
             "create_time",
             sa.DateTime()
             .with_variant(mysql.DATETIME(fsp=6), "mariadb")

@@ -1,0 +1,56 @@
+"""A stand-in OCP agent daemon: ``python -m dagtask.hosts.agent_stub --home HOME --name NAME``.
+
+It writes its pid to ``HOME/run/NAME.pid`` once its signal handlers are in place (so whoever
+started it knows a SIGTERM will now be handled), then sleeps until a signal ends it. SIGTERM makes
+it exit 0, unless ``--ignore-sigterm`` is given: then only SIGKILL stops it. It imports nothing
+but the standard library so that it starts fast; the local connector runs it by file path
+(``python -P .../agent_stub.py``) so that not even the dagtask package is imported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+
+
+def _exit_on_sigterm(_signum: int, _frame: FrameType | None) -> None:
+    sys.exit(0)
+
+
+def _write_pid_file(home: str, name: str) -> None:
+    run = Path(home) / "run"
+    tmp = run / f".{name}.pid.{os.getpid()}"
+    try:
+        run.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(f"{os.getpid()}\n")
+        # Atomic: a reader never sees a half-written pid.
+        tmp.replace(run / f"{name}.pid")
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        sys.exit(f"agent_stub {name}: cannot write its pid file {run / name}.pid: {exc}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the fake agent process until a signal stops it."""
+    parser = argparse.ArgumentParser(prog="agent_stub", description=__doc__)
+    parser.add_argument("--home", required=True, help="the agent home directory")
+    parser.add_argument("--name", required=True, help="the process name, e.g. ocp_agentd")
+    parser.add_argument("--ignore-sigterm", action="store_true", help="only SIGKILL stops it")
+    args = parser.parse_args(argv)
+    if args.ignore_sigterm:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    else:
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    # The pid file is left behind on exit on purpose: removing stale records is the
+    # connector's job, as with a real agent that was SIGKILLed.
+    _write_pid_file(args.home, args.name)
+    while True:
+        signal.pause()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""The host inventory: which hosts exist, how to reach them, and the state of their OCP agent.
+
+A thin typed facade over :mod:`dagtask.store.hosts`: it validates status values against the enums
+below before they are written and hands back :class:`~dagtask.models.HostInfo` models.
+"""
+
+from __future__ import annotations
+
+import builtins
+from enum import StrEnum
+from pathlib import Path
+from typing import TypeVar
+
+from dagtask.errors import ArgumentError, HostError
+from dagtask.models import HostInfo
+from dagtask.store import hosts as sql
+from dagtask.store.db import Database
+
+
+class AgentStatus(StrEnum):
+    """State of a host's OCP agent (OCP's values; the transitional ones end in -ING)."""
+
+    ONLINE = "ONLINE"
+    OFFLINE = "OFFLINE"
+    STARTING = "STARTING"
+    STOPPING = "STOPPING"
+    STOPPED = "STOPPED"
+    RESTARTING = "RESTARTING"
+    UNKNOWN = "UNKNOWN"
+
+
+class HostStatus(StrEnum):
+    """Whether a host itself is usable."""
+
+    ONLINE = "ONLINE"
+    OFFLINE = "OFFLINE"
+
+
+_E = TypeVar("_E", AgentStatus, HostStatus)
+
+
+def _parse(kind: type[_E], value: str, what: str) -> _E:
+    try:
+        return kind(value)
+    except ValueError:
+        allowed = ", ".join(member.value for member in kind)
+        raise ArgumentError(f"{value!r} is not a valid {what}; use one of {allowed}") from None
+
+
+def parse_agent_status(value: str) -> AgentStatus:
+    """``value`` as an :class:`AgentStatus`, or an :class:`ArgumentError` listing the values."""
+    return _parse(AgentStatus, value, "agent status")
+
+
+def parse_host_status(value: str) -> HostStatus:
+    """``value`` as a :class:`HostStatus`, or an :class:`ArgumentError` listing the values."""
+    return _parse(HostStatus, value, "host status")
+
+
+class HostInventory:
+    """Typed access to the hosts of one database (thread-safe: every call is one transaction)."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def add(
+        self,
+        name: str,
+        inner_ip: str,
+        agent_home: str,
+        *,
+        connector: str = "local",
+        status: HostStatus | str = HostStatus.ONLINE,
+        agent_status: AgentStatus | str = AgentStatus.ONLINE,
+    ) -> HostInfo:
+        """Register a host; its name must be unique (else :class:`HostError`).
+
+        A local host's ``agent_home`` is made absolute, because the workers that stop its agent
+        may run in another directory than the caller.
+        """
+        if not name.strip():
+            raise ArgumentError("a host needs a non-empty name")
+        if not inner_ip.strip():
+            raise ArgumentError(f"host {name!r} needs an inner IP address, e.g. 127.0.0.1")
+        if not agent_home.strip():
+            raise ArgumentError(f"host {name!r} needs an agent home directory")
+        if connector == "local":
+            agent_home = str(Path(agent_home).expanduser().absolute())
+        return sql.add_host(
+            self.db,
+            name,
+            inner_ip,
+            agent_home,
+            connector=connector,
+            status=parse_host_status(status),
+            agent_status=parse_agent_status(agent_status),
+        )
+
+    def get(self, host_id: int) -> HostInfo:
+        """The host with this id; :class:`HostNotFoundError` if there is none."""
+        return sql.get_host(self.db, host_id)
+
+    def get_by_name(self, name: str) -> HostInfo:
+        """The host with this name; :class:`HostNotFoundError` if there is none."""
+        return sql.get_host_by_name(self.db, name)
+
+    def list(self) -> builtins.list[HostInfo]:
+        """Every host, ordered by id."""
+        return sql.list_hosts(self.db)
+
+    def agent_status(self, host_id: int) -> AgentStatus:
+        """The current agent status of the host."""
+        return _stored(AgentStatus, self.get(host_id).agent_status, host_id)
+
+    def set_agent_status(
+        self,
+        host_id: int,
+        new: AgentStatus | str,
+        expected: AgentStatus | str | None = None,
+    ) -> AgentStatus:
+        """Set the agent status and return the previous one.
+
+        With ``expected`` the change is conditional: if the status is not ``expected`` (another
+        operation changed it) nothing is written and a :class:`HostError` says so.
+        """
+        wanted = parse_agent_status(new)
+        guard = parse_agent_status(expected) if expected is not None else None
+        previous = sql.set_agent_status(self.db, host_id, wanted, guard)
+        return _stored(AgentStatus, previous, host_id)
+
+    def set_status(
+        self, host_id: int, new: HostStatus | str, expected: HostStatus | str | None = None
+    ) -> HostStatus:
+        """Set the host status (conditional like :meth:`set_agent_status`); return the old one."""
+        wanted = parse_host_status(new)
+        guard = parse_host_status(expected) if expected is not None else None
+        previous = sql.set_status(self.db, host_id, wanted, guard)
+        return _stored(HostStatus, previous, host_id)
+
+
+def _stored(kind: type[_E], value: str, host_id: int) -> _E:
+    """A status read back from the database; only a hand-edited row can hold another value."""
+    try:
+        return kind(value)
+    except ValueError:
+        raise HostError(
+            f"host {host_id} has the unknown status {value!r} in the database (edited by hand?); "
+            f"set a valid one with HostInventory.set_agent_status / set_status",
+            target=str(host_id),
+        ) from None

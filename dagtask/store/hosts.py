@@ -1,0 +1,163 @@
+"""All SQL for the host inventory (the ``dagtask_host`` table), and the row -> HostInfo mapping.
+
+Statuses are plain strings here; :mod:`dagtask.hosts.inventory` owns their enums and validates
+them before they reach this module. Times are naive UTC, like every other table.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from dagtask.errors import HostError, HostNotFoundError
+from dagtask.models import HostInfo
+from dagtask.store.db import Database
+from dagtask.store.schema import host as host_table
+
+LIST_HINT = "list hosts with `dagtask hosts list`"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def _to_info(row: sa.Row[Any]) -> HostInfo:
+    return HostInfo(
+        id=row.id,
+        name=row.name,
+        inner_ip=row.inner_ip,
+        status=row.status,
+        agent_status=row.agent_status,
+        agent_home=row.agent_home,
+        connector=row.connector,
+        create_time=row.create_time,
+        update_time=row.update_time,
+    )
+
+
+def _not_found(host_id: int) -> HostNotFoundError:
+    return HostNotFoundError(f"host {host_id} does not exist; {LIST_HINT}", target=str(host_id))
+
+
+def add_host(
+    db: Database,
+    name: str,
+    inner_ip: str,
+    agent_home: str,
+    *,
+    connector: str = "local",
+    status: str = "ONLINE",
+    agent_status: str = "ONLINE",
+) -> HostInfo:
+    """Insert a host and return it; a name already in use is a :class:`HostError`."""
+    now = _now()
+    values = {
+        "name": name,
+        "inner_ip": inner_ip,
+        "status": status,
+        "agent_status": agent_status,
+        "agent_home": agent_home,
+        "connector": connector,
+        "create_time": now,
+        "update_time": now,
+    }
+    try:
+        with db.begin() as conn:
+            result = conn.execute(sa.insert(host_table).values(**values))
+            key = result.inserted_primary_key
+            if key is None:  # every supported backend reports it for a single-row insert
+                raise HostError(f"the database did not return the id of the new host {name!r}")
+            host_id = int(key[0])
+    except sa.exc.IntegrityError as exc:
+        # The unique index on name is the only constraint an insert can break; checking it first
+        # would still race with a concurrent insert, so translate the database's answer instead.
+        existing = _find_by_name(db, name)
+        where = f" (id {existing.id})" if existing else ""
+        raise HostError(
+            f"a host named {name!r} already exists{where}; choose another name or {LIST_HINT}",
+            target=name,
+        ) from exc
+    return HostInfo(
+        id=host_id,
+        name=name,
+        inner_ip=inner_ip,
+        status=status,
+        agent_status=agent_status,
+        agent_home=agent_home,
+        connector=connector,
+        create_time=now,
+        update_time=now,
+    )
+
+
+def _find_by_name(db: Database, name: str) -> HostInfo | None:
+    with db.read() as conn:
+        row = conn.execute(sa.select(host_table).where(host_table.c.name == name)).first()
+    return _to_info(row) if row else None
+
+
+def get_host(db: Database, host_id: int) -> HostInfo:
+    """The host with this id; :class:`HostNotFoundError` if there is none."""
+    with db.read() as conn:
+        row = conn.execute(sa.select(host_table).where(host_table.c.id == host_id)).first()
+    if row is None:
+        raise _not_found(host_id)
+    return _to_info(row)
+
+
+def get_host_by_name(db: Database, name: str) -> HostInfo:
+    """The host with this name; :class:`HostNotFoundError` if there is none."""
+    found = _find_by_name(db, name)
+    if found is None:
+        raise HostNotFoundError(f"no host is named {name!r}; {LIST_HINT}", target=name)
+    return found
+
+
+def list_hosts(db: Database) -> list[HostInfo]:
+    """Every host, ordered by id."""
+    with db.read() as conn:
+        rows = conn.execute(sa.select(host_table).order_by(host_table.c.id)).all()
+    return [_to_info(row) for row in rows]
+
+
+def _set_column(
+    db: Database, host_id: int, column: sa.Column[Any], new: str, expected: str | None
+) -> str:
+    """Set ``column`` to ``new`` (only if it is ``expected``, when given); return the old value."""
+    with db.begin() as conn:
+        # FOR UPDATE keeps the read-then-write atomic on PostgreSQL/MySQL; SQLite renders no
+        # FOR UPDATE and needs none, its write transactions start with BEGIN IMMEDIATE.
+        current = conn.execute(
+            sa.select(column).where(host_table.c.id == host_id).with_for_update()
+        ).scalar_one_or_none()
+        if current is None:
+            raise _not_found(host_id)
+        if expected is not None and current != expected:
+            label = column.name.replace("_", " ")
+            raise HostError(
+                f"host {host_id}: {label} is {current}, not {expected} as expected, so it was not "
+                f"set to {new}; another operation changed it, check the host and its tasks",
+                target=str(host_id),
+            )
+        conn.execute(
+            sa.update(host_table)
+            .where(host_table.c.id == host_id)
+            .values({column.name: new, "update_time": _now()})
+        )
+    return str(current)
+
+
+def set_agent_status(db: Database, host_id: int, new: str, expected: str | None = None) -> str:
+    """Set the host's agent status and return the previous one.
+
+    With ``expected``, the change happens only if the current status is ``expected``; otherwise a
+    :class:`HostError` says what the status really is and nothing changes.
+    """
+    return _set_column(db, host_id, host_table.c.agent_status, new, expected)
+
+
+def set_status(db: Database, host_id: int, new: str, expected: str | None = None) -> str:
+    """Set the host's status (conditionally, like :func:`set_agent_status`); return the old one."""
+    return _set_column(db, host_id, host_table.c.status, new, expected)

@@ -1,0 +1,217 @@
+"""Reads of the task store: tasks, pages of tasks, logs, history events, stored templates.
+
+Rows are mapped to the domain models of :mod:`dagtask.models` here (and in :mod:`.hosts` for the
+inventory), nowhere else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+
+from dagtask import states
+from dagtask.context import TaskContext
+from dagtask.errors import TaskNotFoundError
+from dagtask.models import SubtaskInfo, TaskEvent, TaskInfo, TaskPage
+from dagtask.states import Operation, SubtaskStatus, TaskStatus
+from dagtask.store import statements as q
+from dagtask.store.db import Database
+from dagtask.store.schema import subtask, subtask_edge, subtask_log, task, task_event
+from dagtask.store.schema import task_template as template_table
+
+S = SubtaskStatus
+
+
+class StoreReads:
+    """The read side of :class:`dagtask.store.sql.Store`."""
+
+    db: Database
+
+    def any_ready(self) -> bool:
+        """Whether any subtask is READY (a cheap check before trying to claim)."""
+        with self.db.read() as conn:
+            return conn.execute(q.any_ready).first() is not None
+
+    def task_status(self, task_id: int) -> TaskStatus:
+        """The task's status (raises TaskNotFoundError)."""
+        with self.db.read() as conn:
+            value = conn.execute(q.task_status, {"task_id": task_id}).scalar()
+        if value is None:
+            raise _not_found(task_id)
+        return TaskStatus(value)
+
+    def get_task(self, task_id: int) -> TaskInfo:
+        """The task with its subtasks and their links."""
+        with self.db.read() as conn:
+            row = conn.execute(sa.select(task).where(task.c.id == task_id)).one_or_none()
+            if row is None:
+                raise _not_found(task_id)
+            subs = conn.execute(
+                sa.select(subtask).where(subtask.c.task_id == task_id).order_by(subtask.c.id)
+            ).all()
+            edges = conn.execute(
+                sa.select(subtask_edge.c.upstream_id, subtask_edge.c.downstream_id).where(
+                    subtask_edge.c.task_id == task_id
+                )
+            ).all()
+        return _task_info(row, subs, edges)
+
+    def list_tasks(
+        self,
+        *,
+        page: int = 1,
+        size: int = 20,
+        name: str | None = None,
+        statuses: Sequence[TaskStatus] = (),
+        host_id: int | None = None,
+        descending: bool = True,
+    ) -> TaskPage:
+        """One page of tasks (newest first by default), with their subtasks."""
+        where: list[sa.ColumnElement[bool]] = []
+        if name:
+            where.append(task.c.name.like(f"%{name}%"))
+        if statuses:
+            where.append(task.c.status.in_([s.value for s in statuses]))
+        if host_id is not None:
+            where.append(task.c.host_id == host_id)
+        order = task.c.id.desc() if descending else task.c.id.asc()
+        with self.db.read() as conn:
+            total = conn.execute(
+                sa.select(sa.func.count()).select_from(task).where(*where)
+            ).scalar()
+            rows = conn.execute(
+                sa.select(task).where(*where).order_by(order).limit(size).offset((page - 1) * size)
+            ).all()
+            ids = [r.id for r in rows]
+            subs = conn.execute(
+                sa.select(subtask).where(subtask.c.task_id.in_(ids)).order_by(subtask.c.id)
+            ).all()
+            edges = conn.execute(
+                sa.select(
+                    subtask_edge.c.upstream_id, subtask_edge.c.downstream_id, subtask_edge.c.task_id
+                ).where(subtask_edge.c.task_id.in_(ids))
+            ).all()
+        tasks = [
+            _task_info(
+                r,
+                [s for s in subs if s.task_id == r.id],
+                [e for e in edges if e.task_id == r.id],
+            )
+            for r in rows
+        ]
+        return TaskPage(tasks=tasks, number=page, size=size, total_elements=int(total or 0))
+
+    def read_log(self, task_id: int, subtask_id: int) -> str:
+        """Every attempt's log of one subtask, in order."""
+        with self.db.read() as conn:
+            owner = conn.execute(
+                sa.select(subtask.c.task_id).where(subtask.c.id == subtask_id)
+            ).scalar()
+            if owner != task_id:
+                raise TaskNotFoundError(
+                    f"error 20000: task {task_id} has no subtask {subtask_id}; "
+                    f"see the subtask ids with `dagtask show {task_id}`"
+                )
+            parts = conn.execute(
+                sa.select(subtask_log.c.text)
+                .where(subtask_log.c.subtask_id == subtask_id)
+                .order_by(subtask_log.c.run_time, subtask_log.c.id)
+            ).scalars()
+            return "".join(parts)
+
+    def events(self, task_id: int, after_id: int = 0) -> list[TaskEvent]:
+        """The task's history events with id greater than ``after_id``, oldest first."""
+        with self.db.read() as conn:
+            rows = conn.execute(
+                sa.select(task_event)
+                .where(task_event.c.task_id == task_id, task_event.c.id > after_id)
+                .order_by(task_event.c.id)
+            ).all()
+        return [TaskEvent.model_validate(row._asdict()) for row in rows]
+
+    def template_definition(self, template_id: int) -> dict[str, Any]:
+        """The stored definition of a template version."""
+        with self.db.read() as conn:
+            value = conn.execute(
+                sa.select(template_table.c.definition).where(template_table.c.id == template_id)
+            ).scalar_one()
+        return dict(value)
+
+    def stored_templates(self) -> list[tuple[str, int, int]]:
+        """(name, newest version, id) of every template name stored in the database."""
+        with self.db.read() as conn:
+            rows = conn.execute(
+                sa.select(
+                    template_table.c.name, template_table.c.version, template_table.c.id
+                ).order_by(template_table.c.name, template_table.c.version)
+            ).all()
+        newest: dict[str, tuple[str, int, int]] = {}
+        for name, version, tid in rows:
+            newest[name] = (name, version, tid)
+        return list(newest.values())
+
+
+def _not_found(task_id: int) -> TaskNotFoundError:
+    return TaskNotFoundError(
+        f"error 20000: task {task_id} does not exist; list tasks with `dagtask list`"
+    )
+
+
+def _task_info(row: Any, subs: Sequence[Any], edges: Sequence[Any]) -> TaskInfo:
+    """Map a task row, its subtask rows and its edge rows to the domain model."""
+    ups: dict[int, list[int]] = {}
+    downs: dict[int, list[int]] = {}
+    for edge in edges:
+        ups.setdefault(edge.downstream_id, []).append(edge.upstream_id)
+        downs.setdefault(edge.upstream_id, []).append(edge.downstream_id)
+    subtasks = [
+        SubtaskInfo(
+            id=s.id,
+            task_id=s.task_id,
+            name=s.name,
+            description=s.description,
+            class_name=s.class_name,
+            node_type=s.node_type,
+            operation=Operation(s.operation),
+            status=S(s.status),
+            series_id=s.series_id,
+            run_time=s.run_time,
+            timeout=s.timeout,
+            retry_count=s.retry_count,
+            parallel=s.parallel,
+            parallel_idx=s.parallel_idx,
+            prohibit_rollback=s.prohibit_rollback,
+            upstreams=sorted(ups.get(s.id, [])),
+            downstreams=sorted(downs.get(s.id, [])),
+            executor=s.executor,
+            context=TaskContext.from_json(s.output_context) if s.output_context else None,
+            message=s.message,
+            create_time=s.create_time,
+            start_time=s.start_time,
+            finish_time=s.finish_time,
+        )
+        for s in subs
+    ]
+    return TaskInfo(
+        id=row.id,
+        name=row.name,
+        template_id=row.template_id,
+        task_definition_id=row.task_definition_id,
+        type=states.TaskType(row.type),
+        status=TaskStatus(row.status),
+        operation=Operation(row.operation),
+        creator=row.creator,
+        executor=row.executor,
+        context=TaskContext.from_json(row.context),
+        prohibit_rollback=row.prohibit_rollback,
+        host_id=row.host_id,
+        cluster_id=row.cluster_id,
+        tenant_id=row.tenant_id,
+        concurrency=row.concurrency,
+        create_time=row.create_time,
+        start_time=row.start_time,
+        finish_time=row.finish_time,
+        subtasks=subtasks,
+    )
