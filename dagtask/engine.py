@@ -30,7 +30,7 @@ from dagtask.errors import ArgumentError, HostNotFoundError, TaskTimeoutError, T
 from dagtask.hosts.inventory import HostInventory
 from dagtask.models import RollbackPlan, SubtaskInfo, TaskEvent, TaskInfo, TaskPage
 from dagtask.services import Services
-from dagtask.states import TaskStatus
+from dagtask.states import SubtaskStatus, TaskStatus
 from dagtask.store.db import open_database
 from dagtask.store.sql import Claim, FinishOutcome, Store
 from dagtask.template import TaskTemplate
@@ -125,6 +125,8 @@ class Engine:
                 sub.spec.handler
             )
         host_id = self._check_host(tpl, context.string_map) if tpl.host_arg else None
+        if tpl.host_list_arg:
+            self._check_host_list(tpl.host_list_arg, context.list_map)
         template_id = self.store.save_template(tpl)
         task_id = self.store.submit(
             expanded,
@@ -158,6 +160,29 @@ class Engine:
             ) from exc
         return host_id
 
+    def _check_host_list(self, key: str, lists: Mapping[str, Sequence[str]]) -> None:
+        raw = lists.get(key)
+        if not raw:
+            raise ArgumentError(
+                f"this task acts on a list of hosts: pass their ids as {key} "
+                f"(e.g. --list {key}=1,2,3); list hosts with `dagtask hosts list`"
+            )
+        if len(set(raw)) != len(raw):
+            raise ArgumentError(f"{key} names a host more than once: {', '.join(raw)}")
+        missing = []
+        for item in raw:
+            try:
+                self.hosts.get(int(item))
+            except ValueError:
+                raise ArgumentError(f"{key} must hold host ids (integers), got {item!r}") from None
+            except HostNotFoundError:
+                missing.append(item)
+        if missing:
+            raise HostNotFoundError(
+                f"hosts {', '.join(missing)} do not exist, so no task was created; "
+                "add them with `dagtask hosts add` or list hosts with `dagtask hosts list`"
+            )
+
     def get(self, task_id: int) -> TaskInfo:
         """The task and its subtasks (raises TaskNotFoundError, OCP 20000)."""
         return self.store.get_task(task_id)
@@ -181,6 +206,21 @@ class Engine:
     def logs(self, task_id: int, subtask_id: int) -> str:
         """The log of every attempt of one subtask."""
         return self.store.read_log(task_id, subtask_id)
+
+    def follow_log(self, task_id: int, subtask_id: int, *, poll: float = 0.2) -> Iterator[str]:
+        """Yield a subtask's log as it grows, until the subtask is no longer READY/RUNNING/
+        CANCELING (a PENDING subtask's log is yielded once: it may still be started later)."""
+        last = 0
+        while True:
+            text, last, status = self.store.log_since(task_id, subtask_id, last)
+            if text:
+                yield text
+            if status not in (SubtaskStatus.READY, SubtaskStatus.RUNNING, SubtaskStatus.CANCELING):
+                text, last, _ = self.store.log_since(task_id, subtask_id, last)
+                if text:
+                    yield text
+                return
+            time.sleep(poll)
 
     def events(self, task_id: int, after_id: int = 0) -> builtins.list[TaskEvent]:
         """The task's history events after ``after_id``."""

@@ -37,6 +37,12 @@ class SubtaskSpec(BaseModel):
 
     name: str = Field(min_length=1, max_length=256)
     handler: str = Field(min_length=1)
+    display_name: str | None = Field(
+        default=None,
+        max_length=256,
+        description="the subtask's name in task instances when it differs from the unique "
+        "template name (OCP repeats names such as 'Wait node')",
+    )
     description: str = ""
     timeout: int = Field(default=0, ge=0, description="seconds; 0 = no watchdog")
     retry_count: int = Field(default=0, ge=0)
@@ -62,8 +68,13 @@ class SubtaskSpec(BaseModel):
     @model_validator(mode="after")
     def _default_description(self) -> SubtaskSpec:
         if not self.description:
-            object.__setattr__(self, "description", self.name)
+            object.__setattr__(self, "description", self.display_name or self.name)
         return self
+
+    @property
+    def instance_name(self) -> str:
+        """The name its subtask instances carry."""
+        return self.display_name or self.name
 
 
 class TaskTemplate(BaseModel):
@@ -78,6 +89,10 @@ class TaskTemplate(BaseModel):
     host_arg: str | None = Field(
         default=None,
         description="stringMap key holding the id of the host the task acts on (its hostId)",
+    )
+    host_list_arg: str | None = Field(
+        default=None,
+        description="listMap key holding the ids of the hosts a batch task acts on",
     )
     description: str = ""
 

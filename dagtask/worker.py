@@ -285,7 +285,9 @@ class WorkerPool:
                 self._idle()
                 continue
             for claim in claims:
-                self._run(claim)
+                follow: Claim | None = claim
+                while follow is not None and self._running:
+                    follow = self._run(follow)
             with self._lock:
                 if self._spares > 0:  # a spare took over while this thread was stuck
                     self._spares -= 1
@@ -301,7 +303,8 @@ class WorkerPool:
             if self._signals > 0:
                 self._signals -= 1
 
-    def _run(self, claim: Claim) -> None:
+    def _run(self, claim: Claim) -> Claim | None:
+        """Run one attempt; return the successor claimed with its result, if any."""
         attempt = Attempt(claim)
         log = attempt.log
         log.write(logs.separator(claim.operation.value, claim.start_time))
@@ -341,7 +344,7 @@ class WorkerPool:
             # Asked to stop (timeout): whatever the handler did, the attempt failed for that
             # reason. The watchdog records it too; the store keeps whichever comes first.
             result = AttemptResult(ok=False, message=attempt.token.reason)
-        self._report(attempt, result, output)
+        return self._report(attempt, result, output)
 
     def _call_handler(self, attempt: Attempt, given: TaskContext) -> TaskContext:
         claim = attempt.claim
@@ -369,29 +372,40 @@ class WorkerPool:
             result = handler.execute(ctx)
         return handlers.output_context(result, given)
 
-    def _report(self, attempt: Attempt, result: AttemptResult, output: TaskContext | None) -> None:
+    def _report(
+        self, attempt: Attempt, result: AttemptResult, output: TaskContext | None
+    ) -> Claim | None:
         claim = attempt.claim
+        log_text = attempt.log.drain()
+        outcome: FinishOutcome | None = None
         for delay in (0.05, 0.2, 1.0, 5.0, None):
             try:
                 outcome = self.store.finish(
-                    claim, result, output=output, log_text=attempt.log.drain(), executor=self.name
+                    claim,
+                    result,
+                    output=output,
+                    log_text=log_text,
+                    executor=self.name,
+                    claim_next=self._running,
                 )
                 break
             except Exception:
                 if delay is None:
+                    # The subtask stays RUNNING; the operator sees it and can cancel it.
                     _log.exception("giving up recording the result of subtask %s", claim.subtask_id)
-                    return
+                    return None
                 _log.warning(
                     "recording subtask %s failed; retrying", claim.subtask_id, exc_info=True
                 )
                 time.sleep(delay)
-        self._after(claim, outcome)
-
-    def _after(self, claim: Claim, outcome: FinishOutcome) -> None:
-        if outcome.promoted > 1:
-            self.wake(outcome.promoted - 1)  # this thread takes one itself
+        assert outcome is not None
+        # Wake idle threads for what this finish made READY beyond the one this thread took.
+        extra = outcome.promoted - (1 if outcome.next is not None else 0)
+        if extra > 0:
+            self.wake(extra)
         if self.on_finish is not None:
             self.on_finish(claim, outcome)
+        return outcome.next
 
     def _overran(self, attempt: Attempt, outcome: FinishOutcome) -> None:
         with self._lock:

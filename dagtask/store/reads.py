@@ -121,6 +121,26 @@ class StoreReads:
             ).scalars()
             return "".join(parts)
 
+    def log_since(self, task_id: int, subtask_id: int, after_id: int) -> tuple[str, int, S]:
+        """Log text written after log row ``after_id``, the last row id, and the subtask status
+        (for following a running subtask's log)."""
+        with self.db.read() as conn:
+            row = conn.execute(
+                sa.select(subtask.c.task_id, subtask.c.status).where(subtask.c.id == subtask_id)
+            ).one_or_none()
+            if row is None or row.task_id != task_id:
+                raise TaskNotFoundError(
+                    f"error 20000: task {task_id} has no subtask {subtask_id}; "
+                    f"see the subtask ids with `dagtask show {task_id}`"
+                )
+            parts = conn.execute(
+                sa.select(subtask_log.c.id, subtask_log.c.text)
+                .where(subtask_log.c.subtask_id == subtask_id, subtask_log.c.id > after_id)
+                .order_by(subtask_log.c.id)
+            ).all()
+        last = parts[-1].id if parts else after_id
+        return "".join(p.text for p in parts), last, S(row.status)
+
     def events(self, task_id: int, after_id: int = 0) -> list[TaskEvent]:
         """The task's history events with id greater than ``after_id``, oldest first."""
         with self.db.read() as conn:

@@ -80,6 +80,8 @@ class FinishOutcome:
     promoted: int = 0
     task_status: TaskStatus | None = None
     """The task's new status if this finish ended (or restarted) the task."""
+    next: Claim | None = None
+    """A successor claimed in the same transaction (``claim_next``)."""
 
 
 def _event(
@@ -199,7 +201,7 @@ class Store(StoreReads):
                 "id": ids[sub.index],
                 "task_id": task_id,
                 "series_id": sub.series_id,
-                "name": sub.spec.name,
+                "name": sub.spec.instance_name,
                 "description": sub.spec.description,
                 "class_name": sub.spec.handler,
                 "node_type": "JAVA_TASK",
@@ -251,62 +253,71 @@ class Store(StoreReads):
         Each claim comes with its input context (the task's for a root, else the merge of its
         upstreams' outputs), read in the same transaction.
         """
-        now = utcnow()
+        events: list[dict[str, Any]] = []
+        with self.db.begin() as conn:
+            claims = self._claim_in(conn, executor, limit, task_id, utcnow(), events)
+            if events:
+                conn.execute(q.insert_event, events)
+        return claims
+
+    def _claim_in(
+        self,
+        conn: sa.Connection,
+        executor: str,
+        limit: int,
+        task_id: int | None,
+        now: datetime,
+        events: list[dict[str, Any]],
+    ) -> list[Claim]:
         params: dict[str, Any] = {"limit": limit, "executor": executor, "now": now}
         if task_id is not None:
             params["only_task"] = task_id
-        with self.db.begin() as conn:
-            if self._returning:
-                stmt = q.claim_returning if task_id is None else q.claim_returning_of_task
-                rows = conn.execute(stmt, params).all()
-            else:
-                pick = q.claim_candidates if task_id is None else q.claim_candidates_of_task
-                candidates = conn.execute(pick, params).scalars().all()
-                won = [
-                    sid
-                    for sid in candidates
-                    if conn.execute(
-                        q.claim_one, {"sid": sid, "executor": executor, "now": now}
-                    ).rowcount
-                ]
-                rows = conn.execute(q.claimed_rows, {"ids": won}).all() if won else []
-            if not rows:
-                return []
-            conn.execute(
-                q.insert_event,
-                [
-                    _event(
-                        row.task_id,
-                        row.id,
-                        now,
-                        EventKind.SUBTASK_STATUS,
-                        S.READY.value,
-                        S.RUNNING.value,
-                        row.operation,
-                        row.operation,
-                        row.run_time,
-                        executor,
-                    )
-                    for row in rows
-                ],
-            )
-            return [
-                Claim(
-                    subtask_id=row.id,
-                    task_id=row.task_id,
-                    name=row.name,
-                    class_name=row.class_name,
-                    operation=Operation(row.operation),
-                    run_time=row.run_time,
-                    timeout=row.timeout,
-                    retry_count=row.retry_count,
-                    parallel=row.parallel,
-                    parallel_idx=row.parallel_idx,
-                    start_time=now,
-                    **self._input_context(conn, row),
-                )
-                for row in rows
+        if self._returning:
+            stmt = q.claim_returning if task_id is None else q.claim_returning_of_task
+            rows = conn.execute(stmt, params).all()
+        else:
+            pick = q.claim_candidates if task_id is None else q.claim_candidates_of_task
+            candidates = conn.execute(pick, params).scalars().all()
+            won = [
+                sid
+                for sid in candidates
+                if conn.execute(
+                    q.claim_one, {"sid": sid, "executor": executor, "now": now}
+                ).rowcount
             ]
+            rows = conn.execute(q.claimed_rows, {"ids": won}).all() if won else []
+        events.extend(
+            _event(
+                row.task_id,
+                row.id,
+                now,
+                EventKind.SUBTASK_STATUS,
+                S.READY.value,
+                S.RUNNING.value,
+                row.operation,
+                row.operation,
+                row.run_time,
+                executor,
+            )
+            for row in rows
+        )
+        return [
+            Claim(
+                subtask_id=row.id,
+                task_id=row.task_id,
+                name=row.name,
+                class_name=row.class_name,
+                operation=Operation(row.operation),
+                run_time=row.run_time,
+                timeout=row.timeout,
+                retry_count=row.retry_count,
+                parallel=row.parallel,
+                parallel_idx=row.parallel_idx,
+                start_time=now,
+                **self._input_context(conn, row),
+            )
+            for row in rows
+        ]
 
     @staticmethod
     def _input_context(conn: sa.Connection, row: sa.Row[Any]) -> dict[str, Any]:
@@ -333,8 +344,13 @@ class Store(StoreReads):
         output: TaskContext | None = None,
         log_text: str = "",
         executor: str | None = None,
+        claim_next: bool = False,
     ) -> FinishOutcome:
         """Record the end of an attempt, promote what it unblocks and settle the task, atomically.
+
+        With ``claim_next``, the same transaction also claims one READY subtask of the same task
+        for ``executor`` (returned as ``FinishOutcome.next``), so a worker goes straight on to a
+        successor it just unblocked.
 
         The update is conditional on the subtask still being RUNNING in this attempt. If an
         operator asked to cancel it (CANCELING), the attempt ends FAILED with op CANCEL whatever
@@ -400,8 +416,11 @@ class Store(StoreReads):
             self._log(conn, claim.subtask_id, claim.run_time, log_text, now)
             self._successful_crossing(conn, [claim.subtask_id], old, final.status)
             promoted, task_status = self._progress(conn, claim.task_id, task_row, now, events)
+            nxt: list[Claim] = []
+            if claim_next and executor and promoted:
+                nxt = self._claim_in(conn, executor, 1, claim.task_id, now, events)
             conn.execute(q.insert_event, events)
-        return FinishOutcome(True, final.status, promoted, task_status)
+        return FinishOutcome(True, final.status, promoted, task_status, nxt[0] if nxt else None)
 
     @staticmethod
     def _finish_row(conn: sa.Connection, steps: list[planner.Step], values: dict[str, Any]) -> bool:

@@ -59,7 +59,13 @@ def test_retry_task_runs_failed_subtasks_again(engine: Engine) -> None:
         engine.retry_subtask(task.id, task.subtask("a").id)  # SUCCESSFUL: not retryable
     # The failure was an input problem; the operator fixes nothing here, so it fails again...
     again = engine.retry(task.id)
-    assert again.status is TaskStatus.RUNNING and again.operation is Operation.RETRY
+    assert again.operation is Operation.RETRY  # (it may already have failed again)
+    task_changes = [
+        (e.old_status, e.new_status, e.new_operation)
+        for e in engine.events(task.id)
+        if e.subtask_id is None
+    ]
+    assert ("FAILED", "RUNNING", "RETRY") in task_changes
     done = engine.wait(task.id, timeout=20)
     assert done.status is TaskStatus.FAILED
     c = done.subtask("c")
