@@ -86,6 +86,12 @@ class Engine:
         """The registered or built-in template called ``name`` (or its slug)."""
         found = self._templates.get(name) or self._templates.get(_slug(name))
         if found is None:
+            for stored_name, _version, _id in self.store.stored_templates():
+                if name in (stored_name, _slug(stored_name)) or _slug(name) == _slug(stored_name):
+                    stored = self.store.stored_template(stored_name)
+                    if stored is not None:
+                        return TaskTemplate.parse(stored, source=f"stored template {name!r}")
+        if found is None:
             known = ", ".join(sorted({t.name for t in self._templates.values()}))
             raise TemplateError(
                 f"no template named {name!r}; known templates: {known}; "
@@ -94,8 +100,14 @@ class Engine:
         return found
 
     def templates(self) -> builtins.list[TaskTemplate]:
-        """Every registered and built-in template, by name."""
+        """Every registered and built-in template, and the newest version of every template
+        stored in the database by an earlier submit, by name."""
         unique = {t.name: t for t in self._templates.values()}
+        for name, _version, _id in self.store.stored_templates():
+            if name not in unique:
+                stored = self.store.stored_template(name)
+                if stored is not None:
+                    unique[name] = TaskTemplate.parse(stored, source=f"stored template {name!r}")
         return [unique[name] for name in sorted(unique)]
 
     # ---- submit and read ---------------------------------------------------------------------

@@ -159,6 +159,17 @@ class StoreReads:
             ).scalar_one()
         return dict(value)
 
+    def stored_template(self, name: str) -> dict[str, Any] | None:
+        """The newest stored definition of the template called ``name``, if any."""
+        with self.db.read() as conn:
+            value = conn.execute(
+                sa.select(template_table.c.definition)
+                .where(template_table.c.name == name)
+                .order_by(template_table.c.version.desc())
+                .limit(1)
+            ).scalar()
+        return None if value is None else dict(value)
+
     def stored_templates(self) -> list[tuple[str, int, int]]:
         """(name, newest version, id) of every template name stored in the database."""
         with self.db.read() as conn:

@@ -209,3 +209,15 @@ def test_two_engines_on_one_database_share_the_work(tmp_path: Path) -> None:
     assert done.status is TaskStatus.SUCCESSFUL
     assert {s.executor for s in done.subtasks} == {"one", "two"}
     assert len(handlers.JOURNAL.pop(done.id)) == 80
+
+
+def test_a_template_once_submitted_can_be_run_by_name_later(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/named.db"
+    t = TemplateBuilder("Nightly cleanup")
+    t.add("clean", "dagtask.builtin.noop")
+    with Engine(url, workers=0) as first:
+        first.submit(t.build())
+    with Engine(url, workers=1) as later:
+        assert "Nightly cleanup" in [x.name for x in later.templates()]
+        done = later.run("nightly-cleanup", timeout=30)
+    assert done.status is TaskStatus.SUCCESSFUL and done.template_id is not None
