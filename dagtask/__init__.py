@@ -23,7 +23,14 @@ from dagtask.errors import (
     TaskTimeoutError,
     TemplateError,
 )
-from dagtask.handlers import CancellationToken, CancelledError, Handler, RunContext
+from dagtask.handlers import (
+    CancellationToken,
+    CancelledError,
+    CommandError,
+    Handler,
+    HandlerResult,
+    RunContext,
+)
 from dagtask.models import HostInfo, SubtaskInfo, TaskEvent, TaskInfo, TaskPage
 from dagtask.states import Operation, SubtaskStatus, TaskStatus, TaskType
 from dagtask.template import SplitMethod, SubtaskSpec, TaskTemplate, TemplateBuilder, load_template
@@ -34,12 +41,14 @@ __all__ = [
     "ArgumentError",
     "CancellationToken",
     "CancelledError",
+    "CommandError",
     "ContextError",
     "CycleError",
     "DagtaskError",
     "Engine",
     "Handler",
     "HandlerImportError",
+    "HandlerResult",
     "HostError",
     "HostInfo",
     "HostNotFoundError",

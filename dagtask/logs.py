@@ -94,6 +94,13 @@ class CaptureHandler(logging.Handler):
         """Write the record into the attempt log of the thread that logged it, if any."""
         target = self._by_thread.get(record.thread or 0)
         if target is None:
+            # Installing this handler on the root logger switches off Python's last-resort
+            # stderr output; keep warnings and errors visible to an application that has not
+            # configured logging itself.
+            root = logging.getLogger()
+            alone = all(h is self for h in root.handlers)
+            if alone and record.levelno >= logging.WARNING and logging.lastResort is not None:
+                logging.lastResort.handle(record)
             return
         try:
             message = record.getMessage()

@@ -50,7 +50,7 @@ class SubtaskInfo(_Model):
 
 
 class TaskInfo(_Model):
-    """A task instance with its subtasks (ordered by id)."""
+    """A task instance with its subtasks (roots first: seriesId descending, a topological order)."""
 
     id: int
     name: str

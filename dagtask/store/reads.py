@@ -49,7 +49,9 @@ class StoreReads:
             if row is None:
                 raise _not_found(task_id)
             subs = conn.execute(
-                sa.select(subtask).where(subtask.c.task_id == task_id).order_by(subtask.c.id)
+                sa.select(subtask)
+                .where(subtask.c.task_id == task_id)
+                .order_by(subtask.c.series_id.desc())
             ).all()
             edges = conn.execute(
                 sa.select(subtask_edge.c.upstream_id, subtask_edge.c.downstream_id).where(
@@ -86,7 +88,9 @@ class StoreReads:
             ).all()
             ids = [r.id for r in rows]
             subs = conn.execute(
-                sa.select(subtask).where(subtask.c.task_id.in_(ids)).order_by(subtask.c.id)
+                sa.select(subtask)
+                .where(subtask.c.task_id.in_(ids))
+                .order_by(subtask.c.series_id.desc())
             ).all()
             edges = conn.execute(
                 sa.select(
