@@ -27,10 +27,11 @@ class TaskContext(BaseModel):
 
     model_config = ConfigDict(populate_by_name=True, frozen=True, extra="forbid")
 
-    string_map: dict[str, str] = Field(default_factory=dict, alias="stringMap")
+    # Declared in OCP's (alphabetical) key order so the JSON reads like OCP's.
     list_map: dict[str, list[str]] = Field(default_factory=dict, alias="listMap")
     parallel: bool = False
     parallel_idx: int = Field(default=-1, alias="parallelIdx")
+    string_map: dict[str, str] = Field(default_factory=dict, alias="stringMap")
 
     @field_validator("string_map", mode="before")
     @classmethod
