@@ -1,25 +1,26 @@
 """The ``dagtask`` command line: a thin layer over :class:`dagtask.Engine` and :mod:`dagtask.views`.
 
 Every command opens the database given by ``--db`` (else ``$DAGTASK_DB_URL``, else
-``sqlite:///dagtask.db``), calls the public API and prints the result, as a table for people or
-as OCP's JSON (``--json``). A user mistake (any :class:`~dagtask.errors.DagtaskError`) prints one
-line ``dagtask: error: ...`` and exits 2, like argparse's own usage errors; Ctrl-C exits 130.
+``sqlite:///dagtask.db``), calls the public API and prints the result, as a table for people
+(rendered by :mod:`dagtask.cli_output`) or as OCP's JSON (``--json``). A user mistake (any
+:class:`~dagtask.errors.DagtaskError`) prints one line ``dagtask: error: ...`` (or
+``dagtask: error 2000x: ...`` for OCP's task errors) and exits 2, like argparse's own usage
+errors; a task that ends FAILED under ``--wait`` exits 1; Ctrl-C exits 130.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import getpass
 import importlib
-import json
 import logging
 import os
 import shutil
 import signal
 import sys
 import threading
-from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any, TypeVar
@@ -28,12 +29,13 @@ import sqlalchemy as sa
 from alembic.util import CommandError
 
 from dagtask import __version__, views
+from dagtask import cli_output as out
 from dagtask.engine import Engine
 from dagtask.errors import ArgumentError, DagtaskError, HostNotFoundError, StoreError
 from dagtask.hosts.connector import connector_for
 from dagtask.hosts.inventory import AgentStatus
-from dagtask.models import EventKind, HostInfo, TaskEvent, TaskInfo
-from dagtask.states import SubtaskStatus, TaskStatus
+from dagtask.models import HostInfo, TaskInfo
+from dagtask.states import TaskStatus
 from dagtask.store.db import DEFAULT_URL, ENV_VAR, Database, resolve_url, upgrade
 from dagtask.template import TaskTemplate, load_template
 
@@ -55,43 +57,6 @@ _N = TypeVar("_N", int, float)
 
 def _engine(args: argparse.Namespace, *, workers: int = 0, name: str | None = None) -> Engine:
     return Engine(resolve_url(args.db), workers=workers, name=name)
-
-
-def _safe_url(url: str) -> str:
-    """``url`` without its password, for messages."""
-    try:
-        return sa.make_url(url).render_as_string(hide_password=True)
-    except sa.exc.ArgumentError:
-        return url
-
-
-def _print_json(data: Any) -> None:
-    print(json.dumps(data, indent=2, ensure_ascii=False))
-
-
-def _local(dt: datetime) -> datetime:
-    # The store keeps naive UTC times; people read local time.
-    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).astimezone()
-
-
-def _when(dt: datetime | None) -> str:
-    return _local(dt).strftime("%Y-%m-%d %H:%M:%S") if dt is not None else "-"
-
-
-def _one_line(text: str | None, limit: int = 120) -> str:
-    flat = " ".join((text or "").split())
-    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], indent: str = "") -> str:
-    widths = [len(h) for h in headers]
-    for row in rows:
-        widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
-    lines = [
-        indent + "  ".join(cell.ljust(w) for w, cell in zip(widths, line, strict=True)).rstrip()
-        for line in [headers, *rows]
-    ]
-    return "\n".join(lines)
 
 
 def _pairs(items: Sequence[str], option: str) -> dict[str, str]:
@@ -145,104 +110,21 @@ def _positive(kind: type[_N]) -> Callable[[str], _N]:
     return convert
 
 
-# ---- rendering -----------------------------------------------------------------------------------
+def _check_wait(args: argparse.Namespace) -> None:
+    if args.timeout is not None and not args.wait:
+        raise ArgumentError("--timeout only applies with --wait")
 
 
-def _subtask_labels(task: TaskInfo) -> dict[int, str]:
-    """Subtask id -> name, with ``[idx]`` for the copies of a fan-out."""
-    return {
-        sub.id: f"{sub.name} [{sub.parallel_idx}]" if sub.parallel else sub.name
-        for sub in task.subtasks
-    }
-
-
-def _event_line(event: TaskEvent, labels: Mapping[int, str]) -> str:
-    stamp = _local(event.time).strftime("%H:%M:%S.%f")[:-3]
-    if event.subtask_id is None:
-        who = f"task {event.task_id}"
-    else:
-        who = labels.get(event.subtask_id, f"subtask {event.subtask_id}")
-    if event.kind is EventKind.TASK_SUBMITTED:
-        change = f"submitted, {event.new_status}"
-    else:
-        change = f"{event.old_status} -> {event.new_status}"
-    if event.old_operation and event.new_operation and event.old_operation != event.new_operation:
-        change += f" (operation {event.new_operation})"
-    if event.message and event.kind is not EventKind.TASK_SUBMITTED:
-        change += f": {_one_line(event.message)}"
-    return f"  [{stamp}] {who}: {change}"
-
-
-def _print_task(task: TaskInfo) -> None:
-    """A task line, then one line per subtask (in the order of the OCP JSON: roots first)."""
-    subject = f", host {task.host_id}" if task.host_id is not None else ""
-    finished = f", finished {_when(task.finish_time)}" if task.finish_time else ""
-    print(
-        f"task {task.id} {task.name}: {task.status.value} ({task.operation.value}){subject}, "
-        f"creator {task.creator}, started {_when(task.start_time or task.create_time)}{finished}"
-    )
-    labels = _subtask_labels(task)
-    subs = sorted(task.subtasks, key=lambda sub: (-sub.series_id, sub.id))
-    rows = [
-        [
-            str(sub.id),
-            labels[sub.id],
-            sub.status.value,
-            sub.operation.value,
-            str(sub.run_time),
-            sub.executor or "-",
-            _one_line(sub.message),
-        ]
-        for sub in subs
-    ]
-    headers = ["ID", "NAME", "STATUS", "OPERATION", "RUNTIME", "EXECUTOR", "MESSAGE"]
-    print(_table(headers, rows, indent="  "))
-
-
-def _print_hosts(hosts: Sequence[HostInfo]) -> None:
-    if not hosts:
-        print("no hosts; add one with `dagtask hosts add`")
-        return
-    rows = [
-        [str(h.id), h.name, h.inner_ip, h.status, h.agent_status, h.connector, h.agent_home]
-        for h in hosts
-    ]
-    print(_table(["ID", "NAME", "IP", "STATUS", "AGENT", "CONNECTOR", "AGENT HOME"], rows))
-
-
-# ---- running a task in this process --------------------------------------------------------------
-
-
-def _run_to_end(engine: Engine, task_id: int, timeout: float | None, *, progress: bool) -> TaskInfo:
-    """Work on the task here until it ends; with ``progress``, print each status change live."""
-    if not progress:
-        return engine.run_task(task_id, timeout)
-    labels = _subtask_labels(engine.get(task_id))
-    done = threading.Event()
-
-    def show() -> None:
-        try:
-            for event in engine.follow(task_id):
-                if done.is_set():
-                    return
-                print(_event_line(event, labels), flush=True)
-        except Exception:
-            # Once the main thread gave up (timeout, Ctrl-C) it reports why and closes the
-            # database under us; anything before that is a real fault and must surface.
-            if not done.is_set():
-                raise
-
-    follower = threading.Thread(target=show, name="dagtask-follow", daemon=True)
-    follower.start()
+def _operator(args: argparse.Namespace) -> str:
+    """Who performs an operator action: ``--operator``, else the OS user."""
+    if args.operator is not None:
+        if not args.operator.strip():
+            raise ArgumentError("--operator needs a name, e.g. --operator alice")
+        return str(args.operator.strip())
     try:
-        task = engine.run_task(task_id, timeout)
-    except BaseException:
-        done.set()
-        raise
-    # follow() returns by itself once it has yielded the events up to the end of the task.
-    follower.join(timeout=10)
-    done.set()
-    return task
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
 
 
 # ---- commands ------------------------------------------------------------------------------------
@@ -282,50 +164,42 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Start a local demo agent, stop it with the built-in "Stop OCP agent" task, show the task."""
     url = resolve_url(args.db)
     with Engine(url, workers=2) as engine:
-        print(f"Database: {_safe_url(url)}")
+        print(f"Database: {out.safe_url(url)}")
         host = _demo_host(engine)
         print(f"Demo host {host.id} ({host.name}, {host.inner_ip}), agent home {host.agent_home}")
         connector = connector_for(host)
         pids = connector.start_agent(host, log=_agent_log)
         engine.hosts.set_agent_status(host.id, AgentStatus.ONLINE)
-        print("OCP agent is running (agent status ONLINE):")
-        for process in connector.agent_processes(host):
-            if process.alive:
-                print(f"  {process.name} pid={process.pid}")
+        out.print_agent_running(connector.agent_processes(host))
 
         task = engine.submit("Stop OCP agent", args={"host_id": str(host.id)})
         print(f"Submitted task {task.id} ({task.name}); running it in this process:")
-        final = _run_to_end(engine, task.id, None, progress=True)
+        final = out.run_to_end(engine, task.id, None, progress=True)
         print(f"Task {final.id} {final.name}: {final.status.value}")
 
         alive = [p.pid for p in connector.agent_processes(host) if p.alive]
         alive += [pid for pid in pids if pid not in alive and _pid_is_agent(pid, host.agent_home)]
-        listed = ", ".join(str(pid) for pid in pids)
-        if alive:
-            still = ", ".join(str(pid) for pid in alive)
-            print(f"Agent processes still running: pid {still}")
-        else:
-            print(f"Agent processes gone: pid {listed} no longer running")
-        if final.status is not TaskStatus.SUCCESSFUL:
-            for sub in final.subtasks:
-                if sub.status is SubtaskStatus.FAILED:
-                    print(f"  subtask {sub.id} {sub.name} failed: {_one_line(sub.message)}")
-                    print(f"  see its log with `dagtask logs {final.id} {sub.id}`")
+        out.print_demo_outcome(final, pids, alive)
         ok = final.status is TaskStatus.SUCCESSFUL and not alive
         if ok and not args.keep_agent_home:
             _remove_demo_home(host)
         print(f"Task id: {final.id}")
-        _print_json(views.task_json(final))
+        out.print_json(views.task_json(final))
         return 0 if ok else 1
 
 
-def _load_file(path: Path) -> TaskTemplate:
-    # Handlers named in the file (mypkg.ops.X) usually live next to it or in the current folder.
-    for folder in (str(Path.cwd()), str(path.resolve().parent)):
+def _import_from(*folders: Path) -> None:
+    """Let handlers (mypkg.ops.X) be imported from ``folders``, first one first."""
+    for folder in map(str, reversed(folders)):
         if folder in sys.path:
             sys.path.remove(folder)
         sys.path.insert(0, folder)
     importlib.invalidate_caches()
+
+
+def _load_file(path: Path) -> TaskTemplate:
+    # Handlers named in the file usually live next to it or in the current folder.
+    _import_from(path.resolve().parent, Path.cwd())
     return load_template(path)
 
 
@@ -337,27 +211,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Submit a task from a template (name or file); with --wait, run it here to its end."""
     strings = _pairs(args.set, "--set")
     lists = _lists(args.list)
-    if args.timeout is not None and not args.wait:
-        raise ArgumentError("--timeout only applies with --wait")
+    _check_wait(args)
     template: TaskTemplate | str = args.template
     if _is_template_file(args.template):
         template = _load_file(Path(args.template))
     with _engine(args, workers=args.workers) as engine:
         task = engine.submit(template, args=strings, lists=lists)
         if not args.wait:
-            if args.json:
-                _print_json(views.task_json(task))
-            else:
-                print(f"task {task.id} {task.status.value}: {task.name}")
-                print(f"  run it with `dagtask worker`, follow it with `dagtask show {task.id}`")
+            out.print_submitted(task, as_json=args.json)
             return 0
         if not args.json:
             print(f"task {task.id} submitted: {task.name}; running it in this process")
-        final = _run_to_end(engine, task.id, args.timeout, progress=not args.json)
-        if args.json:
-            _print_json(views.task_json(final))
-        else:
-            _print_task(final)
+        final = out.run_to_end(engine, task.id, args.timeout, progress=not args.json)
+        out.show_task(final, views.task_json if args.json else None)
         return 1 if final.status is TaskStatus.FAILED else 0
 
 
@@ -365,10 +231,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     """Show one task and its subtasks."""
     with _engine(args) as engine:
         task = engine.get(args.id)
-    if args.json:
-        _print_json(views.task_json(task))
-    else:
-        _print_task(task)
+    out.show_task(task, views.task_json if args.json else None)
     return 0
 
 
@@ -378,41 +241,121 @@ def cmd_list(args: argparse.Namespace) -> int:
     with _engine(args) as engine:
         page = engine.list(page=args.page, size=args.size, name=args.name, statuses=statuses)
     if args.json:
-        _print_json(views.task_list_json(page))
-        return 0
-    if not page.tasks:
-        print("no tasks" if page.total_elements == 0 else f"no tasks on page {page.number}")
+        out.print_json(views.task_list_json(page))
     else:
-        rows = []
-        for task in page.tasks:
-            done = sum(1 for sub in task.subtasks if sub.status is SubtaskStatus.SUCCESSFUL)
-            rows.append(
-                [
-                    str(task.id),
-                    task.name,
-                    task.status.value,
-                    task.operation.value,
-                    f"{done}/{len(task.subtasks)}",
-                    task.creator,
-                    _when(task.start_time or task.create_time),
-                    _when(task.finish_time),
-                ]
-            )
-        headers = ["ID", "NAME", "STATUS", "OPERATION", "DONE", "CREATOR", "STARTED", "FINISHED"]
-        print(_table(headers, rows))
-    print(f"page {page.number} of {max(page.total_pages, 1)}, {page.total_elements} tasks")
+        out.print_page(page)
     return 0
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    """Print the log of every attempt of one subtask."""
+    """Print the log of every attempt of one subtask (with --follow, as it grows)."""
+    if args.follow and args.json:
+        raise ArgumentError("--follow prints the log as it grows; it cannot be used with --json")
     with _engine(args) as engine:
+        if args.follow:
+            for chunk in engine.follow_log(args.id, args.subtask_id):
+                out.write_log(chunk)
+            return 0
         text = engine.logs(args.id, args.subtask_id)
     if args.json:
-        _print_json(views.log_json(text))
+        out.print_json(views.log_json(text))
     else:
-        sys.stdout.write(text if not text or text.endswith("\n") else text + "\n")
+        out.write_log(text if not text or text.endswith("\n") else text + "\n")
     return 0
+
+
+# ---- operator actions (SPEC §4) ------------------------------------------------------------------
+
+RUN_HINT = "run it with `dagtask worker` (or add --wait here); follow it with `dagtask show {id}`"
+CANCEL_HINT = "the worker running it stops it; follow it with `dagtask show {id}`"
+
+
+def _act(
+    args: argparse.Namespace,
+    action: Callable[..., object],
+    done: str,
+    *,
+    hint: str = RUN_HINT,
+    subtask_result: bool = False,
+) -> int:
+    """Call the Engine method ``action`` on the task (ID) or subtask (ID SUBTASK_ID) as the
+    operator, print what it did; with --wait, run the task here to its end.
+
+    ``--json`` prints the task as OCP JSON (``subtask_result``: the subtask, as OCP's subtask
+    retry endpoint returns it), after the action or, with --wait, once the task has ended.
+    """
+    operator = _operator(args)
+    _check_wait(args)
+    subtask_id: int | None = getattr(args, "subtask_id", None)
+    ids = (args.id,) if subtask_id is None else (args.id, subtask_id)
+    progress = args.wait and not args.json
+
+    def as_json(task: TaskInfo) -> dict[str, Any]:
+        if subtask_result and subtask_id is not None:
+            return views.subtask_json(out.subtask_of(task, subtask_id))
+        return views.task_json(task)
+
+    if args.wait:
+        _import_from(Path.cwd())  # handlers of tasks run from a template file, as `run` does
+    with _engine(args, workers=args.workers) as engine:
+        after = out.last_event_id(engine, args.id) if progress else 0
+        action(engine, *ids, operator=operator)
+        task = engine.get(args.id)
+        if not args.json:
+            running = "; running the task in this process" if args.wait else ""
+            print(out.action_line(task, subtask_id, done, operator) + running, flush=True)
+        if not args.wait:
+            if args.json:
+                out.print_json(as_json(task))
+            else:
+                print("  " + hint.format(id=task.id))
+            return 0
+        final = out.run_to_end(engine, args.id, args.timeout, progress=progress, after=after)
+        out.show_task(final, as_json if args.json else None)
+        return 1 if final.status is TaskStatus.FAILED else 0
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    """Retry a FAILED task: its FAILED subtasks run again as RETRY (else error 20003)."""
+    return _act(args, Engine.retry, "retried")
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    """Roll a FAILED task back in reverse topological order, or show the plan with --plan."""
+    if not args.plan:
+        return _act(args, Engine.rollback, "rollback started")
+    if args.wait or args.timeout is not None or args.operator is not None:
+        raise ArgumentError("--plan only shows the plan; leave out --wait, --timeout, --operator")
+    with _engine(args) as engine:
+        plan = engine.rollback_plan(args.id)
+    if args.json:
+        out.print_json(out.plan_json(plan))
+    else:
+        out.print_plan(plan)
+    return 0 if plan.allowed else 1
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    """Cancel a RUNNING task: stop its running subtasks, start nothing new (beyond OCP)."""
+    return _act(args, Engine.cancel, "cancel requested", hint=CANCEL_HINT)
+
+
+def cmd_subtask_retry(args: argparse.Namespace) -> int:
+    """Run one FAILED subtask again as RETRY; the task goes back to RUNNING."""
+    return _act(args, Engine.retry_subtask, "retried", subtask_result=True)
+
+
+def cmd_subtask_skip(args: argparse.Namespace) -> int:
+    """Mark one FAILED subtask done without running it (SKIP, or ROLLBACK_SKIP)."""
+    return _act(args, Engine.skip_subtask, "skipped")
+
+
+def cmd_subtask_cancel(args: argparse.Namespace) -> int:
+    """Interrupt one RUNNING subtask: it ends FAILED with operation CANCEL, never retried."""
+    return _act(args, Engine.cancel_subtask, "cancel requested", hint=CANCEL_HINT)
+
+
+# ---- templates, hosts, worker, db ----------------------------------------------------------------
 
 
 def cmd_templates(args: argparse.Namespace) -> int:
@@ -420,10 +363,9 @@ def cmd_templates(args: argparse.Namespace) -> int:
     with _engine(args) as engine:
         templates = engine.templates()
     if args.json:
-        _print_json([t.definition() for t in templates])
-        return 0
-    rows = [[t.name, str(len(t.subtasks)), _one_line(t.description) or "-"] for t in templates]
-    print(_table(["NAME", "SUBTASKS", "DESCRIPTION"], rows))
+        out.print_json([t.definition() for t in templates])
+    else:
+        out.print_templates(templates)
     return 0
 
 
@@ -446,15 +388,15 @@ def cmd_hosts_list(args: argparse.Namespace) -> int:
     with _engine(args) as engine:
         hosts = engine.hosts.list()
     if args.json:
-        _print_json([host.model_dump(mode="json") for host in hosts])
+        out.print_json([host.model_dump(mode="json") for host in hosts])
     else:
-        _print_hosts(hosts)
+        out.print_hosts(hosts)
     return 0
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
     """Run worker threads in the foreground until SIGTERM or SIGINT, then stop gracefully."""
-    _log_to_stderr()
+    out.log_to_stderr(_log)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -469,7 +411,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
                 "worker %s started: %d threads on %s (pid %d)",
                 engine.name,
                 args.concurrency,
-                _safe_url(engine.database.url),
+                out.safe_url(engine.database.url),
                 os.getpid(),
             )
             while not stop.wait(1.0):
@@ -485,7 +427,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
     """Create or migrate the database schema to the newest revision."""
     url = resolve_url(args.db)
-    safe = _safe_url(url)
+    safe = out.safe_url(url)
     # Not open_database(): it refuses exactly the out-of-date schema this command must fix.
     database = Database(url)
     try:
@@ -494,20 +436,12 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
         raise StoreError(f"cannot upgrade database {safe}: {exc}") from exc
     finally:
         database.dispose()
-    if before == after:
-        print(f"database {safe} already at {after}")
-    else:
-        print(f"database {safe} upgraded from {before or 'none'} to {after}")
+    print(
+        f"database {safe} already at {after}"
+        if before == after
+        else f"database {safe} upgraded from {before or 'none'} to {after}"
+    )
     return 0
-
-
-def _log_to_stderr() -> None:
-    if not _log.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        _log.addHandler(handler)
-        _log.setLevel(logging.INFO)
-        _log.propagate = False
 
 
 # ---- parser --------------------------------------------------------------------------------------
@@ -528,27 +462,90 @@ class _Commands:
             common.add_argument("--db", metavar="URL", default=argparse.SUPPRESS, help=DB_HELP)
         self.common = common
 
-    def add(self, name: str, command: Command | str) -> argparse.ArgumentParser:
+    def add(self, name: str, command: Command | str, epilog: str | None = None) -> Parser:
         """A subcommand running ``command``, or a group of subcommands described by a string."""
         text = command if isinstance(command, str) else (command.__doc__ or "").split("\n")[0]
         text = text[0].lower() + text[1:].rstrip(".")
-        parser: argparse.ArgumentParser = self.group.add_parser(
-            name, help=text, description=text, parents=[self.common]
+        parser: Parser = self.group.add_parser(
+            name, help=text, description=text, epilog=epilog, parents=[self.common]
         )
         if not isinstance(command, str):
             parser.set_defaults(func=command)
         return parser
 
-    def nested(self, parser: argparse.ArgumentParser) -> _Commands:
+    def nested(self, parser: Parser) -> _Commands:
         """The subcommands of a group such as ``hosts``."""
         return _Commands(parser, self.common)
 
 
-def _json_flag(parser: argparse.ArgumentParser, what: str) -> None:
+Parser = argparse.ArgumentParser
+
+
+def _json_flag(parser: Parser, what: str) -> None:
     parser.add_argument("--json", action="store_true", help=f"print {what}")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _task_id(parser: Parser) -> None:
+    parser.add_argument("id", type=int, metavar="ID", help="the task id")
+
+
+def _subtask_id(parser: Parser) -> None:
+    parser.add_argument("subtask_id", type=int, metavar="SUBTASK_ID", help="see `dagtask show ID`")
+
+
+def _wait_options(parser: Parser, wait: str) -> None:
+    """--wait, --timeout and --workers: run the task in this process until it ends."""
+    parser.add_argument("--wait", action="store_true", help=wait)
+    parser.add_argument(
+        "--timeout",
+        type=_positive(float),
+        metavar="S",
+        help="with --wait: give up waiting after S seconds (the task stays RUNNING)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=_positive(int),
+        default=4,
+        metavar="N",
+        help="with --wait: worker threads (default 4)",
+    )
+
+
+ACTION_WAIT = (
+    "then run the task here (alongside any workers elsewhere) until it ends; "
+    "exit 1 if it ends FAILED"
+)
+
+
+def _action(
+    commands: _Commands,
+    name: str,
+    command: Command,
+    *,
+    subtask: bool = False,
+    wait: str = ACTION_WAIT,
+    json: str = "the task as OCP JSON, after the action or, with --wait, once it has ended",
+) -> Parser:
+    """An operator action on a task (ID) or one of its subtasks (ID SUBTASK_ID)."""
+    epilog = (
+        "A refused action (error 20003: not allowed in this state, 20004: rollback prohibited) "
+        "prints one line on stderr and exits 2."
+    )
+    parser = commands.add(name, command, epilog=epilog)
+    _task_id(parser)
+    if subtask:
+        _subtask_id(parser)
+    _wait_options(parser, wait)
+    parser.add_argument(
+        "--operator",
+        metavar="NAME",
+        help="who acts, as recorded in the task's history (default: the OS user)",
+    )
+    _json_flag(parser, json)
+    return parser
+
+
+def build_parser() -> Parser:
     """The argument parser of the ``dagtask`` command."""
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -583,24 +580,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=V1,V2",
         help="a listMap argument, e.g. --list host_ids=1,2 (repeatable)",
     )
-    run.add_argument("--wait", action="store_true", help="run the task here until it ends")
-    run.add_argument(
-        "--timeout",
-        type=_positive(float),
-        metavar="S",
-        help="with --wait: give up waiting after S seconds (the task stays RUNNING)",
-    )
-    run.add_argument(
-        "--workers",
-        type=_positive(int),
-        default=4,
-        metavar="N",
-        help="with --wait: worker threads (default 4)",
-    )
+    _wait_options(run, "run the task here until it ends; exit 1 if it ends FAILED")
     _json_flag(run, "the task as OCP JSON")
 
     show = commands.add("show", cmd_show)
-    show.add_argument("id", type=int, metavar="ID", help="the task id")
+    _task_id(show)
     _json_flag(show, "the task as OCP JSON")
 
     lst = commands.add("list", cmd_list)
@@ -617,9 +601,56 @@ def build_parser() -> argparse.ArgumentParser:
     _json_flag(lst, "the page as OCP JSON")
 
     logs = commands.add("logs", cmd_logs)
-    logs.add_argument("id", type=int, metavar="ID", help="the task id")
-    logs.add_argument("subtask_id", type=int, metavar="SUBTASK_ID", help="see `dagtask show ID`")
+    _task_id(logs)
+    _subtask_id(logs)
+    logs.add_argument(
+        "--follow",
+        "-f",
+        action="store_true",
+        help="keep printing the log as it grows until the subtask stops running (Ctrl-C: stop)",
+    )
     _json_flag(logs, 'OCP JSON {"log": ...}')
+
+    _action(commands, "retry", cmd_retry)
+    rollback = _action(
+        commands,
+        "rollback",
+        cmd_rollback,
+        json="the task as OCP JSON; with --plan, the plan as a plain JSON object {taskId, "
+        "allowed, refusals, waves: [[{id, name, status, prohibitRollback}]]} (not an OCP shape: "
+        "OCP has no rollback plan)",
+    )
+    rollback.add_argument(
+        "--plan",
+        action="store_true",
+        help="change nothing: show the subtasks a rollback would undo, in order (waves that may "
+        "roll back in parallel), and what would refuse it; exit 0 if allowed, else 1",
+    )
+    _action(
+        commands,
+        "cancel",
+        cmd_cancel,
+        wait="then wait here until the task has stopped (a cancelled task ends FAILED: exit 1)",
+    )
+    subtask = commands.nested(
+        commands.add("subtask", "Act on one subtask of a task: retry, skip or cancel it")
+    )
+    _action(
+        subtask,
+        "retry",
+        cmd_subtask_retry,
+        subtask=True,
+        json="the subtask as OCP JSON (as OCP's subtask retry returns it), after the action or, "
+        "with --wait, once the task has ended",
+    )
+    _action(subtask, "skip", cmd_subtask_skip, subtask=True)
+    _action(
+        subtask,
+        "cancel",
+        cmd_subtask_cancel,
+        subtask=True,
+        wait="then wait here until the task has ended; exit 1 if it ends FAILED",
+    )
 
     _json_flag(commands.add("templates", cmd_templates), "each template's definition as JSON")
 
@@ -659,7 +690,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return command(args)
     except DagtaskError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print(out.error_line(PROG, exc), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

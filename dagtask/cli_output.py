@@ -1,0 +1,363 @@
+"""What the ``dagtask`` command line prints for people: tables, task summaries, live progress.
+
+:mod:`dagtask.cli` parses the command line and calls the engine; everything it shows a person
+(rather than OCP JSON, which comes from :mod:`dagtask.views` only) is rendered here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from dagtask import views
+from dagtask.engine import Engine
+from dagtask.errors import DagtaskError
+from dagtask.hosts.connector import AgentProcess
+from dagtask.models import (
+    EventKind,
+    HostInfo,
+    RollbackPlan,
+    SubtaskInfo,
+    TaskEvent,
+    TaskInfo,
+    TaskPage,
+)
+from dagtask.states import SubtaskStatus, TaskStatus
+from dagtask.template import TaskTemplate
+
+_CODED = re.compile(r"error \d+: ")
+"""The library's OCP-coded messages start with ``error 2000x: ``."""
+
+
+def error_line(prog: str, exc: DagtaskError) -> str:
+    """The one line a user mistake prints: ``prog: error 20000: ...`` or ``prog: error: ...``."""
+    message = " ".join(str(exc).splitlines())
+    if _CODED.match(message):
+        return f"{prog}: {message}"
+    return f"{prog}: error: {message}"
+
+
+def safe_url(url: str) -> str:
+    """``url`` without its password, for messages."""
+    try:
+        return sa.make_url(url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return url
+
+
+def log_to_stderr(log: logging.Logger) -> None:
+    """Show ``log``'s INFO records on stderr with their time (for the foreground worker)."""
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
+
+def print_json(data: Any) -> None:
+    """``data`` as indented JSON on stdout."""
+    print(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def local(dt: datetime) -> datetime:
+    """A stored time (naive UTC) in the local zone: people read local time."""
+    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).astimezone()
+
+
+def when(dt: datetime | None) -> str:
+    """A time for a table cell, ``-`` when unset."""
+    return local(dt).strftime("%Y-%m-%d %H:%M:%S") if dt is not None else "-"
+
+
+def one_line(text: str | None, limit: int = 120) -> str:
+    """``text`` flattened to one line of at most ``limit`` characters."""
+    flat = " ".join((text or "").split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def counted(number: int, noun: str) -> str:
+    """``1 wave``, ``2 waves``."""
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]], indent: str = "") -> str:
+    """Left-aligned columns, two spaces apart."""
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
+    lines = [
+        indent + "  ".join(cell.ljust(w) for w, cell in zip(widths, line, strict=True)).rstrip()
+        for line in [headers, *rows]
+    ]
+    return "\n".join(lines)
+
+
+# ---- tasks ---------------------------------------------------------------------------------------
+
+
+def subtask_labels(task: TaskInfo) -> dict[int, str]:
+    """Subtask id -> name, with ``[idx]`` for the copies of a fan-out."""
+    return {
+        sub.id: f"{sub.name} [{sub.parallel_idx}]" if sub.parallel else sub.name
+        for sub in task.subtasks
+    }
+
+
+def event_line(event: TaskEvent, labels: Mapping[int, str]) -> str:
+    """One line of live progress: ``[time] who: OLD -> NEW (operation OP): message``."""
+    stamp = local(event.time).strftime("%H:%M:%S.%f")[:-3]
+    if event.subtask_id is None:
+        who = f"task {event.task_id}"
+    else:
+        who = labels.get(event.subtask_id, f"subtask {event.subtask_id}")
+    if event.kind is EventKind.TASK_SUBMITTED:
+        change = f"submitted, {event.new_status}"
+    else:
+        change = f"{event.old_status} -> {event.new_status}"
+    if event.old_operation and event.new_operation and event.old_operation != event.new_operation:
+        change += f" (operation {event.new_operation})"
+    if event.message and event.kind is not EventKind.TASK_SUBMITTED:
+        change += f": {one_line(event.message)}"
+    return f"  [{stamp}] {who}: {change}"
+
+
+def print_task(task: TaskInfo) -> None:
+    """A task line, then one line per subtask (in the order of the OCP JSON: roots first)."""
+    subject = f", host {task.host_id}" if task.host_id is not None else ""
+    finished = f", finished {when(task.finish_time)}" if task.finish_time else ""
+    print(
+        f"task {task.id} {task.name}: {task.status.value} ({task.operation.value}){subject}, "
+        f"creator {task.creator}, started {when(task.start_time or task.create_time)}{finished}"
+    )
+    labels = subtask_labels(task)
+    subs = sorted(task.subtasks, key=lambda sub: (-sub.series_id, sub.id))
+    rows = [
+        [
+            str(sub.id),
+            labels[sub.id],
+            sub.status.value,
+            sub.operation.value,
+            str(sub.run_time),
+            sub.executor or "-",
+            one_line(sub.message),
+        ]
+        for sub in subs
+    ]
+    headers = ["ID", "NAME", "STATUS", "OPERATION", "RUNTIME", "EXECUTOR", "MESSAGE"]
+    print(table(headers, rows, indent="  "))
+
+
+def show_task(task: TaskInfo, as_json: Callable[[TaskInfo], dict[str, Any]] | None) -> None:
+    """The task as JSON rendered by ``as_json`` (a :mod:`dagtask.views` function), else as a
+    table."""
+    if as_json is not None:
+        print_json(as_json(task))
+    else:
+        print_task(task)
+
+
+def print_submitted(task: TaskInfo, *, as_json: bool) -> None:
+    """A task just submitted (not run here): its OCP JSON, or what to do next."""
+    if as_json:
+        print_json(views.task_json(task))
+    else:
+        print(f"task {task.id} {task.status.value}: {task.name}")
+        print(f"  run it with `dagtask worker`, follow it with `dagtask show {task.id}`")
+
+
+def print_failures(task: TaskInfo) -> None:
+    """For each FAILED subtask: why, and how to read its log."""
+    for sub in task.subtasks:
+        if sub.status is SubtaskStatus.FAILED:
+            print(f"  subtask {sub.id} {sub.name} failed: {one_line(sub.message)}")
+            print(f"  see its log with `dagtask logs {task.id} {sub.id}`")
+
+
+def print_page(page: TaskPage) -> None:
+    """One page of tasks as a table, then where the page is."""
+    if not page.tasks:
+        print("no tasks" if page.total_elements == 0 else f"no tasks on page {page.number}")
+    else:
+        rows = []
+        for task in page.tasks:
+            done = sum(1 for sub in task.subtasks if sub.status is SubtaskStatus.SUCCESSFUL)
+            rows.append(
+                [
+                    str(task.id),
+                    task.name,
+                    task.status.value,
+                    task.operation.value,
+                    f"{done}/{len(task.subtasks)}",
+                    task.creator,
+                    when(task.start_time or task.create_time),
+                    when(task.finish_time),
+                ]
+            )
+        headers = ["ID", "NAME", "STATUS", "OPERATION", "DONE", "CREATOR", "STARTED", "FINISHED"]
+        print(table(headers, rows))
+    print(f"page {page.number} of {max(page.total_pages, 1)}, {page.total_elements} tasks")
+
+
+def print_templates(templates: Sequence[TaskTemplate]) -> None:
+    """The templates as a table."""
+    rows = [[t.name, str(len(t.subtasks)), one_line(t.description) or "-"] for t in templates]
+    print(table(["NAME", "SUBTASKS", "DESCRIPTION"], rows))
+
+
+def print_hosts(hosts: Sequence[HostInfo]) -> None:
+    """The host inventory as a table."""
+    if not hosts:
+        print("no hosts; add one with `dagtask hosts add`")
+        return
+    rows = [
+        [str(h.id), h.name, h.inner_ip, h.status, h.agent_status, h.connector, h.agent_home]
+        for h in hosts
+    ]
+    print(table(["ID", "NAME", "IP", "STATUS", "AGENT", "CONNECTOR", "AGENT HOME"], rows))
+
+
+def print_agent_running(processes: Sequence[AgentProcess]) -> None:
+    """The agent processes the demo started."""
+    print("OCP agent is running (agent status ONLINE):")
+    for process in processes:
+        if process.alive:
+            print(f"  {process.name} pid={process.pid}")
+
+
+def print_demo_outcome(task: TaskInfo, pids: Sequence[int], alive: Sequence[int]) -> None:
+    """Whether the demo's agent processes are gone, and why the task failed if it did."""
+    if alive:
+        print(f"Agent processes still running: pid {', '.join(map(str, alive))}")
+    else:
+        print(f"Agent processes gone: pid {', '.join(map(str, pids))} no longer running")
+    if task.status is not TaskStatus.SUCCESSFUL:
+        print_failures(task)
+
+
+def write_log(text: str) -> None:
+    """A log chunk on stdout, flushed at once (a follower reads it as it comes)."""
+    if text:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+
+# ---- operator actions ----------------------------------------------------------------------------
+
+
+def action_line(task: TaskInfo, subtask_id: int | None, done: str, operator: str) -> str:
+    """What an operator action did, e.g. ``task 7 retried by alice: RUNNING (RETRY)``."""
+    state = f"{task.status.value} ({task.operation.value})"
+    if subtask_id is None:
+        return f"task {task.id} {done} by {operator}: {state}"
+    sub = subtask_of(task, subtask_id)
+    return (
+        f"subtask {sub.id} {subtask_labels(task)[sub.id]} of task {task.id} {done} by "
+        f"{operator}: {sub.status.value} ({sub.operation.value}); task {state}"
+    )
+
+
+def subtask_of(task: TaskInfo, subtask_id: int) -> SubtaskInfo:
+    """The subtask ``subtask_id`` of ``task`` (the engine has checked that it belongs to it)."""
+    return next(sub for sub in task.subtasks if sub.id == subtask_id)
+
+
+def plan_json(plan: RollbackPlan) -> dict[str, Any]:
+    """A rollback plan as plain JSON (beyond OCP, so not an OCP shape)."""
+    return {
+        "taskId": plan.task_id,
+        "allowed": plan.allowed,
+        "refusals": list(plan.refusals),
+        "waves": [
+            [
+                {
+                    "id": step.id,
+                    "name": step.name,
+                    "status": step.status.value,
+                    "prohibitRollback": step.prohibit_rollback,
+                }
+                for step in wave
+            ]
+            for wave in plan.waves
+        ],
+    }
+
+
+def print_plan(plan: RollbackPlan) -> None:
+    """Whether the task can roll back, why not, and the order of the rollback in waves."""
+    steps = sum(len(wave) for wave in plan.waves)
+    verdict = "allowed" if plan.allowed else "refused"
+    print(
+        f"rollback of task {plan.task_id} is {verdict}: "
+        f"{counted(steps, 'subtask')} to undo in {counted(len(plan.waves), 'wave')}"
+    )
+    for reason in plan.refusals:
+        print(f"  refused: {reason}")
+    if not plan.waves:
+        return
+    print("order (the subtasks of one wave may roll back in parallel):")
+    rows = [
+        [
+            str(number),
+            str(step.id),
+            step.name,
+            step.status.value,
+            "yes" if step.prohibit_rollback else "no",
+        ]
+        for number, wave in enumerate(plan.waves, start=1)
+        for step in wave
+    ]
+    print(table(["WAVE", "ID", "NAME", "STATUS", "PROHIBIT ROLLBACK"], rows, indent="  "))
+
+
+# ---- running a task in this process --------------------------------------------------------------
+
+
+def run_to_end(
+    engine: Engine, task_id: int, timeout: float | None, *, progress: bool, after: int = 0
+) -> TaskInfo:
+    """Work on the task here until it ends; with ``progress``, print each status change live
+    (the history events after event id ``after``)."""
+    if not progress:
+        return engine.run_task(task_id, timeout)
+    labels = subtask_labels(engine.get(task_id))
+    done = threading.Event()
+
+    def show() -> None:
+        try:
+            for event in engine.follow(task_id):
+                if done.is_set():
+                    return
+                if event.id > after:
+                    print(event_line(event, labels), flush=True)
+        except Exception:
+            # Once the main thread gave up (timeout, Ctrl-C) it reports why and closes the
+            # database under us; anything before that is a real fault and must surface.
+            if not done.is_set():
+                raise
+
+    follower = threading.Thread(target=show, name="dagtask-follow", daemon=True)
+    follower.start()
+    try:
+        task = engine.run_task(task_id, timeout)
+    except BaseException:
+        done.set()
+        raise
+    # follow() returns by itself once it has yielded the events up to the end of the task.
+    follower.join(timeout=10)
+    done.set()
+    return task
+
+
+def last_event_id(engine: Engine, task_id: int) -> int:
+    """The id of the task's newest history event (0 if none); raises 20000 for a missing task."""
+    events = engine.events(task_id)
+    return events[-1].id if events else 0
