@@ -1,9 +1,8 @@
-"""The task store: every task/subtask write, each state change with its history event.
+"""The task store: submit, claim, finish and the operator actions, one transaction each.
 
-All SQL for tasks lives here, as SQLAlchemy Core statements built once at import time and executed
-with bound parameters (the hot path never builds a query or opens an ORM session). Every status
-change goes through :meth:`Store._change_subtasks` / :meth:`Store._change_task`, which check the
-transition table and insert the history events in the same transaction as the change.
+The statements are prebuilt in :mod:`.statements` (the hot path never builds a query or opens an
+ORM session); every status change goes through :mod:`.changes`, which checks the transition table
+and records the history event in the same transaction as the change; reads are in :mod:`.reads`.
 
 Concurrency rules:
 
@@ -18,7 +17,6 @@ Concurrency rules:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -38,6 +36,7 @@ from dagtask.expand import ExpandedTask
 from dagtask.models import EventKind
 from dagtask.planner import AttemptResult
 from dagtask.states import Operation, SubtaskStatus, TaskStatus
+from dagtask.store import changes
 from dagtask.store import statements as q
 from dagtask.store.db import Database
 from dagtask.store.reads import StoreReads
@@ -82,34 +81,6 @@ class FinishOutcome:
     """The task's new status if this finish ended (or restarted) the task."""
     next: Claim | None = None
     """A successor claimed in the same transaction (``claim_next``)."""
-
-
-def _event(
-    task_id: int,
-    subtask_id: int | None,
-    now: datetime,
-    kind: EventKind,
-    old_status: str | None = None,
-    new_status: str | None = None,
-    old_operation: str | None = None,
-    new_operation: str | None = None,
-    run_time: int | None = None,
-    executor: str | None = None,
-    message: str | None = None,
-) -> dict[str, Any]:
-    return {
-        "task_id": task_id,
-        "subtask_id": subtask_id,
-        "time": now,
-        "kind": kind.value,
-        "old_status": old_status,
-        "new_status": new_status,
-        "old_operation": old_operation,
-        "new_operation": new_operation,
-        "run_time": run_time,
-        "executor": executor,
-        "message": message,
-    }
 
 
 class Store(StoreReads):
@@ -223,7 +194,7 @@ class Store(StoreReads):
             for up, down in expanded.edges
         ]
         events = [
-            _event(
+            changes.event(
                 task_id,
                 None,
                 now,
@@ -239,7 +210,7 @@ class Store(StoreReads):
             conn.execute(subtask.insert(), sub_rows)
             if edge_rows:
                 conn.execute(subtask_edge.insert(), edge_rows)
-            self._promote(
+            changes.promote(
                 conn, task_id, Operation.EXECUTE, expanded.template.concurrency, now, events
             )
             conn.execute(q.insert_event, events)
@@ -287,7 +258,7 @@ class Store(StoreReads):
             ]
             rows = conn.execute(q.claimed_rows, {"ids": won}).all() if won else []
         events.extend(
-            _event(
+            changes.event(
                 row.task_id,
                 row.id,
                 now,
@@ -397,7 +368,7 @@ class Store(StoreReads):
                 states.check_subtask_transition(prev, step.status)
                 log_text += logs.state_line(claim.subtask_id, prev, step.status, when=now)
                 events.append(
-                    _event(
+                    changes.event(
                         claim.task_id,
                         claim.subtask_id,
                         now,
@@ -414,8 +385,8 @@ class Store(StoreReads):
                 prev, prev_op = step.status, step.operation
             final = steps[-1]
             self._log(conn, claim.subtask_id, claim.run_time, log_text, now)
-            self._successful_crossing(conn, [claim.subtask_id], old, final.status)
-            promoted, task_status = self._progress(conn, claim.task_id, task_row, now, events)
+            changes.successful_crossing(conn, [claim.subtask_id], old, final.status)
+            promoted, task_status = changes.progress(conn, claim.task_id, task_row, now, events)
             nxt: list[Claim] = []
             if claim_next and executor and promoted:
                 nxt = self._claim_in(conn, executor, 1, claim.task_id, now, events)
@@ -452,7 +423,7 @@ class Store(StoreReads):
             _refuse(task_id, "retry", planner.retry_task_refusal(old, op))
             failed = [s for s in self._subtasks(conn, task_id) if s.status == S.FAILED.value]
             for sub in failed:
-                self._change_subtasks(
+                changes.change_subtasks(
                     conn,
                     task_id,
                     [sub.id],
@@ -464,8 +435,10 @@ class Store(StoreReads):
                     Operation(sub.operation),
                     events,
                 )
-            self._restart_task(conn, task_id, old, Operation.RETRY, now, events, operator, "retry")
-            self._progress(conn, task_id, self._relock(conn, task_id), now, events)
+            changes.restart_task(
+                conn, task_id, old, Operation.RETRY, now, events, operator, "retry"
+            )
+            changes.progress(conn, task_id, self._relock(conn, task_id), now, events)
             conn.execute(q.insert_event, events)
 
     def rollback_task(self, task_id: int, operator: str) -> None:
@@ -498,7 +471,7 @@ class Store(StoreReads):
                     steps = [planner.Step(S.SUCCESSFUL, Operation.ROLLBACK, sub.run_time)]
                 else:
                     continue
-                self._change_subtasks(
+                changes.change_subtasks(
                     conn,
                     task_id,
                     [sub.id],
@@ -510,10 +483,10 @@ class Store(StoreReads):
                     op,
                     events,
                 )
-            self._restart_task(
+            changes.restart_task(
                 conn, task_id, old, Operation.ROLLBACK, now, events, operator, "rollback"
             )
-            self._progress(conn, task_id, self._relock(conn, task_id), now, events)
+            changes.progress(conn, task_id, self._relock(conn, task_id), now, events)
             conn.execute(q.insert_event, events)
 
     def retry_subtask(self, task_id: int, subtask_id: int, operator: str) -> None:
@@ -525,7 +498,7 @@ class Store(StoreReads):
                 S(sub.status), Operation(sub.operation), Operation(row.operation)
             )
             _refuse_subtask(task_id, subtask_id, "retry", refusal)
-            self._change_subtasks(
+            changes.change_subtasks(
                 conn,
                 task_id,
                 [subtask_id],
@@ -537,7 +510,7 @@ class Store(StoreReads):
                 Operation(sub.operation),
                 events,
             )
-            self._restart_task(
+            changes.restart_task(
                 conn,
                 task_id,
                 TaskStatus(row.status),
@@ -556,7 +529,7 @@ class Store(StoreReads):
             sub = self._subtask_of(conn, task_id, subtask_id)
             _refuse_subtask(task_id, subtask_id, "skip", planner.skip_refusal(S(sub.status)))
             op = planner.skip_operation(Operation(row.operation))
-            self._change_subtasks(
+            changes.change_subtasks(
                 conn,
                 task_id,
                 [subtask_id],
@@ -568,7 +541,7 @@ class Store(StoreReads):
                 Operation(sub.operation),
                 events,
             )
-            self._restart_task(
+            changes.restart_task(
                 conn,
                 task_id,
                 TaskStatus(row.status),
@@ -587,7 +560,7 @@ class Store(StoreReads):
             sub = self._subtask_of(conn, task_id, subtask_id)
             refusal = planner.cancel_subtask_refusal(S(sub.status))
             _refuse_subtask(task_id, subtask_id, "cancel", refusal)
-            self._change_subtasks(
+            changes.change_subtasks(
                 conn,
                 task_id,
                 [subtask_id],
@@ -619,7 +592,7 @@ class Store(StoreReads):
                     step = planner.Step(S.PENDING, op, sub.run_time)
                 else:
                     continue
-                self._change_subtasks(
+                changes.change_subtasks(
                     conn,
                     task_id,
                     [sub.id],
@@ -631,7 +604,7 @@ class Store(StoreReads):
                     op,
                     events,
                 )
-            self._progress(conn, task_id, self._relock(conn, task_id), now, events)
+            changes.progress(conn, task_id, self._relock(conn, task_id), now, events)
             conn.execute(q.insert_event, events)
 
     def canceling(self, executor: str) -> list[tuple[int, int]]:
@@ -669,230 +642,6 @@ class Store(StoreReads):
                 f"see its subtasks with `dagtask show {task_id}`"
             )
         return row
-
-    def _restart_task(
-        self,
-        conn: sa.Connection,
-        task_id: int,
-        old: TaskStatus,
-        operation: Operation,
-        now: datetime,
-        events: list[dict[str, Any]],
-        operator: str,
-        action: str,
-    ) -> None:
-        """The task → RUNNING with ``operation``; an operator action clears a task cancel."""
-        states.check_task_transition(old, TaskStatus.RUNNING)
-        conn.execute(
-            q.set_task_operation,
-            {
-                "task_id": task_id,
-                "status": TaskStatus.RUNNING.value,
-                "operation": operation.value,
-                "cancel_requested": False,
-            },
-        )
-        events.append(
-            _event(
-                task_id,
-                None,
-                now,
-                EventKind.TASK_STATUS,
-                old.value,
-                TaskStatus.RUNNING.value,
-                None,
-                operation.value,
-                executor=operator,
-                message=f"{action} by {operator}",
-            )
-        )
-
-    # ---- status changes: the only place they are written -----------------------------------
-
-    def _change_subtasks(
-        self,
-        conn: sa.Connection,
-        task_id: int,
-        subtask_ids: Sequence[int],
-        old: SubtaskStatus,
-        steps: Iterable[planner.Step],
-        now: datetime,
-        executor: str | None,
-        message: str | None,
-        old_operation: Operation,
-        events: list[dict[str, Any]],
-    ) -> None:
-        """Apply ``steps`` (in order) to subtasks currently ``old``; one event per step each is
-        appended to ``events``, which the caller inserts in the same transaction."""
-        status, operation = old, old_operation
-        for step in steps:
-            if step.status is not status:
-                states.check_subtask_transition(status, step.status)
-            params = [
-                {
-                    "sid": sid,
-                    "old_status": status.value,
-                    "new_status": step.status.value,
-                    "new_operation": step.operation.value,
-                    "new_run_time": step.run_time,
-                }
-                for sid in subtask_ids
-            ]
-            result = conn.execute(q.set_subtask, params)
-            if result.rowcount != len(subtask_ids):
-                raise RuntimeError(
-                    f"subtasks {list(subtask_ids)} were not all {status} (changed concurrently)"
-                )
-            events.extend(
-                _event(
-                    task_id,
-                    sid,
-                    now,
-                    EventKind.SUBTASK_STATUS,
-                    status.value,
-                    step.status.value,
-                    operation.value,
-                    step.operation.value,
-                    step.run_time,
-                    executor,
-                    message,
-                )
-                for sid in subtask_ids
-            )
-            self._successful_crossing(conn, subtask_ids, status, step.status)
-            status, operation = step.status, step.operation
-
-    @staticmethod
-    def _successful_crossing(
-        conn: sa.Connection, subtask_ids: Sequence[int], old: SubtaskStatus, new: SubtaskStatus
-    ) -> None:
-        """Keep downstreams' ``pending_upstreams`` equal to their upstreams not SUCCESSFUL."""
-        if (old is S.SUCCESSFUL) == (new is S.SUCCESSFUL):
-            return
-        delta = -1 if new is S.SUCCESSFUL else 1
-        conn.execute(q.adjust_downstreams, [{"sid": sid, "delta": delta} for sid in subtask_ids])
-
-    def _progress(
-        self,
-        conn: sa.Connection,
-        task_id: int,
-        task_row: Any,
-        now: datetime,
-        events: list[dict[str, Any]],
-    ) -> tuple[int, TaskStatus | None]:
-        """Promote what may run now (within the concurrency) and settle the task if idle."""
-        active = conn.execute(q.count_active, {"task_id": task_id}).scalar_one()
-        promoted = 0
-        if not task_row.cancel_requested and TaskStatus(task_row.status) is TaskStatus.RUNNING:
-            room = planner.promotable(task_row.concurrency, active)
-            if room:
-                promoted = self._promote(
-                    conn, task_id, Operation(task_row.operation), room, now, events
-                )
-        task_status = None
-        if active + promoted == 0:
-            task_status = self._settle_task(
-                conn, task_id, TaskStatus(task_row.status), task_row.operation, now, events
-            )
-        return promoted, task_status
-
-    def _promote(
-        self,
-        conn: sa.Connection,
-        task_id: int,
-        operation: Operation,
-        room: int,
-        now: datetime,
-        events: list[dict[str, Any]],
-    ) -> int:
-        """Make up to ``room`` subtasks READY: forward, PENDING ones whose upstreams all
-        succeeded; in a rollback, SUCCESSFUL ones whose downstreams are all PENDING."""
-        if operation is Operation.ROLLBACK:
-            old = S.SUCCESSFUL
-            rows = conn.execute(q.rollback_runnable, {"task_id": task_id, "limit": room}).all()
-        else:
-            old = S.PENDING
-            rows = conn.execute(q.runnable, {"task_id": task_id, "limit": room}).all()
-        groups: dict[tuple[str, int], list[int]] = {}
-        for row in rows:
-            groups.setdefault((row.operation, row.run_time), []).append(row.id)
-        for (current_op, run_time), ids in groups.items():
-            if operation is Operation.ROLLBACK:
-                new_op = Operation.ROLLBACK
-            elif current_op in (Operation.ROLLBACK.value, Operation.ROLLBACK_SKIP.value):
-                new_op = Operation.EXECUTE
-            else:
-                new_op = Operation(current_op)  # keeps RETRY of a subtask a cancel withdrew
-            self._change_subtasks(
-                conn,
-                task_id,
-                ids,
-                old,
-                [planner.Step(S.READY, new_op, run_time)],
-                now,
-                None,
-                None,
-                Operation(current_op),
-                events,
-            )
-        return len(rows)
-
-    def _settle_task(
-        self,
-        conn: sa.Connection,
-        task_id: int,
-        old: TaskStatus,
-        operation: str,
-        now: datetime,
-        events: list[dict[str, Any]],
-    ) -> TaskStatus | None:
-        """Nothing of the task is active: set its final status (SPEC §3)."""
-
-        def has(status: SubtaskStatus) -> bool:
-            found = conn.execute(q.has_status, {"task_id": task_id, "st": status.value}).first()
-            return found is not None
-
-        new = planner.task_status_when_idle(
-            any_failed=has(S.FAILED),
-            any_pending=has(S.PENDING),
-            rollback=operation == Operation.ROLLBACK.value,
-        )
-        if new is old:
-            return None
-        self._change_task(conn, task_id, old, new, Operation(operation), now, events)
-        return new
-
-    def _change_task(
-        self,
-        conn: sa.Connection,
-        task_id: int,
-        old: TaskStatus,
-        new: TaskStatus,
-        operation: Operation,
-        now: datetime,
-        events: list[dict[str, Any]],
-        message: str | None = None,
-    ) -> None:
-        """Change the task's status; its event is appended to ``events``."""
-        states.check_task_transition(old, new)
-        finished = new is not TaskStatus.RUNNING
-        conn.execute(
-            q.set_task,
-            {"task_id": task_id, "status": new.value, "finish_time": now if finished else None},
-        )
-        events.append(
-            _event(
-                task_id,
-                None,
-                now,
-                EventKind.TASK_STATUS,
-                old.value,
-                new.value,
-                operation.value,
-                operation.value,
-                message=message,
-            )
-        )
 
     def _log(self, conn: sa.Connection, sid: int, run_time: int, text: str, now: datetime) -> None:
         conn.execute(

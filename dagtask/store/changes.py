@@ -1,0 +1,269 @@
+"""Status changes: the only place a task's or a subtask's status (or operation) is written.
+
+Every function here runs inside the caller's transaction. Each change is checked against the
+transition table (:mod:`dagtask.states`) and appends its history event to ``events``, which the
+caller inserts in the same transaction. What should change is decided by :mod:`dagtask.planner`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from dagtask import planner, states
+from dagtask.models import EventKind
+from dagtask.states import Operation, SubtaskStatus, TaskStatus
+from dagtask.store import statements as q
+
+S = SubtaskStatus
+
+
+def event(
+    task_id: int,
+    subtask_id: int | None,
+    now: datetime,
+    kind: EventKind,
+    old_status: str | None = None,
+    new_status: str | None = None,
+    old_operation: str | None = None,
+    new_operation: str | None = None,
+    run_time: int | None = None,
+    executor: str | None = None,
+    message: str | None = None,
+) -> dict[str, Any]:
+    return {
+        "task_id": task_id,
+        "subtask_id": subtask_id,
+        "time": now,
+        "kind": kind.value,
+        "old_status": old_status,
+        "new_status": new_status,
+        "old_operation": old_operation,
+        "new_operation": new_operation,
+        "run_time": run_time,
+        "executor": executor,
+        "message": message,
+    }
+
+
+def change_subtasks(
+    conn: sa.Connection,
+    task_id: int,
+    subtask_ids: Sequence[int],
+    old: SubtaskStatus,
+    steps: Iterable[planner.Step],
+    now: datetime,
+    executor: str | None,
+    message: str | None,
+    old_operation: Operation,
+    events: list[dict[str, Any]],
+) -> None:
+    """Apply ``steps`` (in order) to subtasks currently ``old``; one event per step each is
+    appended to ``events``, which the caller inserts in the same transaction."""
+    status, operation = old, old_operation
+    for step in steps:
+        if step.status is not status:
+            states.check_subtask_transition(status, step.status)
+        params = [
+            {
+                "sid": sid,
+                "old_status": status.value,
+                "new_status": step.status.value,
+                "new_operation": step.operation.value,
+                "new_run_time": step.run_time,
+            }
+            for sid in subtask_ids
+        ]
+        result = conn.execute(q.set_subtask, params)
+        if result.rowcount != len(subtask_ids):
+            raise RuntimeError(
+                f"subtasks {list(subtask_ids)} were not all {status} (changed concurrently)"
+            )
+        events.extend(
+            event(
+                task_id,
+                sid,
+                now,
+                EventKind.SUBTASK_STATUS,
+                status.value,
+                step.status.value,
+                operation.value,
+                step.operation.value,
+                step.run_time,
+                executor,
+                message,
+            )
+            for sid in subtask_ids
+        )
+        successful_crossing(conn, subtask_ids, status, step.status)
+        status, operation = step.status, step.operation
+
+
+def successful_crossing(
+    conn: sa.Connection, subtask_ids: Sequence[int], old: SubtaskStatus, new: SubtaskStatus
+) -> None:
+    """Keep downstreams' ``pending_upstreams`` equal to their upstreams not SUCCESSFUL."""
+    if (old is S.SUCCESSFUL) == (new is S.SUCCESSFUL):
+        return
+    delta = -1 if new is S.SUCCESSFUL else 1
+    conn.execute(q.adjust_downstreams, [{"sid": sid, "delta": delta} for sid in subtask_ids])
+
+
+def progress(
+    conn: sa.Connection,
+    task_id: int,
+    task_row: Any,
+    now: datetime,
+    events: list[dict[str, Any]],
+) -> tuple[int, TaskStatus | None]:
+    """Promote what may run now (within the concurrency) and settle the task if idle."""
+    active = conn.execute(q.count_active, {"task_id": task_id}).scalar_one()
+    promoted = 0
+    if not task_row.cancel_requested and TaskStatus(task_row.status) is TaskStatus.RUNNING:
+        room = planner.promotable(task_row.concurrency, active)
+        if room:
+            promoted = promote(conn, task_id, Operation(task_row.operation), room, now, events)
+    task_status = None
+    if active + promoted == 0:
+        task_status = settle_task(
+            conn, task_id, TaskStatus(task_row.status), task_row.operation, now, events
+        )
+    return promoted, task_status
+
+
+def promote(
+    conn: sa.Connection,
+    task_id: int,
+    operation: Operation,
+    room: int,
+    now: datetime,
+    events: list[dict[str, Any]],
+) -> int:
+    """Make up to ``room`` subtasks READY: forward, PENDING ones whose upstreams all
+    succeeded; in a rollback, SUCCESSFUL ones whose downstreams are all PENDING."""
+    if operation is Operation.ROLLBACK:
+        old = S.SUCCESSFUL
+        rows = conn.execute(q.rollback_runnable, {"task_id": task_id, "limit": room}).all()
+    else:
+        old = S.PENDING
+        rows = conn.execute(q.runnable, {"task_id": task_id, "limit": room}).all()
+    groups: dict[tuple[str, int], list[int]] = {}
+    for row in rows:
+        groups.setdefault((row.operation, row.run_time), []).append(row.id)
+    for (current_op, run_time), ids in groups.items():
+        if operation is Operation.ROLLBACK:
+            new_op = Operation.ROLLBACK
+        elif current_op in (Operation.ROLLBACK.value, Operation.ROLLBACK_SKIP.value):
+            new_op = Operation.EXECUTE
+        else:
+            new_op = Operation(current_op)  # keeps RETRY of a subtask a cancel withdrew
+        change_subtasks(
+            conn,
+            task_id,
+            ids,
+            old,
+            [planner.Step(S.READY, new_op, run_time)],
+            now,
+            None,
+            None,
+            Operation(current_op),
+            events,
+        )
+    return len(rows)
+
+
+def settle_task(
+    conn: sa.Connection,
+    task_id: int,
+    old: TaskStatus,
+    operation: str,
+    now: datetime,
+    events: list[dict[str, Any]],
+) -> TaskStatus | None:
+    """Nothing of the task is active: set its final status (SPEC §3)."""
+
+    def has(status: SubtaskStatus) -> bool:
+        found = conn.execute(q.has_status, {"task_id": task_id, "st": status.value}).first()
+        return found is not None
+
+    new = planner.task_status_when_idle(
+        any_failed=has(S.FAILED),
+        any_pending=has(S.PENDING),
+        rollback=operation == Operation.ROLLBACK.value,
+    )
+    if new is old:
+        return None
+    change_task(conn, task_id, old, new, Operation(operation), now, events)
+    return new
+
+
+def change_task(
+    conn: sa.Connection,
+    task_id: int,
+    old: TaskStatus,
+    new: TaskStatus,
+    operation: Operation,
+    now: datetime,
+    events: list[dict[str, Any]],
+    message: str | None = None,
+) -> None:
+    """Change the task's status; its event is appended to ``events``."""
+    states.check_task_transition(old, new)
+    finished = new is not TaskStatus.RUNNING
+    conn.execute(
+        q.set_task,
+        {"task_id": task_id, "status": new.value, "finish_time": now if finished else None},
+    )
+    events.append(
+        event(
+            task_id,
+            None,
+            now,
+            EventKind.TASK_STATUS,
+            old.value,
+            new.value,
+            operation.value,
+            operation.value,
+            message=message,
+        )
+    )
+
+
+def restart_task(
+    conn: sa.Connection,
+    task_id: int,
+    old: TaskStatus,
+    operation: Operation,
+    now: datetime,
+    events: list[dict[str, Any]],
+    operator: str,
+    action: str,
+) -> None:
+    """The task → RUNNING with ``operation``; an operator action clears a task cancel."""
+    states.check_task_transition(old, TaskStatus.RUNNING)
+    conn.execute(
+        q.set_task_operation,
+        {
+            "task_id": task_id,
+            "status": TaskStatus.RUNNING.value,
+            "operation": operation.value,
+            "cancel_requested": False,
+        },
+    )
+    events.append(
+        event(
+            task_id,
+            None,
+            now,
+            EventKind.TASK_STATUS,
+            old.value,
+            TaskStatus.RUNNING.value,
+            None,
+            operation.value,
+            executor=operator,
+            message=f"{action} by {operator}",
+        )
+    )
