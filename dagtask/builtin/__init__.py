@@ -1,33 +1,31 @@
-"""Built-in templates: OCP's host operations, ready to submit by name."""
+"""Built-in templates: OCP's host operations, ready to submit by name or slug.
+
+* "Stop OCP agent" / "Restart OCP agent" (``stringMap.host_id``)
+* "Batch stop OCP agent" / "Batch restart OCP agent" (``listMap.host_ids``)
+
+The templates live in :mod:`dagtask.builtin.templates`, their handlers in
+:mod:`dagtask.builtin.ocp_agent`.
+"""
 
 from __future__ import annotations
 
-from dagtask.template import TaskTemplate, TemplateBuilder
+from dagtask.builtin.templates import (
+    batch_restart_ocp_agent,
+    batch_stop_ocp_agent,
+    ocp_agent_templates,
+    restart_ocp_agent,
+    stop_ocp_agent,
+)
+from dagtask.template import TaskTemplate
 
-OCP_AGENT = "dagtask.builtin.ocp_agent"
-
-
-def stop_ocp_agent() -> TaskTemplate:
-    """ "Stop OCP agent" (SPEC §8): Prepare (60 s) → Stop all processes (600 s) → Finish (60 s)."""
-    t = TemplateBuilder(
-        "Stop OCP agent",
-        host_arg="host_id",
-        description="Stop the OCP agent processes on one host (stringMap.host_id)",
-    )
-    t.add("Prepare stop OCP agent", f"{OCP_AGENT}.PrepareStopOcpAgentTask", timeout=60)
-    t.add(
-        "Stop all OCP agent processes",
-        f"{OCP_AGENT}.StopAllOcpAgentProcessesTask",
-        timeout=600,
-        after=["Prepare stop OCP agent"],
-    )
-    t.add(
-        "Finish OCP agent operation",
-        f"{OCP_AGENT}.FinishOcpAgentOperationTask",
-        timeout=60,
-        after=["Stop all OCP agent processes"],
-    )
-    return t.build()
+__all__ = [
+    "batch_restart_ocp_agent",
+    "batch_stop_ocp_agent",
+    "builtin_templates",
+    "noop",
+    "restart_ocp_agent",
+    "stop_ocp_agent",
+]
 
 
 def noop(ctx: object) -> None:
@@ -37,4 +35,4 @@ def noop(ctx: object) -> None:
 
 def builtin_templates() -> list[TaskTemplate]:
     """Every built-in template."""
-    return [stop_ocp_agent()]
+    return ocp_agent_templates()

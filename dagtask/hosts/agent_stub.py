@@ -5,6 +5,16 @@ started it knows a SIGTERM will now be handled), then sleeps until a signal ends
 it exit 0, unless ``--ignore-sigterm`` is given: then only SIGKILL stops it. It imports nothing
 but the standard library so that it starts fast; the local connector runs it by file path
 (``python -P .../agent_stub.py``) so that not even the dagtask package is imported.
+
+To simulate an agent that cannot start (tests, demos), create the file ``HOME/FAIL_START``: while
+it exists every agent process of that home exits with status 1 at start, before writing its pid
+file, and its last log line says why. Remove the file and the agent starts again::
+
+    touch /path/to/agent_home/FAIL_START     # the next start of this agent fails
+    rm /path/to/agent_home/FAIL_START        # and now it works again
+
+``HOME/CRASH_AFTER_START`` is the subtler failure: the process starts (writes its pid file), then
+logs a line and exits with status 3 at once, as an agent that crashes right after start-up.
 """
 
 from __future__ import annotations
@@ -15,6 +25,11 @@ import signal
 import sys
 from pathlib import Path
 from types import FrameType
+
+FAIL_START = "FAIL_START"
+"""A file of this name in the agent home makes every start fail (see the module docstring)."""
+CRASH_AFTER_START = "CRASH_AFTER_START"
+"""A file of this name in the agent home makes every process crash once started."""
 
 
 def _exit_on_sigterm(_signum: int, _frame: FrameType | None) -> None:
@@ -41,6 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", required=True, help="the process name, e.g. ocp_agentd")
     parser.add_argument("--ignore-sigterm", action="store_true", help="only SIGKILL stops it")
     args = parser.parse_args(argv)
+    marker = Path(args.home) / FAIL_START
+    if marker.exists():
+        # Before the pid file: to whoever starts it, this is an agent that died while starting.
+        sys.exit(f"agent_stub {args.name}: refusing to start because {marker} exists")
     if args.ignore_sigterm:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     else:
@@ -48,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     # The pid file is left behind on exit on purpose: removing stale records is the
     # connector's job, as with a real agent that was SIGKILLed.
     _write_pid_file(args.home, args.name)
+    crash = Path(args.home) / CRASH_AFTER_START
+    if crash.exists():
+        print(f"agent_stub {args.name}: crashed after start-up because {crash} exists", flush=True)
+        return 3
     while True:
         signal.pause()
 

@@ -91,6 +91,18 @@ class Connector(ABC):
     def start_agent(self, host: HostInfo, *, log: logging.Logger) -> list[int]:
         """Start the agent processes of ``host`` that are not running; return all their pids."""
 
+    def restart_pos_proxy(self, host: HostInfo, *, log: logging.Logger) -> None:
+        """OCP's "Restart pos proxy" step, run before a restart stops the agent; idempotent.
+
+        Raise :class:`HostError` if the agent could not be started again, so that a restart
+        fails before it stops anything. The default has nothing to do and says so.
+        """
+        log.info("Connector %r has no pos proxy on host %d: nothing to restart", self.kind, host.id)
+
+    def last_log_line(self, host: HostInfo, process: str) -> str:
+        """The last line the agent process ``process`` logged, or "" if unknown."""
+        return ""
+
 
 _factories: dict[str, Callable[[], Connector]] = {}
 _lock = threading.Lock()

@@ -4,6 +4,9 @@ Each agent process records itself in ``<agent_home>/run/<name>.pid`` (like OCP's
 ocp_mgragent and ocp_monagent). A record is trusted only while it names a live process whose
 command line contains the agent home: a zombie counts as dead, and a pid that the kernel gave to
 an unrelated process is a stale record, removed without signalling anybody. Needs Linux ``/proc``.
+
+Each process logs to ``<agent_home>/log/<name>.log``. A file ``<agent_home>/FAIL_START`` makes
+every start of that agent fail (see :mod:`dagtask.hosts.agent_stub`), for tests and demos.
 """
 
 from __future__ import annotations
@@ -78,6 +81,18 @@ def _poll_child(pid: int) -> None:
     if child is not None and child.poll() is not None:
         with _children_lock:
             _children.pop(pid, None)
+
+
+def _reap_children() -> None:
+    """Reap the agent processes this interpreter started that have exited meanwhile.
+
+    A start that failed leaves exited children behind (no pid file names them any more); without
+    this they would stay zombies for as long as the engine runs.
+    """
+    with _children_lock:
+        pids = list(_children)
+    for pid in pids:
+        _poll_child(pid)
 
 
 def _probe(pid: int, homes: frozenset[str]) -> _State:
@@ -165,6 +180,17 @@ def _spawn(home: Path, name: str, extra_args: tuple[str, ...]) -> subprocess.Pop
     return proc
 
 
+def _last_log_line(home: Path, name: str) -> str:
+    """The last non-empty line of ``<home>/log/<name>.log`` ("" if there is none)."""
+    try:
+        with open(home / "log" / f"{name}.log", "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))  # a tail is enough
+            lines = f.read().decode(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return lines[-1].strip() if lines else ""
+
+
 def _await_ready(home: Path, name: str, proc: subprocess.Popen[bytes], deadline: float) -> None:
     """Wait until ``proc`` wrote its pid file, i.e. installed its signal handlers."""
     path = home / "run" / f"{name}.pid"
@@ -172,8 +198,7 @@ def _await_ready(home: Path, name: str, proc: subprocess.Popen[bytes], deadline:
         code = proc.poll()
         if code is not None:
             log_file = home / "log" / f"{name}.log"
-            lines = log_file.read_text(errors="replace").strip().splitlines()
-            tail = lines[-1] if lines else ""  # a Python traceback ends with the error
+            tail = _last_log_line(home, name)  # a Python traceback ends with the error
             raise HostError(
                 f"OCP agent process {name} exited with code {code} while starting; "
                 f"see {log_file}: {tail or '(empty log)'}"
@@ -229,6 +254,7 @@ class LocalConnector(Connector):
 
     def agent_processes(self, host: HostInfo) -> list[AgentProcess]:
         """The processes recorded under ``<agent_home>/run``, with whether each is alive."""
+        _reap_children()
         homes = _homes(agent_home(host))
         return [
             AgentProcess(rec.pid, rec.name, _probe(rec.pid, homes) is _State.AGENT)
@@ -239,9 +265,11 @@ class LocalConnector(Connector):
         """Start the agent processes that are not running; return all pids (in start order).
 
         Returns once every process wrote its pid file. If one fails to start, a
-        :class:`HostError` quotes its log; the others keep running, and starting again after
-        the fix only starts what is missing.
+        :class:`HostError` quotes its log, raised only once every process started here is ready
+        or gone (none is left half-started to race with the next start); the ones that started
+        keep running, and starting again after the fix only starts what is missing.
         """
+        _reap_children()
         home = agent_home(host)
         homes = _homes(home)
         records = {rec.name: rec for rec in _records(home)}
@@ -258,11 +286,59 @@ class LocalConnector(Connector):
             log.info("Starting OCP agent process %s on host %d", name, host.id)
             started.append((name, _spawn(home, name, ())))
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        failures: list[HostError] = []
         for name, proc in started:
-            _await_ready(home, name, proc, deadline)
+            try:
+                _await_ready(home, name, proc, deadline)
+            except HostError as exc:
+                log.error("%s", exc)
+                failures.append(exc)
+                continue
             log.info("Started OCP agent process %s, pid=%d", name, proc.pid)
             pids[name] = proc.pid
+        if failures:
+            more = f" ({len(failures) - 1} more failed likewise)" if len(failures) > 1 else ""
+            raise HostError(f"{failures[0]}{more}", target=str(host.id)) from failures[0]
         return [pids[name] for name in AGENT_PROCESSES]
+
+    def restart_pos_proxy(self, host: HostInfo, *, log: logging.Logger) -> None:
+        """The stand-in agent has no pos proxy process: check what starting it again needs.
+
+        The agent home's ``run`` and ``log`` folders must exist (they are created) and be
+        writable, and the agent launcher must be there; otherwise a :class:`HostError` stops the
+        restart before it stops the agent. Changes nothing else, so it is idempotent.
+        """
+        home = agent_home(host)
+        log.info(
+            "OCP agent on host %d has no separate pos proxy; checking that agent home %s can "
+            "start it again",
+            host.id,
+            home,
+        )
+        for folder in (home / "run", home / "log"):
+            probe = folder / f".dagtask-probe-{os.getpid()}-{threading.get_ident()}"
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                probe.write_bytes(b"")
+                probe.unlink()
+            except OSError as exc:
+                raise HostError(
+                    f"the OCP agent of host {host.id} ({host.name}) could not be started again: "
+                    f"cannot write to {folder} ({exc.strerror}); fix the agent home or its "
+                    "permissions, then retry the subtask",
+                    target=str(host.id),
+                ) from exc
+        if not Path(AGENT_STUB).is_file():
+            raise HostError(
+                f"the OCP agent launcher {AGENT_STUB} is missing, so the agent of host {host.id} "
+                "could not be started again; reinstall dagtask",
+                target=str(host.id),
+            )
+        log.info("Agent home %s is ready for a restart", home)
+
+    def last_log_line(self, host: HostInfo, process: str) -> str:
+        """The last line of ``<agent_home>/log/<process>.log``."""
+        return _last_log_line(agent_home(host), process)
 
     def stop_agent(
         self,
@@ -277,6 +353,7 @@ class LocalConnector(Connector):
             raise ArgumentError(f"the stop grace period must be >= 0 seconds, got {grace}")
         if token is not None:
             token.raise_if_cancelled()
+        _reap_children()
         home = agent_home(host)
         homes = _homes(home)
         log.info("Getting all OCP agent processes on host %d", host.id)

@@ -6,6 +6,7 @@ import contextlib
 import functools
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -267,3 +268,63 @@ def test_agent_that_dies_while_starting_is_reported_with_its_log(
         connector.start_agent(host, log=LOG)
     log_text = (home_of(host) / "log" / "ocp_agentd.log").read_text()
     assert "cannot write its pid file" in log_text
+
+
+def children_of_this_process() -> list[int]:
+    """Pids of this test process's children that still exist (zombies included)."""
+    me = str(os.getpid())
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_bytes()
+        except OSError:
+            continue
+        if entry.name.isdigit() and stat.rpartition(b")")[2].split()[1].decode() == me:
+            found.append(int(entry.name))
+    return found
+
+
+def test_fail_start_marker_makes_every_start_fail_with_its_log_line(
+    connector: LocalConnector, host: HostInfo
+) -> None:
+    home = home_of(host)
+    home.mkdir()
+    (home / "FAIL_START").touch()
+    before = set(children_of_this_process())
+    with pytest.raises(HostError, match=r"exited with code 1 while starting; see .*refusing to"):
+        connector.start_agent(host, log=LOG)
+    assert "refusing to start because" in connector.last_log_line(host, "ocp_agentd")
+    assert [p for p in connector.agent_processes(host) if p.alive] == []
+
+    def reaped() -> bool:
+        connector.agent_processes(host)  # every connector call reaps the children that exited
+        return set(children_of_this_process()) <= before
+
+    # The processes that failed after the first one are reaped too: no zombie is left behind.
+    wait_until(reaped, "the failed agent processes to be reaped")
+    (home / "FAIL_START").unlink()
+    assert len(connector.start_agent(host, log=LOG)) == 3
+
+
+def test_last_log_line_is_empty_without_a_log(connector: LocalConnector, host: HostInfo) -> None:
+    assert connector.last_log_line(host, "ocp_agentd") == ""
+    log_dir = home_of(host) / "log"
+    log_dir.mkdir(parents=True)
+    (log_dir / "ocp_agentd.log").write_text("x" * 10_000 + "\nfirst\n\nlast words  \n\n")
+    assert connector.last_log_line(host, "ocp_agentd") == "last words"
+
+
+def test_restart_pos_proxy_checks_the_agent_home_without_touching_the_agent(
+    connector: LocalConnector, host: HostInfo
+) -> None:
+    pids = connector.start_agent(host, log=LOG)
+    connector.restart_pos_proxy(host, log=LOG)
+    connector.restart_pos_proxy(host, log=LOG)
+    assert all(is_running(pid) for pid in pids)
+    assert pid_files(host) == sorted(f"{name}.pid" for name in AGENT_PROCESSES)
+    stop(connector, host)
+    log_dir = home_of(host) / "log"
+    shutil.rmtree(log_dir)
+    log_dir.write_text("a file where the log folder should be")
+    with pytest.raises(HostError, match=r"could not be started again: cannot write to .*/log"):
+        connector.restart_pos_proxy(host, log=LOG)
