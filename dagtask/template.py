@@ -191,6 +191,7 @@ class TemplateBuilder:
         prohibit_rollback: bool = False,
         concurrency: int = 10,
         host_arg: str | None = None,
+        host_list_arg: str | None = None,
         description: str = "",
     ) -> None:
         self.name = name
@@ -198,6 +199,7 @@ class TemplateBuilder:
             "prohibit_rollback": prohibit_rollback,
             "concurrency": concurrency,
             "host_arg": host_arg,
+            "host_list_arg": host_list_arg,
             "description": description,
         }
         self.specs: list[dict[str, Any]] = []

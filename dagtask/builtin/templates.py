@@ -41,7 +41,8 @@ def _single_host(name: str, description: str, steps: Sequence[Step]) -> TaskTemp
 
 def _batch(name: str, description: str, steps: Sequence[Step]) -> TaskTemplate:
     """``steps`` split PARALLEL over ``listMap.host_ids``, a Wait node between two stages."""
-    t = TemplateBuilder(name, description=description)
+    # host_list_arg: the engine refuses a batch naming unknown hosts before the task exists.
+    t = TemplateBuilder(name, host_list_arg=HOST_IDS, description=description)
     wait = ocp_agent.WAIT_NODE
     previous: list[str] = []
     for index, step in enumerate(steps):
@@ -67,10 +68,7 @@ def _batch(name: str, description: str, steps: Sequence[Step]) -> TaskTemplate:
                 split_method=SplitMethod.PARALLEL,
             )
         ]
-    # host_list_arg: the engine refuses a batch naming unknown hosts before the task exists.
-    return TaskTemplate.parse(
-        {**t.build().definition(), "host_list_arg": HOST_IDS}, source=f"template {name!r}"
-    )
+    return t.build()
 
 
 def stop_ocp_agent() -> TaskTemplate:
