@@ -69,6 +69,9 @@ class Engine:
             self.register_template(template)
         self._pool: WorkerPool | None = None
         self._changed = threading.Condition()
+        self._generation = (
+            0  # bumped (under _changed) whenever a task of this engine may have ended
+        )
 
     @property
     def hosts(self) -> HostInventory:
@@ -284,8 +287,7 @@ class Engine:
     def _acted(self, task_id: int) -> TaskInfo:
         if self._pool is not None:
             self._pool.wake(self._pool.size)
-        with self._changed:
-            self._changed.notify_all()
+        self._bump()
         return self.get(task_id)
 
     def _acted_subtask(self, task_id: int, subtask_id: int) -> SubtaskInfo:
@@ -338,13 +340,24 @@ class Engine:
 
     def _finished(self, _claim: Claim, outcome: FinishOutcome) -> None:
         if outcome.task_status is not None:
-            with self._changed:
-                self._changed.notify_all()
+            self._bump()
+
+    def _bump(self) -> None:
+        with self._changed:
+            self._generation += 1
+            self._changed.notify_all()
+
+    def _wait_for_change(self, seen: int, seconds: float) -> None:
+        """Sleep up to ``seconds`` unless something changed since generation ``seen``."""
+        with self._changed:
+            if self._generation == seen:
+                self._changed.wait(seconds)
 
     def wait(self, task_id: int, timeout: float | None = None) -> TaskInfo:
         """Block until the task is no longer RUNNING; return it (TaskTimeoutError on timeout)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
+            seen = self._generation  # read before the status, so no ending is missed
             if self.store.task_status(task_id) is not TaskStatus.RUNNING:
                 return self.get(task_id)
             left = None if deadline is None else deadline - time.monotonic()
@@ -353,8 +366,8 @@ class Engine:
                     f"task {task_id} is still RUNNING after {timeout} s; "
                     f"see its progress with `dagtask show {task_id}`"
                 )
-            with self._changed:
-                self._changed.wait(min(0.1, left) if left is not None else 0.1)
+            # Short polls still catch tasks that workers in other processes end.
+            self._wait_for_change(seen, min(0.1, left) if left is not None else 0.1)
 
     def run_task(self, task_id: int, timeout: float | None = None) -> TaskInfo:
         """Work on one task in this process until it ends (alongside workers elsewhere)."""
@@ -385,13 +398,13 @@ class Engine:
         last = 0
         while True:
             ended = self.store.task_status(task_id) is not TaskStatus.RUNNING
+            seen = self._generation
             for event in self.store.events(task_id, last):
                 last = event.id
                 yield event
             if ended:
                 return
-            with self._changed:
-                self._changed.wait(poll)
+            self._wait_for_change(seen, poll)
 
 
 def _string_arg(key: object, value: object) -> str:

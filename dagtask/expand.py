@@ -81,13 +81,14 @@ def expand(template: TaskTemplate, context: TaskContext) -> ExpandedTask:
                 for up, down in itertools.pairwise(indexes):
                     subtasks[down].upstreams.append(up)
         copies[spec.name] = indexes
+    by_name = {spec.name: spec for spec in template.subtasks}
     for spec in template.subtasks:
         mine = copies[spec.name]
         serial = spec.split_method is SplitMethod.SERIAL and spec.split_key is not None
         receivers = mine[:1] if serial else mine
         for up_name in spec.upstreams:
             theirs = copies[up_name]
-            up_spec = next(s for s in template.subtasks if s.name == up_name)
+            up_spec = by_name[up_name]
             up_serial = up_spec.split_method is SplitMethod.SERIAL and up_spec.split_key is not None
             senders = theirs[-1:] if up_serial else theirs
             for down in receivers:

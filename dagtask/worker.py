@@ -249,8 +249,8 @@ class WorkerPool:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop claiming; wait up to ``timeout`` s for running handlers to return."""
-        self._running = False
         with self._work:
+            self._running = False
             self._work.notify_all()
         deadline = time.monotonic() + timeout
         for thread in list(self._threads):
@@ -296,6 +296,8 @@ class WorkerPool:
 
     def _idle(self) -> None:
         with self._work:
+            if not self._running:
+                return
             if self._signals > 0:
                 self._signals -= 1
                 return

@@ -13,6 +13,7 @@ older than this version of dagtask is refused with :class:`SchemaOutdatedError` 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,6 +30,10 @@ from dagtask.errors import SchemaOutdatedError, StoreError
 DEFAULT_URL = "sqlite:///dagtask.db"
 ENV_VAR = "DAGTASK_DB_URL"
 MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+_WRITE_LOCKS: dict[str, threading.Lock] = {}
+_LOCKS_GUARD = threading.Lock()
 
 
 def resolve_url(url: str | None = None) -> str:
@@ -75,6 +80,7 @@ class Database:
                 "postgresql+psycopg://user@host/db"
             ) from exc
         self.dialect = parsed.get_backend_name()
+        self._write_lock: threading.Lock | None = None
         if self.dialect == "sqlite":
             database = parsed.database or ""
             if database in ("", ":memory:"):
@@ -87,6 +93,9 @@ class Database:
                 raise StoreError(f"cannot create {database!r}: folder {str(folder)!r} is missing")
             self.engine = _sqlite_engine(parsed, immediate=True)
             self.read_engine = _sqlite_engine(parsed, immediate=False)
+            key = str(Path(database).expanduser().resolve())
+            with _LOCKS_GUARD:
+                self._write_lock = _WRITE_LOCKS.setdefault(key, threading.Lock())
         else:
             kwargs: dict[str, Any] = {"pool_pre_ping": True, "pool_size": 8, "max_overflow": 32}
             if self.dialect in ("mysql", "mariadb"):
@@ -108,8 +117,17 @@ class Database:
 
     @contextmanager
     def begin(self) -> Iterator[sa.Connection]:
-        """A write transaction, committed when the block ends without an exception."""
-        with self.engine.begin() as conn:
+        """A write transaction, committed when the block ends without an exception.
+
+        On SQLite, the writers of this process take turns on a lock first: a thread waiting for
+        it wakes the moment the writer before it commits, where SQLite's own busy handler would
+        sleep and poll (other processes still meet that busy handler).
+        """
+        if self._write_lock is None:
+            with self.engine.begin() as conn:
+                yield conn
+            return
+        with self._write_lock, self.engine.begin() as conn:
             yield conn
 
     @contextmanager

@@ -30,6 +30,7 @@ from dagtask.errors import (
     ContextError,
     OperationNotAllowedError,
     RollbackProhibitedError,
+    StoreError,
     TaskNotFoundError,
 )
 from dagtask.expand import ExpandedTask
@@ -90,6 +91,7 @@ class Store(StoreReads):
         self.db = db
         # UPDATE ... RETURNING claims in one statement; MySQL/MariaDB lack it for UPDATE.
         self._returning = db.dialect in ("sqlite", "postgresql")
+        self._template_ids: dict[str, int] = {}  # digest -> id; stored templates never change
 
     # ---- templates and submission ---------------------------------------------------------
 
@@ -99,11 +101,15 @@ class Store(StoreReads):
         A changed definition under an existing name becomes that name's next version.
         """
         digest = template.digest()
+        known = self._template_ids.get(digest)
+        if known is not None:
+            return known
         by_digest = sa.select(template_table.c.id).where(template_table.c.digest == digest)
         for _attempt in range(3):
             with self.db.read() as conn:
                 found = conn.execute(by_digest).scalar()
             if found is not None:
+                self._template_ids[digest] = int(found)
                 return int(found)
             try:
                 with self.db.begin() as conn:
@@ -122,16 +128,22 @@ class Store(StoreReads):
                         )
                     )
                     assert result.inserted_primary_key is not None
-                    return int(result.inserted_primary_key[0])
+                    template_id = int(result.inserted_primary_key[0])
+                self._template_ids[digest] = template_id
+                return template_id
             except sa.exc.IntegrityError:
                 continue  # another process stored the same definition (or version) first
         raise RuntimeError(f"could not store template {template.name!r}")
 
-    def allocate_ids(self, sequence: str, count: int) -> int:
-        """Reserve ``count`` consecutive ids of ``sequence``; return the first."""
-        with self.db.begin() as conn:
-            conn.execute(q.next_ids, {"seq": sequence, "n": count})
-            end = conn.execute(q.read_next_id, {"seq": sequence}).scalar_one()
+    @staticmethod
+    def _allocate(conn: sa.Connection, sequence: str, count: int) -> int:
+        """Reserve ``count`` consecutive ids of ``sequence`` (in the caller's transaction)."""
+        if not conn.execute(q.next_ids, {"seq": sequence, "n": count}).rowcount:
+            raise StoreError(
+                f"the database has no id sequence {sequence!r} (it was not created by dagtask); "
+                "use an empty database or run `dagtask db upgrade`"
+            )
+        end = conn.execute(q.read_next_id, {"seq": sequence}).scalar_one()
         return int(end) - count
 
     def submit(
@@ -145,12 +157,13 @@ class Store(StoreReads):
     ) -> int:
         """Store a new task and its subtasks, make its roots READY; return the task id."""
         subs = sorted(expanded.subtasks, key=lambda s: s.series_id)
-        task_id = self.allocate_ids("task", 1)
-        first = self.allocate_ids("subtask", len(subs))
-        ids = {sub.index: first + i for i, sub in enumerate(subs)}
+        # Rows are built with ids relative to the task's block of ids, shifted once the block
+        # is allocated inside the transaction (one transaction per submit).
+        ids = {sub.index: i for i, sub in enumerate(subs)}
+        task_id = 0
         now = utcnow()
         ctx = expanded.context
-        task_row = {
+        task_row: dict[str, Any] = {
             "id": task_id,
             "name": expanded.template.name,
             "template_id": template_id,
@@ -167,7 +180,7 @@ class Store(StoreReads):
             "create_time": now,
             "start_time": now,
         }
-        sub_rows = [
+        sub_rows: list[dict[str, Any]] = [
             {
                 "id": ids[sub.index],
                 "task_id": task_id,
@@ -189,10 +202,35 @@ class Store(StoreReads):
             }
             for sub in subs
         ]
-        edge_rows = [
+        edge_rows: list[dict[str, Any]] = [
             {"upstream_id": ids[up], "downstream_id": ids[down], "task_id": task_id}
             for up, down in expanded.edges
         ]
+        with self.db.begin() as conn:
+            task_id = self._allocate(conn, "task", 1)
+            first = self._allocate(conn, "subtask", len(subs))
+            task_row["id"] = task_id
+            for row in sub_rows:
+                row["id"] += first
+                row["task_id"] = task_id
+            for row in edge_rows:
+                row["upstream_id"] += first
+                row["downstream_id"] += first
+                row["task_id"] = task_id
+            self._insert_task(conn, expanded, task_id, task_row, sub_rows, edge_rows, now)
+        return task_id
+
+    def _insert_task(
+        self,
+        conn: sa.Connection,
+        expanded: ExpandedTask,
+        task_id: int,
+        task_row: dict[str, Any],
+        sub_rows: list[dict[str, Any]],
+        edge_rows: list[dict[str, Any]],
+        now: datetime,
+    ) -> None:
+        creator, executor = task_row["creator"], task_row["executor"]
         events = [
             changes.event(
                 task_id,
@@ -202,19 +240,17 @@ class Store(StoreReads):
                 new_status=TaskStatus.RUNNING.value,
                 new_operation=Operation.EXECUTE.value,
                 executor=executor,
-                message=f"submitted by {creator}: {len(subs)} subtasks",
+                message=f"submitted by {creator}: {len(sub_rows)} subtasks",
             )
         ]
-        with self.db.begin() as conn:
-            conn.execute(task.insert(), task_row)
-            conn.execute(subtask.insert(), sub_rows)
-            if edge_rows:
-                conn.execute(subtask_edge.insert(), edge_rows)
-            changes.promote(
-                conn, task_id, Operation.EXECUTE, expanded.template.concurrency, now, events
-            )
-            conn.execute(q.insert_event, events)
-        return task_id
+        conn.execute(task.insert(), task_row)
+        conn.execute(subtask.insert(), sub_rows)
+        if edge_rows:
+            conn.execute(subtask_edge.insert(), edge_rows)
+        changes.promote(
+            conn, task_id, Operation.EXECUTE, expanded.template.concurrency, now, events
+        )
+        conn.execute(q.insert_event, events)
 
     # ---- the hot path: claim and finish ---------------------------------------------------
 
@@ -243,9 +279,19 @@ class Store(StoreReads):
         params: dict[str, Any] = {"limit": limit, "executor": executor, "now": now}
         if task_id is not None:
             params["only_task"] = task_id
-        if self._returning:
+        if self.db.is_sqlite:  # one writer at a time: one statement is atomic and enough
             stmt = q.claim_returning if task_id is None else q.claim_returning_of_task
             rows = conn.execute(stmt, params).all()
+        elif self._returning:
+            pick = q.claim_candidates if task_id is None else q.claim_candidates_of_task
+            candidates = conn.execute(pick, params).scalars().all()
+            rows = (
+                conn.execute(
+                    q.claim_ids_returning, {"ids": candidates, "executor": executor, "now": now}
+                ).all()
+                if candidates
+                else []
+            )
         else:
             pick = q.claim_candidates if task_id is None else q.claim_candidates_of_task
             candidates = conn.execute(pick, params).scalars().all()

@@ -154,6 +154,18 @@ claim_returning_of_task = (
     )
     .returning(*CLAIM_COLUMNS)
 )
+claim_ids_returning = (
+    subtask.update()
+    .where(subtask.c.id.in_(sa.bindparam("ids", expanding=True)), subtask.c.status == S.READY.value)
+    .values(
+        status=S.RUNNING.value, executor=sa.bindparam("executor"), start_time=sa.bindparam("now")
+    )
+    .returning(*CLAIM_COLUMNS)
+)
+"""PostgreSQL: the UPDATE of the rows a ``FOR UPDATE SKIP LOCKED`` select picked. (One
+``UPDATE … WHERE id IN (SELECT … LIMIT n FOR UPDATE SKIP LOCKED)`` is wrong there: the planner may
+re-run the subquery per row, and each run skips the rows locked by the previous ones.)"""
+
 claimed_rows = sa.select(*CLAIM_COLUMNS).where(
     subtask.c.id.in_(sa.bindparam("ids", expanding=True))
 )

@@ -250,3 +250,27 @@ def test_ids_are_unique_across_concurrent_submitters(db_url: str) -> None:
         n = conn.execute(sa.text("SELECT count(*) FROM dagtask_subtask")).scalar()
     assert n == 60
     database.dispose()
+
+
+@pytest.mark.parametrize("limit", [1, 3])
+def test_a_claim_takes_at_most_its_limit(store: Store, limit: int) -> None:
+    submit(store, fan(10, concurrency=10))
+    root = store.claim("w")
+    assert len(root) == 1
+    store.finish(root[0], AttemptResult(ok=True), output=root[0].context)
+    assert len(store.claim("w", limit=limit)) == limit
+    claims = store.claim("w", limit=limit, task_id=root[0].task_id)
+    assert len(claims) == limit
+
+
+def test_finish_can_claim_the_successor_it_unblocked(store: Store) -> None:
+    submit(store, fan(5, concurrency=5))
+    root = store.claim("w")[0]
+    out = store.finish(
+        root, AttemptResult(ok=True), output=root.context, executor="w", claim_next=True
+    )
+    assert out.promoted == 5 and out.next is not None and out.next.task_id == root.task_id
+    task = store.get_task(root.task_id)
+    running = [s for s in task.subtasks if s.status is SubtaskStatus.RUNNING]
+    assert [s.id for s in running] == [out.next.subtask_id]
+    assert len(store.claim("v", limit=10)) == 4
