@@ -201,8 +201,10 @@ def _task_info(row: Any, subs: Sequence[Any], edges: Sequence[Any]) -> TaskInfo:
     for edge in edges:
         ups.setdefault(edge.downstream_id, []).append(edge.upstream_id)
         downs.setdefault(edge.upstream_id, []).append(edge.downstream_id)
+    # model_construct: these rows were validated when they were written, and a task can have
+    # ten thousand subtasks.
     subtasks = [
-        SubtaskInfo(
+        SubtaskInfo.model_construct(
             id=s.id,
             task_id=s.task_id,
             name=s.name,
