@@ -1,0 +1,607 @@
+"""Benchmark runner: ``python -m benchmarks.run [--db URL] [--workload NAME ...]``.
+
+Each workload runs in its own subprocess (so its peak RSS is its own) on a fresh database: a temp
+SQLite file, or a fresh schema of the ``--db`` PostgreSQL database. One JSON line per workload goes
+to stdout, then a table comparing each figure with its target. The targets are informative: the
+exit code is 0 whatever the figures (1 only when a workload could not run, its task did not
+succeed, or it stalled).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import random
+import resource
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+ROOT = Path(__file__).resolve().parent.parent
+NOOP = "dagtask.builtin.noop"
+SLEEP = "benchmarks.handlers.sleep_50ms"
+SLEEP_SECONDS = 0.05
+WAIT_TIMEOUT = 600.0
+"""A guard against a hung engine, not a target: a workload that takes this long is an error."""
+SETTLE_SECONDS = 0.5
+STALL_CHECK_SECONDS = 10.0
+STALL_SECONDS = 30.0
+"""A task whose history does not grow for this long is reported as stalled (an engine bug)."""
+POOLS = ("shared", "task")
+CHILD_URL = "DAGTASK_BENCH_CHILD_URL"
+
+Figures = dict[str, float]
+Params = dict[str, Any]
+
+if TYPE_CHECKING:  # dagtask is imported in the child processes only
+    from dagtask import Engine, TaskInfo, TaskTemplate
+
+
+@dataclass(frozen=True)
+class Target:
+    """A figure's target: ``figure <= value`` or ``figure >= value``."""
+
+    figure: str
+    op: str
+    value: float
+
+    def met(self, measured: float) -> bool:
+        """Whether ``measured`` reaches the target."""
+        return measured <= self.value if self.op == "<=" else measured >= self.value
+
+    def __str__(self) -> str:
+        return f"{self.op} {self.value:g}"
+
+
+@dataclass(frozen=True)
+class Workload:
+    """A named benchmark: what it runs and the targets of its figures."""
+
+    name: str
+    run: Callable[[Engine, str], tuple[Figures, Params]]
+    targets: tuple[Target, ...]
+    workers: int | None = None
+    """Fixed worker thread count, or None to use ``--workers``."""
+
+
+# ---- helpers (run in the child process) --------------------------------------------------------
+
+
+def _finish(engine: Engine, task_id: int, pool: str, guard: float = WAIT_TIMEOUT) -> TaskInfo:
+    """Run the task to its end: on the shared background pool, or on a pool of its own.
+
+    On the shared pool a task whose history has not grown for ``STALL_SECONDS`` is reported as
+    stalled instead of being waited on until ``guard``.
+    """
+    from dagtask import TaskTimeoutError
+
+    if pool == "task":
+        return engine.run_task(task_id, guard)
+    engine.start()
+    deadline = time.monotonic() + guard
+    last_event, last_progress = 0, time.monotonic()
+    while True:
+        try:
+            left = deadline - time.monotonic()
+            return engine.wait(task_id, max(0.0, min(STALL_CHECK_SECONDS, left)))
+        except TaskTimeoutError:
+            if time.monotonic() >= deadline:
+                raise
+        # Only reached when the task is slow: reading its new events is then cheap enough.
+        events = engine.events(task_id, last_event)
+        if events:
+            last_event, last_progress = events[-1].id, time.monotonic()
+        elif time.monotonic() - last_progress > STALL_SECONDS:
+            counts = Counter(sub.status.value for sub in engine.get(task_id).subtasks)
+            raise RuntimeError(
+                f"task {task_id} stalled: no status change for {STALL_SECONDS:.0f} s; "
+                f"its subtasks are {dict(counts)}"
+            )
+
+
+def _start_and_settle(engine: Engine) -> None:
+    """Start the background workers as an application would at boot, before any submit.
+
+    The pause lets every thread make its first (empty) claim and go idle, so that start-up is
+    not counted in a submit-to-done figure.
+    """
+    engine.start()
+    time.sleep(SETTLE_SECONDS)
+
+
+def _started(pool: str) -> str:
+    """When the workers of a submit-to-done workload start, for its parameters."""
+    if pool == "task":
+        return "per task by Engine.run_task(), inside the timed span (stop included)"
+    return f"{SETTLE_SECONDS} s before the first submit"
+
+
+def _check(task: TaskInfo) -> None:
+    """Refuse figures from a task that did not succeed in full."""
+    from dagtask import SubtaskStatus, TaskStatus
+
+    failed = [s.name for s in task.subtasks if s.status is not SubtaskStatus.SUCCESSFUL]
+    if task.status is not TaskStatus.SUCCESSFUL or failed:
+        raise RuntimeError(
+            f"task {task.id} ended {task.status.value}; subtasks not SUCCESSFUL: {failed[:5]}"
+        )
+
+
+def _percentile(values: Sequence[float], pct: float) -> float:
+    """Nearest-rank percentile."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(pct / 100 * len(ordered)) - 1)]
+
+
+def _rss_mb() -> float:
+    """Peak resident set size of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _timed_run(engine: Engine, template: TaskTemplate, pool: str) -> tuple[float, float, int]:
+    """Submit with no worker running, then time from starting the workers to the task's end.
+
+    Returns (submit seconds, run seconds, subtask count).
+    """
+    t0 = time.perf_counter()
+    task = engine.submit(template)
+    submit_s = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    done = _finish(engine, task.id, pool)
+    run_s = time.perf_counter() - t1
+    _check(done)
+    return submit_s, run_s, len(done.subtasks)
+
+
+# ---- workloads -----------------------------------------------------------------------------------
+
+OCP3_STEPS = (
+    ("Prepare stop OCP agent", 60),
+    ("Stop all OCP agent processes", 600),
+    ("Finish OCP agent operation", 60),
+)
+OCP3_TASKS = 200
+
+
+def ocp3(engine: Engine, pool: str) -> tuple[Figures, Params]:
+    """200 Stop-OCP-agent-shaped no-op tasks back to back (submit, wait, submit the next)."""
+    from dagtask import TemplateBuilder
+
+    builder = TemplateBuilder("Stop OCP agent (benchmark, no-op)")
+    previous: list[str] = []
+    for name, timeout in OCP3_STEPS:
+        previous = [builder.add(name, NOOP, after=previous, timeout=timeout)]
+    template = builder.build()
+    if pool == "shared":
+        _start_and_settle(engine)
+    latencies: list[float] = []
+    done: list[TaskInfo] = []
+    start = time.perf_counter()
+    for _ in range(OCP3_TASKS):
+        t0 = time.perf_counter()
+        task = engine.submit(template)
+        done.append(_finish(engine, task.id, pool, guard=60))
+        latencies.append((time.perf_counter() - t0) * 1000)
+    total = time.perf_counter() - start
+    recorded: list[float] = []
+    for task in done:
+        _check(task)
+        assert task.finish_time is not None
+        recorded.append((task.finish_time - task.create_time).total_seconds() * 1000)
+    figures = {
+        "tasks_per_s": OCP3_TASKS / total,
+        "latency_ms_p50": _percentile(latencies, 50),
+        "latency_ms_p99": _percentile(latencies, 99),
+        "latency_ms_max": max(latencies),
+        "recorded_ms_p50": _percentile(recorded, 50),
+        "recorded_ms_p99": _percentile(recorded, 99),
+    }
+    params = {
+        "tasks": OCP3_TASKS,
+        "subtasks_per_task": len(OCP3_STEPS),
+        "chain": [name for name, _ in OCP3_STEPS],
+        "timeouts_s": [timeout for _, timeout in OCP3_STEPS],
+        "handler": NOOP,
+        "workers_started": _started(pool),
+        "latency": "perf_counter from before submit() to wait() returning; "
+        "recorded_ms = the task's stored finish_time - create_time",
+    }
+    return figures, params
+
+
+CHAIN_LENGTH = 1000
+
+
+def chain1k(engine: Engine, pool: str) -> tuple[Figures, Params]:
+    """One task: a chain of 1,000 no-op subtasks."""
+    from dagtask import TemplateBuilder
+
+    builder = TemplateBuilder("benchmark chain1k")
+    previous: list[str] = []
+    for i in range(CHAIN_LENGTH):
+        previous = [builder.add(f"link-{i:04d}", NOOP, after=previous)]
+    submit_s, run_s, count = _timed_run(engine, builder.build(), pool)
+    figures = {
+        "subtasks_per_s": count / run_s,
+        "per_link_ms": run_s / count * 1000,
+        "run_s": run_s,
+        "submit_s": submit_s,
+    }
+    return figures, {"subtasks": count, "shape": "chain", "handler": NOOP}
+
+
+FAN_WIDTH = 1000
+
+
+def fan1k(engine: Engine, pool: str) -> tuple[Figures, Params]:
+    """One task: 1 -> 1,000 parallel no-op subtasks -> 1, task concurrency 1,000."""
+    from dagtask import TemplateBuilder
+
+    builder = TemplateBuilder("benchmark fan1k", concurrency=FAN_WIDTH)
+    root = builder.add("fan-out", NOOP)
+    middle = [builder.add(f"branch-{i:04d}", NOOP, after=[root]) for i in range(FAN_WIDTH)]
+    builder.add("fan-in", NOOP, after=middle)
+    submit_s, run_s, count = _timed_run(engine, builder.build(), pool)
+    figures = {"subtasks_per_s": count / run_s, "run_s": run_s, "submit_s": submit_s}
+    params = {
+        "subtasks": count,
+        "shape": "1 -> 1000 -> 1",
+        "concurrency": FAN_WIDTH,
+        "concurrency_note": "task concurrency 1000, so all 1000 branches are READY at once "
+        "and the worker threads are the only limit",
+        "handler": NOOP,
+    }
+    return figures, params
+
+
+LAYERS = 100
+WIDTH = 100
+LATTICE_SEED = 42
+
+
+def lattice10k(engine: Engine, pool: str) -> tuple[Figures, Params]:
+    """100 layers x 100 no-op subtasks, each linked to 2 random subtasks of the layer above."""
+    from dagtask import TemplateBuilder
+
+    rng = random.Random(LATTICE_SEED)
+    builder = TemplateBuilder("benchmark lattice10k", concurrency=WIDTH)
+    t0 = time.perf_counter()
+    for layer in range(LAYERS):
+        for i in range(WIDTH):
+            ups = rng.sample(range(WIDTH), 2) if layer else []
+            after = [f"n{layer - 1:02d}-{u:02d}" for u in ups]
+            builder.add(f"n{layer:02d}-{i:02d}", NOOP, after=after)
+    template = builder.build()
+    build_s = time.perf_counter() - t0
+    submit_s, run_s, count = _timed_run(engine, template, pool)
+    figures = {
+        "submit_s": submit_s,
+        "run_s": run_s,
+        "peak_rss_mb": _rss_mb(),
+        "subtasks_per_s": count / run_s,
+        "template_build_s": build_s,
+    }
+    params = {
+        "subtasks": count,
+        "edges": len(template.edges()),
+        "layers": LAYERS,
+        "width": WIDTH,
+        "upstreams_per_subtask": 2,
+        "seed": LATTICE_SEED,
+        "concurrency": WIDTH,
+        "handler": NOOP,
+        "submit": "engine.submit() of the built template (build timed apart as template_build_s)",
+    }
+    return figures, params
+
+
+SLEEP_JOBS = 100
+SLEEP_WORKERS = 16
+
+
+def sleep100(engine: Engine, pool: str) -> tuple[Figures, Params]:
+    """100 independent subtasks sleeping 50 ms each on 16 worker threads."""
+    from dagtask import TemplateBuilder
+
+    builder = TemplateBuilder("benchmark sleep100", concurrency=SLEEP_JOBS)
+    for i in range(SLEEP_JOBS):
+        builder.add(f"sleep-{i:03d}", SLEEP)
+    template = builder.build()
+    if pool == "shared":
+        _start_and_settle(engine)
+    t0 = time.perf_counter()
+    task = engine.submit(template)
+    done = _finish(engine, task.id, pool)
+    wall = time.perf_counter() - t0
+    _check(done)
+    ideal = SLEEP_JOBS * SLEEP_SECONDS / SLEEP_WORKERS
+    waves = math.ceil(SLEEP_JOBS / SLEEP_WORKERS)
+    figures = {
+        "efficiency": ideal / wall,
+        "wall_s": wall,
+        "best_possible_wall_s": waves * SLEEP_SECONDS,
+        "best_possible_efficiency": ideal / (waves * SLEEP_SECONDS),
+    }
+    params = {
+        "subtasks": SLEEP_JOBS,
+        "sleep_s": SLEEP_SECONDS,
+        "concurrency": SLEEP_JOBS,
+        "handler": SLEEP,
+        "workers_started": _started(pool),
+        "efficiency": "(100 x 0.05 s / 16) / wall, wall = submit() to wait() returning",
+    }
+    return figures, params
+
+
+WORKLOADS = {
+    w.name: w
+    for w in (
+        Workload("ocp3", ocp3, (Target("latency_ms_p50", "<=", 5),)),
+        Workload("chain1k", chain1k, (Target("subtasks_per_s", ">=", 1000),)),
+        Workload("fan1k", fan1k, (Target("subtasks_per_s", ">=", 2000),)),
+        Workload(
+            "lattice10k",
+            lattice10k,
+            (
+                Target("submit_s", "<=", 1),
+                Target("run_s", "<=", 10),
+                Target("peak_rss_mb", "<=", 300),
+            ),
+        ),
+        Workload("sleep100", sleep100, (Target("efficiency", ">=", 0.9),), workers=SLEEP_WORKERS),
+    )
+}
+
+
+# ---- child: one workload in this process ---------------------------------------------------------
+
+
+def _child(name: str, url: str, workers: int, pool: str) -> dict[str, Any]:
+    """Run one workload and return its result (figures, parameters, database)."""
+    from dagtask import Engine
+
+    workload = WORKLOADS[name]
+    rss_start = _rss_mb()
+    engine = Engine(url, workers=workers)
+    try:
+        dialect = engine.database.dialect
+        version = engine.database.engine.dialect.server_version_info or ()
+        db = {"dialect": dialect, "server_version": ".".join(str(v) for v in version)}
+        cpu = time.process_time()
+        figures, params = workload.run(engine, pool)
+        figures["workload_cpu_s"] = time.process_time() - cpu
+    finally:
+        engine.close()
+    figures.setdefault("peak_rss_mb", _rss_mb())
+    params.update(workers=workers, pool=pool, rss_at_start_mb=round(rss_start, 1))
+    return {"figures": figures, "params": params, "db": db}
+
+
+# ---- parent: spawn, aggregate, report ------------------------------------------------------------
+
+
+def _machine() -> dict[str, Any]:
+    import sqlalchemy
+
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cores": os.cpu_count(),
+        "cpu": model,
+        "python": platform.python_version(),
+        "sqlalchemy": sqlalchemy.__version__,
+        "platform": platform.platform(),
+        "dagtask_commit": _commit(),
+    }
+
+
+def _commit() -> str:
+    """The checked-out commit of this repository (``-dirty`` if files were changed)."""
+    try:
+        proc = subprocess.run(
+            ["git", "describe", "--always", "--dirty"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return proc.stdout.strip()
+
+
+@contextmanager
+def _database(db: str | None, as_is: bool) -> Iterator[tuple[str, str]]:
+    """(URL, description) for one run: a fresh temp SQLite file, a fresh PostgreSQL schema in
+    ``db`` (dropped afterwards), or ``db`` as it is."""
+    import sqlalchemy as sa
+
+    if db is None:
+        folder = tempfile.mkdtemp(prefix="dagtask-bench-")
+        try:
+            yield f"sqlite:///{folder}/bench.db", "fresh temp SQLite file (deleted after)"
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        return
+    url = sa.make_url(db)
+    if as_is or url.get_backend_name() != "postgresql":
+        yield db, "--db as it is"
+        return
+    # A schema of its own: the runner's workers cannot claim other users' subtasks, and
+    # nothing is left behind in a shared database.
+    schema = f"dagtask_bench_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
+        try:
+            fresh = url.update_query_dict({"options": f"-csearch_path={schema}"})
+            yield fresh.render_as_string(hide_password=False), "fresh schema (dropped after)"
+        finally:
+            with admin.connect() as conn:
+                conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+    finally:
+        admin.dispose()
+
+
+def _spawn(name: str, db: str | None, as_is: bool, workers: int, pool: str) -> dict[str, Any]:
+    """Run one workload in a fresh interpreter, on a fresh database (see :func:`_database`)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    command = [sys.executable, "-m", "benchmarks.run", "--child", name]
+    command += ["--workers", str(workers), "--pool", pool]
+    with _database(db, as_is) as (url, where):
+        env[CHILD_URL] = url  # not on the command line, where `ps` would show a password
+        proc = subprocess.run(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    result: dict[str, Any] = json.loads(lines[-1]) if lines else {}
+    if proc.returncode != 0 or "figures" not in result:
+        reason = result.get("error", "no result (see stderr)")
+        return {"error": f"workload process exited {proc.returncode}: {reason}"}
+    result["db"]["database"] = where
+    return result
+
+
+def _rounded(figures: Figures) -> Figures:
+    return {k: round(v, 4) for k, v in figures.items()}
+
+
+def _combine(workload: Workload, runs: list[dict[str, Any]], workers: int) -> dict[str, Any]:
+    """One JSON line: median figures over the runs, parameters, database and targets."""
+    line: dict[str, Any] = {"workload": workload.name}
+    errors = [run["error"] for run in runs if "error" in run]
+    if errors:
+        line.update(error=errors[0], workers=workers)
+        return line
+    keys = runs[0]["figures"].keys()
+    figures = {k: statistics.median(run["figures"][k] for run in runs) for k in keys}
+    line["figures"] = _rounded(figures)
+    line["targets"] = {t.figure: str(t) for t in workload.targets}
+    line["params"] = runs[0]["params"]
+    line["db"] = runs[0]["db"]
+    line["repeat"] = len(runs)
+    if len(runs) > 1:
+        line["figures_note"] = "median of the runs"
+        line["runs"] = [_rounded(run["figures"]) for run in runs]
+    return line
+
+
+def _table(lines: list[dict[str, Any]]) -> str:
+    rows = [("workload", "figure", "measured", "target", "")]
+    for line in lines:
+        workload = WORKLOADS[line["workload"]]
+        for target in workload.targets:
+            if "error" in line:
+                rows.append((workload.name, target.figure, "error", str(target), "-"))
+                continue
+            value = line["figures"][target.figure]
+            verdict = "PASS" if target.met(value) else "MISS"
+            rows.append((workload.name, target.figure, f"{value:.4g}", str(target), verdict))
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    text = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+    return "\n".join(t.rstrip() for t in text)
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.run",
+        description="Run dagtask benchmarks; print one JSON line per workload and a table. "
+        "Targets are informative: the exit code does not depend on the figures.",
+    )
+    parser.add_argument(
+        "--db",
+        help="database URL (default: a fresh temp SQLite file per run); with a PostgreSQL URL "
+        "each run gets a fresh schema in that database, dropped afterwards",
+    )
+    parser.add_argument(
+        "--db-as-is",
+        action="store_true",
+        help="use the --db database (and its current schema) as it is, existing tasks and all",
+    )
+    parser.add_argument(
+        "--workload",
+        nargs="+",
+        choices=list(WORKLOADS),
+        default=list(WORKLOADS),
+        metavar="NAME",
+        help=f"workloads to run (default: all of {', '.join(WORKLOADS)})",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=2, help="worker threads (default 2; sleep100 always 16)"
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="runs per workload; figures are their median"
+    )
+    parser.add_argument(
+        "--pool",
+        choices=POOLS,
+        default="shared",
+        help="shared: Engine.start() background workers (default); task: workers that claim "
+        "only the benchmark's own task (Engine.run_task), for --db-as-is on a database others "
+        "are using",
+    )
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.workers < 1 or args.repeat < 1:
+        parser.error("--workers and --repeat must be at least 1")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the selected workloads; return 1 only if one of them could not run."""
+    args = _parse(argv)
+    if args.child:
+        try:
+            result = _child(args.child, os.environ[CHILD_URL], args.workers, args.pool)
+        except Exception as exc:
+            traceback.print_exc()
+            print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}), flush=True)
+            return 1
+        print(json.dumps(result), flush=True)
+        return 0
+    # Turn a SIGTERM into SystemExit so that temp files, fresh schemas and children are cleaned up.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    machine = _machine()
+    date = datetime.now(UTC).isoformat(timespec="seconds")
+    lines = []
+    for name in args.workload:
+        workload = WORKLOADS[name]
+        workers = workload.workers or args.workers
+        load = os.getloadavg()[0]
+        runs = [
+            _spawn(name, args.db, args.db_as_is, workers, args.pool) for _ in range(args.repeat)
+        ]
+        line = _combine(workload, runs, workers)
+        line.update(machine=machine, loadavg_1min_before=round(load, 2), date=date)
+        print(json.dumps(line), flush=True)
+        lines.append(line)
+    print()
+    print(_table(lines))
+    print("(targets are informative; the exit code does not depend on them)")
+    return 1 if any("error" in line for line in lines) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
