@@ -250,7 +250,8 @@ class Store(StoreReads):
         changes.promote(
             conn, task_id, Operation.EXECUTE, expanded.template.concurrency, now, events
         )
-        conn.execute(q.insert_event, events)
+        if events:
+            conn.execute(q.insert_event, events)
 
     # ---- the hot path: claim and finish ---------------------------------------------------
 
@@ -436,7 +437,8 @@ class Store(StoreReads):
             nxt: list[Claim] = []
             if claim_next and executor and promoted:
                 nxt = self._claim_in(conn, executor, 1, claim.task_id, now, events)
-            conn.execute(q.insert_event, events)
+            if events:
+                conn.execute(q.insert_event, events)
         return FinishOutcome(True, final.status, promoted, task_status, nxt[0] if nxt else None)
 
     @staticmethod
@@ -485,7 +487,8 @@ class Store(StoreReads):
                 conn, task_id, old, Operation.RETRY, now, events, operator, "retry"
             )
             changes.progress(conn, task_id, self._relock(conn, task_id), now, events)
-            conn.execute(q.insert_event, events)
+            if events:
+                conn.execute(q.insert_event, events)
 
     def rollback_task(self, task_id: int, operator: str) -> None:
         """Start (or resume) rolling the task back in reverse topological order (SPEC §4)."""
@@ -533,7 +536,8 @@ class Store(StoreReads):
                 conn, task_id, old, Operation.ROLLBACK, now, events, operator, "rollback"
             )
             changes.progress(conn, task_id, self._relock(conn, task_id), now, events)
-            conn.execute(q.insert_event, events)
+            if events:
+                conn.execute(q.insert_event, events)
 
     def retry_subtask(self, task_id: int, subtask_id: int, operator: str) -> None:
         """A FAILED subtask → READY as RETRY (runTime + 1); the task → RUNNING."""
@@ -566,7 +570,8 @@ class Store(StoreReads):
                 operator,
                 "subtask retry",
             )
-            conn.execute(q.insert_event, events)
+            if events:
+                conn.execute(q.insert_event, events)
 
     def skip_subtask(self, task_id: int, subtask_id: int, operator: str) -> None:
         """A FAILED subtask → READY as SKIP (ROLLBACK_SKIP while rolling back); nothing runs."""
@@ -597,7 +602,8 @@ class Store(StoreReads):
                 operator,
                 "subtask skip",
             )
-            conn.execute(q.insert_event, events)
+            if events:
+                conn.execute(q.insert_event, events)
 
     def cancel_subtask(self, task_id: int, subtask_id: int, operator: str) -> None:
         """A RUNNING subtask → CANCELING; the worker running it interrupts it (SPEC §4)."""
@@ -618,7 +624,8 @@ class Store(StoreReads):
                 Operation(sub.operation),
                 events,
             )
-            conn.execute(q.insert_event, events)
+            if events:
+                conn.execute(q.insert_event, events)
 
     def cancel_task(self, task_id: int, operator: str) -> None:
         """Cancel every RUNNING subtask, withdraw READY ones, start nothing new (beyond OCP).
@@ -651,7 +658,8 @@ class Store(StoreReads):
                     events,
                 )
             changes.progress(conn, task_id, self._relock(conn, task_id), now, events)
-            conn.execute(q.insert_event, events)
+            if events:
+                conn.execute(q.insert_event, events)
 
     def canceling(self, executor: str) -> list[tuple[int, int]]:
         """(subtask id, runTime) of the CANCELING subtasks that ``executor`` runs."""
