@@ -18,7 +18,7 @@ from dagtask.hosts import local
 from dagtask.hosts.inventory import AgentStatus
 from dagtask.models import HostInfo, SubtaskInfo, TaskInfo
 from dagtask.states import Operation, SubtaskStatus, TaskStatus
-from tests.integration.test_ocp_agent_handlers import is_running, kill_processes_under, wait_until
+from tests.processes import is_running, kill_processes_under, wait_until
 
 LOG = logging.getLogger("test.batch_agents")
 WAIT_SECONDS = 120.0

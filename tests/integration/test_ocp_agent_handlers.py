@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import logging
-import os
 import re
-import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -39,53 +35,9 @@ from dagtask.models import HostInfo
 from dagtask.services import Services
 from dagtask.states import Operation
 from dagtask.store.db import open_database
+from tests.processes import is_running, kill_processes_under
 
 LOG = logging.getLogger("test.ocp_agent")
-
-
-def is_running(pid: int) -> bool:
-    """Whether ``pid`` is a live (not zombie) process."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_bytes().rpartition(b")")[2].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in (b"Z", b"X")
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    """Poll ``condition`` until it holds; fail naming ``what`` at the deadline."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
-
-
-def kill_processes_under(root: Path) -> None:
-    """SIGKILL every process with an argument at or under ``root``; wait until all are gone."""
-    exact = str(root).encode()
-    prefix = exact + b"/"
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            args = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if any(arg == exact or arg.startswith(prefix) for arg in args):
-            pids.append(int(entry.name))
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    for pid in pids:
-        wait_until(functools.partial(_reaped_or_gone, pid), f"pid {pid} to die")
-
-
-def _reaped_or_gone(pid: int) -> bool:
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
-    return not is_running(pid)
 
 
 @pytest.fixture
