@@ -65,7 +65,9 @@ def promotable(concurrency: int, active: int) -> int:
     return max(0, concurrency - active)
 
 
-def task_status_when_idle(*, any_failed: bool, any_pending: bool, rollback: bool) -> TaskStatus:
+def task_status_when_idle(
+    *, any_failed: bool, any_pending: bool, any_successful: bool, rollback: bool
+) -> TaskStatus:
     """The task's status once none of its subtasks is READY, RUNNING or CANCELING.
 
     Forward: SUCCESSFUL if every subtask succeeded, else FAILED (a failure left work undone).
@@ -74,7 +76,7 @@ def task_status_when_idle(*, any_failed: bool, any_pending: bool, rollback: bool
     if any_failed:
         return TaskStatus.FAILED
     if rollback:
-        return TaskStatus.SUCCESSFUL
+        return TaskStatus.FAILED if any_successful else TaskStatus.SUCCESSFUL
     return TaskStatus.FAILED if any_pending else TaskStatus.SUCCESSFUL
 
 

@@ -64,6 +64,7 @@ SUBTASK_TRANSITIONS: frozenset[tuple[SubtaskStatus, SubtaskStatus]] = frozenset(
         ),  # every upstream SUCCESSFUL (or, in rollback, every downstream PENDING)
         (S.READY, S.RUNNING),  # claimed by a worker
         (S.READY, S.PENDING),  # a task cancel withdraws work not yet started
+        (S.READY, S.FAILED),  # a task cancel withdraws a retry / skip / rollback step
         (S.RUNNING, S.SUCCESSFUL),  # execute / retry / skip succeeded
         (S.RUNNING, S.FAILED),  # exception, timeout, lost worker
         (S.RUNNING, S.PENDING),  # rollback (or rollback-skip) succeeded

@@ -58,3 +58,42 @@ def cyclic_graphs(draw: st.DrawFn) -> tuple[list[str], list[tuple[str, str]]]:
     j = draw(st.integers(i + 1, len(dag.names) - 1))
     edges = set(dag.edges) | {(dag.names[i], dag.names[j]), (dag.names[j], dag.names[i])}
     return list(dag.names), sorted(edges)
+
+
+@dataclass(frozen=True)
+class EngineTask:
+    """A template for the store state machine and the listMap to submit it with."""
+
+    template: TaskTemplate
+    lists: dict[str, list[str]]
+
+
+def _rarely(draw: st.DrawFn) -> bool:
+    """True about one time in eight (a flag that blocks rollbacks)."""
+    return draw(st.integers(0, 7)) == 7
+
+
+@st.composite
+def engine_tasks(draw: st.DrawFn, max_nodes: int = 12) -> EngineTask:
+    """A random DAG of 1..max_nodes specs with retries, prohibit_rollback flags, a small
+    concurrency and sometimes one spec fanned out (PARALLEL or SERIAL) over ``listMap.hosts``."""
+    dag = draw(dags(max_nodes=max_nodes))
+    split = draw(st.none() | st.sampled_from(dag.names))
+    method = draw(st.sampled_from(["PARALLEL", "SERIAL"]))
+    t = TemplateBuilder(
+        f"machine-{len(dag.names)}",
+        prohibit_rollback=_rarely(draw),
+        concurrency=draw(st.integers(1, 4)),
+    )
+    for name in dag.names:
+        t.add(
+            name,
+            "tests.handlers.record",
+            after=sorted(dag.upstreams(name)),
+            retry_count=draw(st.integers(0, 2)),
+            prohibit_rollback=_rarely(draw),
+            split_key="hosts" if name == split else None,
+            split_method=method,
+        )
+    hosts = [f"h{i}" for i in range(draw(st.integers(1, 3)))]
+    return EngineTask(t.build(), {"hosts": hosts} if split else {})

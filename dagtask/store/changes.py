@@ -192,6 +192,7 @@ def settle_task(
     new = planner.task_status_when_idle(
         any_failed=has(S.FAILED),
         any_pending=has(S.PENDING),
+        any_successful=has(S.SUCCESSFUL),
         rollback=operation == Operation.ROLLBACK.value,
     )
     if new is old:
@@ -241,8 +242,13 @@ def restart_task(
     events: list[dict[str, Any]],
     operator: str,
     action: str,
+    old_operation: Operation | None = None,
 ) -> None:
-    """The task → RUNNING with ``operation``; an operator action clears a task cancel."""
+    """The task → RUNNING with ``operation``; an operator action clears a task cancel.
+
+    ``old_operation`` is the task's operation before; no event is written when neither the
+    status nor the operation changes (a subtask action on a task that is still RUNNING).
+    """
     states.check_task_transition(old, TaskStatus.RUNNING)
     conn.execute(
         q.set_task_operation,
@@ -253,6 +259,8 @@ def restart_task(
             "cancel_requested": False,
         },
     )
+    if old is TaskStatus.RUNNING and old_operation is operation:
+        return
     events.append(
         event(
             task_id,

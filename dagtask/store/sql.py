@@ -398,6 +398,7 @@ class Store(StoreReads):
                     current is None
                     or current.status != S.CANCELING.value
                     or current.run_time != claim.run_time
+                    or current.operation != claim.operation.value
                 ):
                     if log_text:
                         self._log(conn, claim.subtask_id, claim.run_time, log_text, now)
@@ -409,7 +410,8 @@ class Store(StoreReads):
                     claim.operation, claim.run_time, claim.retry_count, result
                 )
                 values.update(old_status=old.value, message=message, output=None)
-                self._finish_row(conn, steps, values)
+                if not self._finish_row(conn, steps, values):
+                    raise RuntimeError(f"subtask {claim.subtask_id} changed under its row lock")
             prev, prev_op = old, claim.operation
             for step in steps:
                 states.check_subtask_transition(prev, step.status)
@@ -512,10 +514,9 @@ class Store(StoreReads):
             for sub in subs:
                 status, op = S(sub.status), Operation(sub.operation)
                 if status is S.FAILED:
-                    # A failed subtask's downstreams never ran: it can roll back at once. A
-                    # failed rollback step is tried again with runTime + 1.
-                    run_time = sub.run_time + 1 if op is Operation.ROLLBACK else sub.run_time
-                    steps = [planner.Step(S.READY, Operation.ROLLBACK, run_time)]
+                    # A failed subtask's downstreams never ran: it can roll back at once, as a
+                    # new attempt (runTime + 1, so a late result of the failed one is stale).
+                    steps = [planner.Step(S.READY, Operation.ROLLBACK, sub.run_time + 1)]
                 elif status is S.SUCCESSFUL and op is not Operation.ROLLBACK:
                     steps = [planner.Step(S.SUCCESSFUL, Operation.ROLLBACK, sub.run_time)]
                 else:
@@ -569,12 +570,16 @@ class Store(StoreReads):
                 events,
                 operator,
                 "subtask retry",
+                old_operation=Operation(row.operation),
             )
+            changes.progress(conn, task_id, self._relock(conn, task_id), now, events)
             if events:
                 conn.execute(q.insert_event, events)
 
     def skip_subtask(self, task_id: int, subtask_id: int, operator: str) -> None:
-        """A FAILED subtask → READY as SKIP (ROLLBACK_SKIP while rolling back); nothing runs."""
+        """A FAILED subtask → READY as SKIP (ROLLBACK_SKIP while rolling back), runTime + 1 (every
+        new attempt gets its own runTime, so a late result of an old one is told apart); nothing
+        runs."""
         with self.db.begin() as conn:
             row, now, events = self._lock_for_action(conn, task_id)
             sub = self._subtask_of(conn, task_id, subtask_id)
@@ -585,7 +590,7 @@ class Store(StoreReads):
                 task_id,
                 [subtask_id],
                 S.FAILED,
-                [planner.Step(S.READY, op, sub.run_time)],
+                [planner.Step(S.READY, op, sub.run_time + 1)],
                 now,
                 operator,
                 "skipped by the operator",
@@ -601,7 +606,9 @@ class Store(StoreReads):
                 events,
                 operator,
                 "subtask skip",
+                old_operation=Operation(row.operation),
             )
+            changes.progress(conn, task_id, self._relock(conn, task_id), now, events)
             if events:
                 conn.execute(q.insert_event, events)
 
@@ -641,8 +648,12 @@ class Store(StoreReads):
                 status, op = S(sub.status), Operation(sub.operation)
                 if status is S.RUNNING:
                     step = planner.Step(S.CANCELING, op, sub.run_time)
+                elif status is S.READY and op is Operation.EXECUTE:
+                    step = planner.Step(S.PENDING, op, sub.run_time)  # never ran: as before
                 elif status is S.READY:
-                    step = planner.Step(S.PENDING, op, sub.run_time)
+                    # A retry, skip or rollback step: the subtask has run before, so it must
+                    # stay visible as not done (a later retry or rollback picks it up).
+                    step = planner.Step(S.FAILED, Operation.CANCEL, sub.run_time)
                 else:
                     continue
                 changes.change_subtasks(

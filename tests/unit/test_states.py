@@ -88,17 +88,21 @@ def test_promotion_never_exceeds_concurrency(concurrency: int, active: int) -> N
 
 
 @pytest.mark.parametrize(
-    ("failed", "pending", "rollback", "expected"),
+    ("failed", "pending", "successful", "rollback", "expected"),
     [
-        (False, False, False, TaskStatus.SUCCESSFUL),
-        (True, False, False, TaskStatus.FAILED),
-        (True, True, False, TaskStatus.FAILED),
-        (False, True, True, TaskStatus.SUCCESSFUL),
-        (True, True, True, TaskStatus.FAILED),
+        (False, False, True, False, TaskStatus.SUCCESSFUL),
+        (True, False, True, False, TaskStatus.FAILED),
+        (True, True, False, False, TaskStatus.FAILED),
+        (False, True, True, False, TaskStatus.FAILED),
+        (False, True, False, True, TaskStatus.SUCCESSFUL),
+        (False, True, True, True, TaskStatus.FAILED),  # a cancelled rollback left work undone
+        (True, True, False, True, TaskStatus.FAILED),
     ],
 )
 def test_task_status_when_idle(
-    failed: bool, pending: bool, rollback: bool, expected: TaskStatus
+    failed: bool, pending: bool, successful: bool, rollback: bool, expected: TaskStatus
 ) -> None:
-    got = planner.task_status_when_idle(any_failed=failed, any_pending=pending, rollback=rollback)
+    got = planner.task_status_when_idle(
+        any_failed=failed, any_pending=pending, any_successful=successful, rollback=rollback
+    )
     assert got is expected
