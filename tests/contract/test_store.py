@@ -274,3 +274,111 @@ def test_finish_can_claim_the_successor_it_unblocked(store: Store) -> None:
     running = [s for s in task.subtasks if s.status is SubtaskStatus.RUNNING]
     assert [s.id for s in running] == [out.next.subtask_id]
     assert len(store.claim("v", limit=10)) == 4
+
+
+# ---- regressions found by the state machine (tests/contract/test_state_machine.py) ------------
+
+
+def test_cancelling_a_task_twice_is_harmless(store: Store) -> None:
+    task_id = submit(store, chain(1))
+    store.claim("w1")
+    store.cancel_task(task_id, "op")  # the running subtask is now CANCELING
+    store.cancel_task(task_id, "op")  # again, before the worker noticed: nothing left to change
+    assert store.get_task(task_id).subtasks[0].status is SubtaskStatus.CANCELING
+
+
+def test_retrying_a_subtask_of_a_running_task_writes_no_task_event(store: Store) -> None:
+    t = TemplateBuilder("two")
+    t.add("a", NOOP)
+    t.add("b", NOOP)
+    task_id = submit(store, t.build())
+    a, _b = store.claim("w1", limit=2)
+    store.finish(a, AttemptResult(ok=False, message="boom"))  # b still runs: the task is RUNNING
+    seen = store.events(task_id)[-1].id
+    store.retry_subtask(task_id, a.subtask_id, "op")
+    task_events = [e for e in store.events(task_id, after_id=seen) if e.subtask_id is None]
+    # Nothing happened to the task's status: no TASK_STATUS event RUNNING -> RUNNING.
+    assert [(e.old_status, e.new_status) for e in task_events] == []
+
+
+def test_cancelling_a_rollback_does_not_count_as_rolled_back(store: Store) -> None:
+    t = TemplateBuilder("rollback then cancel")
+    t.add("a", NOOP)
+    t.add("b", NOOP, after=["a"])
+    t.add("c", NOOP)
+    task_id = submit(store, t.build())
+    drain(store, fail={"c"})  # a, b SUCCESSFUL; c FAILED; the task FAILED
+    store.rollback_task(task_id, "op")  # b and c READY to roll back, a waits for b
+    store.cancel_task(task_id, "op")  # nothing has rolled back yet
+    task = store.get_task(task_id)
+    assert task.subtask("a").status is SubtaskStatus.SUCCESSFUL  # a was never undone
+    # SPEC §3/§4: a rollback is SUCCESSFUL only when every subtask is back to PENDING.
+    assert (task.status, task.operation) == (TaskStatus.FAILED, Operation.ROLLBACK)
+
+
+def test_a_failed_attempt_withdrawn_by_a_task_cancel_is_still_rolled_back(store: Store) -> None:
+    task_id = submit(store, chain(1, retry_count=1))
+    (a,) = store.claim("w1")
+    store.finish(a, AttemptResult(ok=False, message="boom"))  # ran (half-way?), READY to retry
+    store.cancel_task(task_id, "op")  # withdraws the retry: a is PENDING again, the task FAILED
+    assert store.get_task(task_id).status is TaskStatus.FAILED
+    store.rollback_task(task_id, "op")
+    sub = store.get_task(task_id).subtasks[0]
+    # a's execute ran and failed: the rollback must undo it, not treat it as never run.
+    assert (sub.status, sub.operation) == (SubtaskStatus.READY, Operation.ROLLBACK)
+
+
+def test_a_late_result_never_finishes_a_later_cancelled_attempt(store: Store) -> None:
+    t = TemplateBuilder("two")
+    t.add("a", NOOP)
+    t.add("b", NOOP)
+    task_id = submit(store, t.build())
+    a, b = store.claim("w1", limit=2)
+    store.finish(a, AttemptResult(ok=True))
+    store.finish(b, AttemptResult(ok=False, message="boom"))
+    store.rollback_task(task_id, "op")
+    rollbacks = store.claim("w1", limit=2, task_id=task_id)
+    a2 = next(c for c in rollbacks if c.subtask_id == a.subtask_id)
+    assert (a2.operation, a2.run_time) == (Operation.ROLLBACK, a.run_time)
+    store.cancel_subtask(task_id, a.subtask_id, "op")  # a's rollback is now CANCELING
+    # The execute attempt of a, recorded long ago, reports again (a late duplicate):
+    outcome = store.finish(a, AttemptResult(ok=True))
+    sub = next(s for s in store.get_task(task_id).subtasks if s.id == a.subtask_id)
+    last = [e for e in store.events(task_id) if e.subtask_id == a.subtask_id][-1]
+    assert not outcome.applied
+    # (Today the history says a ended FAILED/CANCEL while its row is still CANCELING.)
+    assert (last.new_status, sub.status) == ("CANCELING", SubtaskStatus.CANCELING)
+
+
+def test_a_new_attempt_gets_a_new_run_time(store: Store) -> None:
+    task_id = submit(store, chain(1))
+    (first,) = store.claim("w1")
+    store.finish(first, AttemptResult(ok=False, message="boom"))
+    store.rollback_task(task_id, "op")
+    (undo,) = store.claim("w1")  # the rollback attempt
+    store.cancel_subtask(task_id, undo.subtask_id, "op")
+    # Its handler ignores the interrupt; after the grace period the watchdog records the cancel.
+    store.finish(undo, AttemptResult(ok=False, message="cancelled", cancelled=True))
+    store.rollback_task(task_id, "op")  # roll back again: a new rollback attempt
+    (again,) = store.claim("w2")
+    assert (again.operation, again.run_time) != (undo.operation, undo.run_time)
+    # The first rollback's handler returns at last: its result is stale.
+    assert not store.finish(undo, AttemptResult(ok=True)).applied
+    assert store.get_task(task_id).subtasks[0].status is SubtaskStatus.RUNNING
+
+
+def test_an_operator_restart_after_a_task_cancel_fills_free_slots(store: Store) -> None:
+    t = TemplateBuilder("three roots", concurrency=2)
+    for name in ("a", "b", "c"):
+        t.add(name, NOOP)
+    task_id = submit(store, t.build())  # two roots READY (concurrency 2), one PENDING
+    (x,) = store.claim("w1")
+    store.cancel_task(task_id, "op")  # x CANCELING, the other READY root back to PENDING
+    store.finish(x, AttemptResult(ok=False, message="stopped", cancelled=True))
+    assert store.get_task(task_id).status is TaskStatus.FAILED
+    store.retry_subtask(task_id, x.subtask_id, "op")  # the task RUNNING again
+    task = store.get_task(task_id)
+    active = [s for s in task.subtasks if s.status is SubtaskStatus.READY]
+    # One slot is free and two roots could start: the restart should promote one, as
+    # retry_task and rollback_task do.
+    assert len(active) == task.concurrency
