@@ -17,6 +17,7 @@ Concurrency rules:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -46,6 +47,7 @@ from dagtask.store.schema import task_template as template_table
 from dagtask.template import TaskTemplate
 
 S = SubtaskStatus
+_DONE = {"retry": "retried", "skip": "skipped"}
 _BACKWARD = {Operation.ROLLBACK.value, Operation.ROLLBACK_SKIP.value}
 
 
@@ -542,58 +544,50 @@ class Store(StoreReads):
 
     def retry_subtask(self, task_id: int, subtask_id: int, operator: str) -> None:
         """A FAILED subtask → READY as RETRY (runTime + 1); the task → RUNNING."""
-        with self.db.begin() as conn:
-            row, now, events = self._lock_for_action(conn, task_id)
-            sub = self._subtask_of(conn, task_id, subtask_id)
+
+        def decide(row: Any, sub: Any) -> tuple[str | None, Operation]:
             refusal = planner.retry_subtask_refusal(
                 S(sub.status), Operation(sub.operation), Operation(row.operation)
             )
-            _refuse_subtask(task_id, subtask_id, "retry", refusal)
-            changes.change_subtasks(
-                conn,
-                task_id,
-                [subtask_id],
-                S.FAILED,
-                [planner.Step(S.READY, Operation.RETRY, sub.run_time + 1)],
-                now,
-                operator,
-                "retried by the operator",
-                Operation(sub.operation),
-                events,
-            )
-            changes.restart_task(
-                conn,
-                task_id,
-                TaskStatus(row.status),
-                Operation(row.operation),
-                now,
-                events,
-                operator,
-                "subtask retry",
-                old_operation=Operation(row.operation),
-            )
-            changes.progress(conn, task_id, self._relock(conn, task_id), now, events)
-            if events:
-                conn.execute(q.insert_event, events)
+            return refusal, Operation.RETRY
+
+        self._rerun_subtask(task_id, subtask_id, operator, "retry", decide)
 
     def skip_subtask(self, task_id: int, subtask_id: int, operator: str) -> None:
         """A FAILED subtask → READY as SKIP (ROLLBACK_SKIP while rolling back), runTime + 1 (every
         new attempt gets its own runTime, so a late result of an old one is told apart); nothing
         runs."""
+
+        def decide(row: Any, sub: Any) -> tuple[str | None, Operation]:
+            refusal = planner.skip_refusal(S(sub.status))
+            return refusal, planner.skip_operation(Operation(row.operation))
+
+        self._rerun_subtask(task_id, subtask_id, operator, "skip", decide)
+
+    def _rerun_subtask(
+        self,
+        task_id: int,
+        subtask_id: int,
+        operator: str,
+        action: str,
+        decide: Callable[[Any, Any], tuple[str | None, Operation]],
+    ) -> None:
+        """A FAILED subtask → READY as a new attempt with the operation ``decide`` picks (or its
+        refusal); the task → RUNNING and waiting work is promoted."""
         with self.db.begin() as conn:
             row, now, events = self._lock_for_action(conn, task_id)
             sub = self._subtask_of(conn, task_id, subtask_id)
-            _refuse_subtask(task_id, subtask_id, "skip", planner.skip_refusal(S(sub.status)))
-            op = planner.skip_operation(Operation(row.operation))
+            refusal, operation = decide(row, sub)
+            _refuse_subtask(task_id, subtask_id, action, refusal)
             changes.change_subtasks(
                 conn,
                 task_id,
                 [subtask_id],
                 S.FAILED,
-                [planner.Step(S.READY, op, sub.run_time + 1)],
+                [planner.Step(S.READY, operation, sub.run_time + 1)],
                 now,
                 operator,
-                "skipped by the operator",
+                f"{_DONE[action]} by the operator",
                 Operation(sub.operation),
                 events,
             )
@@ -605,7 +599,7 @@ class Store(StoreReads):
                 now,
                 events,
                 operator,
-                "subtask skip",
+                f"subtask {action}",
                 old_operation=Operation(row.operation),
             )
             changes.progress(conn, task_id, self._relock(conn, task_id), now, events)
