@@ -6,6 +6,8 @@ build a query (SQLAlchemy's compiled cache does the rest).
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 
 from dagtask import states
@@ -42,39 +44,33 @@ set_subtask = (
         run_time=sa.bindparam("new_run_time"),
     )
 )
-finish_subtask = (
-    subtask.update()
-    .where(
-        subtask.c.id == sa.bindparam("sid"),
-        subtask.c.status == sa.bindparam("old_status"),
-        subtask.c.operation == sa.bindparam("old_operation"),
-        subtask.c.run_time == sa.bindparam("old_run_time"),
+
+
+def _finish_statement(*, keep_output: bool) -> sa.Update:
+    """The end of an attempt, conditional on the subtask still being in that attempt."""
+    values: dict[str, sa.BindParameter[Any]] = {
+        "status": sa.bindparam("new_status"),
+        "operation": sa.bindparam("new_operation"),
+        "run_time": sa.bindparam("new_run_time"),
+        "message": sa.bindparam("message"),
+        "finish_time": sa.bindparam("now"),
+    }
+    if not keep_output:
+        values["output_context"] = sa.bindparam("output")
+    return (
+        subtask.update()
+        .where(
+            subtask.c.id == sa.bindparam("sid"),
+            subtask.c.status == sa.bindparam("old_status"),
+            subtask.c.operation == sa.bindparam("old_operation"),
+            subtask.c.run_time == sa.bindparam("old_run_time"),
+        )
+        .values(values)
     )
-    .values(
-        status=sa.bindparam("new_status"),
-        operation=sa.bindparam("new_operation"),
-        run_time=sa.bindparam("new_run_time"),
-        output_context=sa.bindparam("output"),
-        message=sa.bindparam("message"),
-        finish_time=sa.bindparam("now"),
-    )
-)
-finish_subtask_keep_output = (
-    subtask.update()
-    .where(
-        subtask.c.id == sa.bindparam("sid"),
-        subtask.c.status == sa.bindparam("old_status"),
-        subtask.c.operation == sa.bindparam("old_operation"),
-        subtask.c.run_time == sa.bindparam("old_run_time"),
-    )
-    .values(
-        status=sa.bindparam("new_status"),
-        operation=sa.bindparam("new_operation"),
-        run_time=sa.bindparam("new_run_time"),
-        message=sa.bindparam("message"),
-        finish_time=sa.bindparam("now"),
-    )
-)
+
+
+finish_subtask = _finish_statement(keep_output=False)
+finish_subtask_keep_output = _finish_statement(keep_output=True)
 """The same, for a rollback: the subtask keeps the output its execute recorded."""
 insert_event = task_event.insert()
 insert_log = subtask_log.insert()

@@ -25,8 +25,7 @@ import pytest
 
 from dagtask.cli import build_parser, main
 from dagtask.store.db import head_revision
-
-CLI_TIMEOUT = 180.0
+from tests.integration.cli.support import CLI_TIMEOUT
 
 
 def pid_alive(pid: int) -> bool:
@@ -61,56 +60,6 @@ def _no_agent_left_behind(tmp_path: Path) -> Iterator[None]:
             continue
         if str(tmp_path).encode() in cmdline:
             os.kill(pid, signal.SIGKILL)
-
-
-@pytest.fixture
-def db_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'x.db'}"
-
-
-@pytest.fixture
-def env() -> dict[str, str]:
-    clean = dict(os.environ)
-    clean.pop("DAGTASK_DB_URL", None)
-    return clean
-
-
-@pytest.fixture
-def cli(
-    tmp_path: Path, db_url: str, env: dict[str, str]
-) -> Callable[..., subprocess.CompletedProcess[str]]:
-    """Run ``python -m dagtask --db <tmp db> ARGS`` in tmp_path."""
-
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "dagtask", "--db", db_url, *args],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=CLI_TIMEOUT,
-        )
-
-    return run
-
-
-@pytest.fixture
-def dt(
-    db_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> Callable[..., tuple[int, str, str]]:
-    """Run ``main(["--db", <tmp db>, *ARGS])`` in-process; return (exit code, stdout, stderr)."""
-    monkeypatch.delenv("DAGTASK_DB_URL", raising=False)
-    monkeypatch.chdir(tmp_path)
-    # `run FILE` puts the file's folder on sys.path; keep that from leaking into other tests.
-    monkeypatch.setattr(sys, "path", list(sys.path))
-
-    def run(*args: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        code = main(["--db", db_url, *args])
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
 
 
 def json_out(result: tuple[int, str, str]) -> Any:

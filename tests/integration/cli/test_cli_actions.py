@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import getpass
 import json
-import os
 import queue
 import re
 import signal
@@ -26,9 +25,7 @@ from typing import Any
 import pytest
 
 from dagtask import Engine
-from dagtask.cli import main
-
-CLI_TIMEOUT = 180.0
+from tests.integration.cli.support import Cli, Run
 
 OPS = '''
 import time
@@ -83,9 +80,6 @@ subtasks:
   - {name: After, handler: acts.ops.Step, timeout: 30, upstreams: [Wait]}
 """
 
-Run = Callable[..., tuple[int, str, str]]
-Cli = Callable[..., subprocess.CompletedProcess[str]]
-
 
 def wait_until(check: Callable[[], bool], seconds: float, what: str) -> None:
     deadline = time.monotonic() + seconds
@@ -106,54 +100,6 @@ def files(tmp_path: Path) -> Iterator[None]:
     yield
     for name in [m for m in sys.modules if m == "acts" or m.startswith("acts.")]:
         del sys.modules[name]
-
-
-@pytest.fixture
-def db_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'x.db'}"
-
-
-@pytest.fixture
-def env() -> dict[str, str]:
-    clean = dict(os.environ)
-    clean.pop("DAGTASK_DB_URL", None)
-    return clean
-
-
-@pytest.fixture
-def cli(tmp_path: Path, db_url: str, env: dict[str, str]) -> Cli:
-    """Run ``python -m dagtask --db <tmp db> ARGS`` in tmp_path."""
-
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "dagtask", "--db", db_url, *args],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=CLI_TIMEOUT,
-        )
-
-    return run
-
-
-@pytest.fixture
-def dt(
-    db_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> Run:
-    """Run ``main(["--db", <tmp db>, *ARGS])`` in-process; return (exit code, stdout, stderr)."""
-    monkeypatch.delenv("DAGTASK_DB_URL", raising=False)
-    monkeypatch.chdir(tmp_path)
-    # `run FILE` and `--wait` put folders on sys.path; keep that from leaking into other tests.
-    monkeypatch.setattr(sys, "path", list(sys.path))
-
-    def run(*args: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        code = main(["--db", db_url, *args])
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
 
 
 class Proc:
