@@ -140,8 +140,9 @@ class Engine:
                 sub.spec.handler
             )
         host_id = self._check_host(tpl, context.string_map) if tpl.host_arg else None
+        hosts: list[int] = []
         if tpl.host_list_arg:
-            self._check_host_list(tpl.host_list_arg, context.list_map)
+            hosts = self._check_host_list(tpl.host_list_arg, context.list_map)
         template_id = self.store.save_template(tpl)
         task_id = self.store.submit(
             expanded,
@@ -149,6 +150,7 @@ class Engine:
             creator=creator or _user(),
             executor=socket.gethostname(),
             host_id=host_id,
+            hosts=hosts,
         )
         if self._pool is not None:
             self._pool.wake(min(tpl.concurrency, len(expanded.subtasks)))
@@ -175,7 +177,7 @@ class Engine:
             ) from exc
         return host_id
 
-    def _check_host_list(self, key: str, lists: Mapping[str, Sequence[str]]) -> None:
+    def _check_host_list(self, key: str, lists: Mapping[str, Sequence[str]]) -> list[int]:
         raw = lists.get(key)
         if not raw:
             raise ArgumentError(
@@ -197,6 +199,7 @@ class Engine:
                 f"hosts {', '.join(missing)} do not exist, so no task was created; "
                 "add them with `dagtask hosts add` or list hosts with `dagtask hosts list`"
             )
+        return [int(item) for item in raw]
 
     def get(self, task_id: int) -> TaskInfo:
         """The task and its subtasks (raises TaskNotFoundError, OCP 20000)."""

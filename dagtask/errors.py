@@ -97,6 +97,16 @@ class HostError(DagtaskError):
     http_status = 409
 
 
+class HostBusyError(HostError):
+    """A host already has a running host operation (one per host at a time)."""
+
+    def __init__(self, message: str, *, host_id: int, task_id: int) -> None:
+        super().__init__(message, target=f"hostId={host_id}")
+        self.host_id = host_id
+        self.task_id = task_id
+        """The running task that holds the host."""
+
+
 class StoreError(DagtaskError):
     """The database could not be opened or used."""
 

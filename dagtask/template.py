@@ -30,6 +30,15 @@ class SplitMethod(StrEnum):
     SERIAL = "SERIAL"
 
 
+class Recovery(StrEnum):
+    """What happens to a subtask whose worker is lost (killed, machine gone) while running it."""
+
+    FAIL = "FAIL"
+    """The attempt ends FAILED saying the worker was lost; the operator decides (as in OCP)."""
+    RETRY = "RETRY"
+    """The attempt is run again by another worker (for idempotent handlers)."""
+
+
 class SubtaskSpec(BaseModel):
     """One node of a template."""
 
@@ -50,6 +59,10 @@ class SubtaskSpec(BaseModel):
     upstreams: tuple[str, ...] = ()
     split_key: str | None = None
     split_method: SplitMethod = SplitMethod.PARALLEL
+    on_worker_lost: Recovery = Field(
+        default=Recovery.FAIL,
+        description="FAIL (default) or RETRY: what happens when the worker running it is lost",
+    )
 
     @field_validator("handler", mode="before")
     @classmethod
@@ -216,6 +229,7 @@ class TemplateBuilder:
         prohibit_rollback: bool = False,
         split_key: str | None = None,
         split_method: SplitMethod | str = SplitMethod.PARALLEL,
+        on_worker_lost: Recovery | str = Recovery.FAIL,
         **extra: Any,
     ) -> str:
         """Add a subtask run by ``handler`` after the subtasks in ``after``; return its name."""
@@ -230,6 +244,7 @@ class TemplateBuilder:
                 "prohibit_rollback": prohibit_rollback,
                 "split_key": split_key,
                 "split_method": split_method,
+                "on_worker_lost": on_worker_lost,
                 **extra,
             }
         )

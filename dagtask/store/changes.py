@@ -14,6 +14,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from dagtask import planner, states
+from dagtask.errors import HostBusyError
 from dagtask.models import EventKind
 from dagtask.states import Operation, SubtaskStatus, TaskStatus
 from dagtask.store import statements as q
@@ -214,6 +215,8 @@ def change_task(
     """Change the task's status; its event is appended to ``events``."""
     states.check_task_transition(old, new)
     finished = new is not TaskStatus.RUNNING
+    if finished:
+        conn.execute(q.release_host_locks, {"task_id": task_id})
     conn.execute(
         q.set_task,
         {"task_id": task_id, "status": new.value, "finish_time": now if finished else None},
@@ -250,6 +253,9 @@ def restart_task(
     status nor the operation changes (a subtask action on a task that is still RUNNING).
     """
     states.check_task_transition(old, TaskStatus.RUNNING)
+    if old is not TaskStatus.RUNNING:
+        hosts = conn.execute(q.hosts_of_task, {"task_id": task_id}).scalars().all()
+        lock_hosts(conn, task_id, hosts, now)
     conn.execute(
         q.set_task_operation,
         {
@@ -275,3 +281,42 @@ def restart_task(
             message=f"{action} by {operator}",
         )
     )
+
+
+def lock_hosts(conn: sa.Connection, task_id: int, hosts: Sequence[int], now: datetime) -> None:
+    """Make ``task_id`` the running host operation of ``hosts``, or raise :class:`HostBusyError`.
+
+    The lock table's primary key is the host id, so of two transactions taking the same host only
+    one commits; the loser's ``IntegrityError`` is turned into the same error by :func:`busy`.
+    """
+    if not hosts:
+        return
+    holders = conn.execute(q.lock_holders, {"hosts": list(hosts)}).all()
+    for row in holders:
+        if row.task_id != task_id:
+            raise busy(row.host_id, row.task_id, row.name, row.status)
+    held = {row.host_id for row in holders}
+    rows = [{"host_id": h, "task_id": task_id, "since": now} for h in hosts if h not in held]
+    if rows:
+        conn.execute(q.insert_host_locks, rows)
+
+
+def busy(host_id: int, task_id: int, name: str | None, status: str | None) -> HostBusyError:
+    """The error for a host that task ``task_id`` holds."""
+    what = f"task {task_id} {name!r} ({status})" if name else f"task {task_id}"
+    return HostBusyError(
+        f"error 409: host {host_id} already has a running host operation: {what}; "
+        f"only one host operation runs per host at a time. Wait for it to end "
+        f"(`dagtask show {task_id}`) or cancel it (`dagtask cancel {task_id}`), then try again",
+        host_id=host_id,
+        task_id=task_id,
+    )
+
+
+def host_conflict(conn: sa.Connection, hosts: Sequence[int]) -> HostBusyError | None:
+    """After a lost race for ``hosts``: the error naming the task that won, if any."""
+    rows = conn.execute(q.lock_holders, {"hosts": list(hosts)}).all()
+    if not rows:
+        return None
+    row = rows[0]
+    return busy(row.host_id, row.task_id, row.name, row.status)

@@ -55,6 +55,12 @@ task = sa.Table(
     sa.Column("tenant_id", sa.BigInteger, nullable=True),
     sa.Column("concurrency", sa.Integer, nullable=False),
     sa.Column(
+        "source_task_id",
+        BigId,
+        nullable=True,
+        comment="the task this one reruns or forks (dagtask rerun), if any",
+    ),
+    sa.Column(
         "cancel_requested",
         sa.Boolean,
         nullable=False,
@@ -95,6 +101,20 @@ subtask = sa.Table(
         comment="upstreams not SUCCESSFUL; 0 = may become READY (no rescan of the task)",
     ),
     sa.Column("executor", sa.String(256), nullable=True),
+    sa.Column(
+        "recovery",
+        sa.String(8),
+        nullable=False,
+        server_default="FAIL",
+        comment="what happens when the worker running it is lost: FAIL or RETRY",
+    ),
+    sa.Column(
+        "lost_count",
+        sa.Integer,
+        nullable=False,
+        server_default="0",
+        comment="attempts recovered from lost workers (caps RETRY recovery)",
+    ),
     sa.Column("output_context", sa.JSON, nullable=True),
     sa.Column("message", sa.Text, nullable=True),
     sa.Column("create_time", Timestamp, nullable=False),
@@ -159,3 +179,52 @@ host = sa.Table(
     sa.Column("create_time", Timestamp, nullable=False),
     sa.Column("update_time", Timestamp, nullable=False),
 )
+
+worker = sa.Table(
+    "dagtask_worker",
+    metadata,
+    sa.Column("name", sa.String(256), primary_key=True),
+    sa.Column("host", sa.String(256), nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("concurrency", sa.Integer, nullable=False),
+    sa.Column("lease_seconds", sa.Integer, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False, comment="ACTIVE, STOPPED or LOST"),
+    sa.Column("started_at", Timestamp, nullable=False),
+    sa.Column("heartbeat_at", Timestamp, nullable=False, comment="database time (UTC)"),
+    sa.Column("stopped_at", Timestamp, nullable=True),
+)
+"""Workers that claim subtasks. A RUNNING subtask's ``executor`` names its worker; a worker whose
+``heartbeat_at`` is older than its ``lease_seconds`` is lost and its subtasks are recovered."""
+
+task_host = sa.Table(
+    "dagtask_task_host",
+    metadata,
+    sa.Column("task_id", BigId, primary_key=True, autoincrement=False),
+    sa.Column("host_id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Index("ix_dagtask_task_host_host", "host_id", "task_id"),
+)
+"""The hosts a host operation acts on (one for a single-host task, many for a batch)."""
+
+host_lock = sa.Table(
+    "dagtask_host_lock",
+    metadata,
+    sa.Column("host_id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("task_id", BigId, nullable=False),
+    sa.Column("since", Timestamp, nullable=False),
+    sa.Index("ix_dagtask_host_lock_task", "task_id"),
+)
+"""One host operation per host at a time: a RUNNING host task holds a row per host it acts on
+(the primary key makes a second holder impossible, across processes and machines)."""
+
+user = sa.Table(
+    "dagtask_user",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.String(128), nullable=False, unique=True),
+    sa.Column("password_hash", sa.String(512), nullable=False, comment="a password KDF's output"),
+    sa.Column("roles", sa.String(256), nullable=False, comment="comma-separated role names"),
+    sa.Column("enabled", sa.Boolean, nullable=False, server_default=sa.true()),
+    sa.Column("create_time", Timestamp, nullable=False),
+    sa.Column("update_time", Timestamp, nullable=False),
+)
+"""REST API users (passwords only as KDF hashes)."""

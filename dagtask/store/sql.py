@@ -17,7 +17,7 @@ Concurrency rules:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -156,8 +156,19 @@ class Store(StoreReads):
         creator: str,
         executor: str,
         host_id: int | None = None,
+        hosts: Sequence[int] = (),
+        source_task_id: int | None = None,
+        reused: Mapping[int, Mapping[str, Any]] | None = None,
     ) -> int:
-        """Store a new task and its subtasks, make its roots READY; return the task id."""
+        """Store a new task and its subtasks, make its roots READY; return the task id.
+
+        ``hosts`` are the hosts a host operation acts on: the task holds them while it runs and
+        is refused (:class:`~dagtask.errors.HostBusyError`, nothing stored) if another running
+        task holds one. ``reused`` maps subtask indexes to output contexts recorded by
+        ``source_task_id``: those subtasks start SUCCESSFUL with that output (``dagtask rerun
+        --from``) and only the others run.
+        """
+        reused = reused or {}
         subs = sorted(expanded.subtasks, key=lambda s: s.series_id)
         # Rows are built with ids relative to the task's block of ids, shifted once the block
         # is allocated inside the transaction (one transaction per submit).
@@ -178,6 +189,7 @@ class Store(StoreReads):
             "context": ctx.to_json(),
             "prohibit_rollback": ctx.prohibit_rollback,
             "host_id": host_id,
+            "source_task_id": source_task_id,
             "concurrency": expanded.template.concurrency,
             "create_time": now,
             "start_time": now,
@@ -199,39 +211,65 @@ class Store(StoreReads):
                 "parallel": sub.parallel,
                 "parallel_idx": sub.parallel_idx,
                 "prohibit_rollback": sub.prohibit_rollback,
-                "pending_upstreams": len(sub.upstreams),
+                "recovery": sub.spec.on_worker_lost.value,
+                "pending_upstreams": sum(1 for up in sub.upstreams if up not in reused),
                 "create_time": now,
             }
             for sub in subs
         ]
+        for row, sub in zip(sub_rows, subs, strict=True):
+            done = sub.index in reused
+            row.update(
+                status=S.SUCCESSFUL.value if done else S.PENDING.value,
+                output_context=dict(reused[sub.index]) if done else None,
+                message=f"output reused from task {source_task_id}" if done else None,
+                start_time=now if done else None,
+                finish_time=now if done else None,
+            )
         edge_rows: list[dict[str, Any]] = [
             {"upstream_id": ids[up], "downstream_id": ids[down], "task_id": task_id}
             for up, down in expanded.edges
         ]
-        with self.db.begin() as conn:
-            task_id = self._allocate(conn, "task", 1)
-            first = self._allocate(conn, "subtask", len(subs))
-            task_row["id"] = task_id
-            for row in sub_rows:
-                row["id"] += first
-                row["task_id"] = task_id
-            for row in edge_rows:
-                row["upstream_id"] += first
-                row["downstream_id"] += first
-                row["task_id"] = task_id
-            self._insert_task(conn, expanded, task_id, task_row, sub_rows, edge_rows, now)
+        host_list = sorted({*hosts, *([host_id] if host_id is not None else [])})
+        try:
+            with self.db.begin() as conn:
+                task_id = self._insert_new(conn, expanded, task_row, sub_rows, edge_rows, now)
+                if host_list:
+                    conn.execute(
+                        q.insert_task_hosts, [{"task_id": task_id, "host_id": h} for h in host_list]
+                    )
+                    changes.lock_hosts(conn, task_id, host_list, now)
+        except sa.exc.IntegrityError:
+            if not host_list:
+                raise
+            with self.db.read() as conn:  # lost a race for a host to a concurrent submit
+                conflict = changes.host_conflict(conn, host_list)
+            if conflict is None:
+                raise
+            raise conflict from None
         return task_id
 
-    def _insert_task(
+    def _insert_new(
         self,
         conn: sa.Connection,
         expanded: ExpandedTask,
-        task_id: int,
         task_row: dict[str, Any],
         sub_rows: list[dict[str, Any]],
         edge_rows: list[dict[str, Any]],
         now: datetime,
-    ) -> None:
+    ) -> int:
+        """Allocate the new task's block of ids, shift its rows onto them, insert them with the
+        submission event (and one per reused subtask) and make its first subtasks READY."""
+        task_id = self._allocate(conn, "task", 1)
+        first = self._allocate(conn, "subtask", len(sub_rows))
+        task_row["id"] = task_id
+        for row in sub_rows:
+            row["id"] += first
+            row["task_id"] = task_id
+        for row in edge_rows:
+            row["upstream_id"] += first
+            row["downstream_id"] += first
+            row["task_id"] = task_id
         creator, executor = task_row["creator"], task_row["executor"]
         events = [
             changes.event(
@@ -245,15 +283,31 @@ class Store(StoreReads):
                 message=f"submitted by {creator}: {len(sub_rows)} subtasks",
             )
         ]
+        events.extend(
+            changes.event(
+                task_id,
+                row["id"],
+                now,
+                EventKind.SUBTASK_STATUS,
+                S.PENDING.value,
+                S.SUCCESSFUL.value,
+                Operation.EXECUTE.value,
+                Operation.EXECUTE.value,
+                1,
+                executor,
+                row["message"],
+            )
+            for row in sub_rows
+            if row["status"] == S.SUCCESSFUL.value
+        )
         conn.execute(task.insert(), task_row)
         conn.execute(subtask.insert(), sub_rows)
         if edge_rows:
             conn.execute(subtask_edge.insert(), edge_rows)
-        changes.promote(
-            conn, task_id, Operation.EXECUTE, expanded.template.concurrency, now, events
-        )
+        changes.progress(conn, task_id, self._relock(conn, task_id), now, events)
         if events:
             conn.execute(q.insert_event, events)
+        return task_id
 
     # ---- the hot path: claim and finish ---------------------------------------------------
 

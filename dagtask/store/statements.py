@@ -12,7 +12,16 @@ import sqlalchemy as sa
 
 from dagtask import states
 from dagtask.states import Operation, SubtaskStatus
-from dagtask.store.schema import id_sequence, subtask, subtask_edge, subtask_log, task, task_event
+from dagtask.store.schema import (
+    host_lock,
+    id_sequence,
+    subtask,
+    subtask_edge,
+    subtask_log,
+    task,
+    task_event,
+    task_host,
+)
 
 S = SubtaskStatus
 ACTIVE = [s.value for s in states.ACTIVE_SUBTASK_STATUSES]
@@ -241,3 +250,17 @@ task_subtasks = sa.select(
     subtask.c.run_time,
     subtask.c.prohibit_rollback,
 ).where(subtask.c.task_id == sa.bindparam("task_id"))
+
+
+# ---- one host operation per host at a time ------------------------------------------------------
+
+insert_task_hosts = task_host.insert()
+hosts_of_task = sa.select(task_host.c.host_id).where(task_host.c.task_id == sa.bindparam("task_id"))
+lock_holders = (
+    sa.select(host_lock.c.host_id, host_lock.c.task_id, task.c.name, task.c.status)
+    .join(task, task.c.id == host_lock.c.task_id, isouter=True)
+    .where(host_lock.c.host_id.in_(sa.bindparam("hosts", expanding=True)))
+    .order_by(host_lock.c.host_id)
+)
+insert_host_locks = host_lock.insert()
+release_host_locks = host_lock.delete().where(host_lock.c.task_id == sa.bindparam("task_id"))

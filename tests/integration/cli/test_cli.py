@@ -252,9 +252,11 @@ def test_run_without_wait_returns_a_running_task(
         "Finish OCP agent operation": "PENDING",
     }
 
-    code, out, _ = dt("run", "Stop OCP agent", "--set", f"host_id={host_id}")
-    assert code == 0
-    assert re.match(r"task \d+ RUNNING: Stop OCP agent", out)
+    # One host operation per host at a time: a second one is refused, naming the running task.
+    code, out, err = dt("run", "Restart OCP agent", "--set", f"host_id={host_id}")
+    assert code == 2, out
+    assert f"host {host_id} already has a running host operation: task {submitted['id']}" in err
+    assert json_out(dt("list", "--json"))["page"]["totalElements"] == 1
 
 
 def test_run_wait_then_logs(dt: Callable[..., tuple[int, str, str]], tmp_path: Path) -> None:
@@ -276,10 +278,10 @@ def test_run_wait_then_logs(dt: Callable[..., tuple[int, str, str]], tmp_path: P
 def test_list_pages_filters_and_renders(
     dt: Callable[..., tuple[int, str, str]], tmp_path: Path
 ) -> None:
-    host_id = add_host(dt, tmp_path)
+    hosts = [add_host(dt, tmp_path, f"web-{n}") for n in range(3)]
     ids = [
         json_out(dt("run", "stop-ocp-agent", "--set", f"host_id={host_id}", "--json"))["id"]
-        for _ in range(3)
+        for host_id in hosts
     ]
     page = json_out(dt("list", "--page", "2", "--size", "2", "--json"))
     assert set(page) == {"contents", "page"}
