@@ -677,6 +677,11 @@ def build_parser() -> Parser:
     )
     worker.add_argument("--name", help="the name subtasks show as executor (default: host:pid)")
 
+    from dagtask import cli_api, cli_history  # they build on this module
+
+    cli_history.add_commands(commands)
+    cli_api.add_commands(commands)
+
     db = commands.nested(commands.add("db", "Manage the database schema"))
     db.add("upgrade", cmd_db_upgrade)
     return parser
