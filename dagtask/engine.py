@@ -34,7 +34,7 @@ from dagtask.states import SubtaskStatus, TaskStatus
 from dagtask.store.db import open_database
 from dagtask.store.sql import Claim, FinishOutcome, Store
 from dagtask.template import TaskTemplate
-from dagtask.worker import WorkerPool, default_worker_name
+from dagtask.worker import DEFAULT_LEASE_SECONDS, WorkerPool, default_worker_name
 
 
 def _slug(name: str) -> str:
@@ -52,11 +52,15 @@ class Engine:
         name: str | None = None,
         templates: Iterable[TaskTemplate] = (),
         poll_interval: float = 0.25,
+        lease_seconds: int = DEFAULT_LEASE_SECONDS,
     ) -> None:
         """Open the database (``db`` URL, else ``$DAGTASK_DB_URL``, else ./dagtask.db).
 
-        ``workers`` is the number of worker threads :meth:`start` runs (0: this engine only
-        submits and reads; another process runs the tasks).
+        ``workers`` is the number of subtasks :meth:`start` runs at a time (0: this engine only
+        submits and reads; another process runs the tasks). ``name`` is the worker name its
+        subtasks show as executor (unique among running workers; default ``host:pid``).
+        ``lease_seconds``: if this process stops heartbeating for that long (killed, frozen, cut
+        off), other workers recover what it was running.
         """
         self.database = open_database(db)
         self.store = Store(self.database)
@@ -64,6 +68,7 @@ class Engine:
         self.workers = workers
         self.name = name or default_worker_name()
         self.poll_interval = poll_interval
+        self.lease_seconds = lease_seconds
         self._templates: dict[str, TaskTemplate] = {}
         for template in [*builtin_templates(), *templates]:
             self.register_template(template)
@@ -339,6 +344,7 @@ class Engine:
             task_id=task_id,
             poll_interval=self.poll_interval,
             on_finish=self._finished,
+            lease_seconds=self.lease_seconds,
         )
 
     def _finished(self, _claim: Claim, outcome: FinishOutcome) -> None:

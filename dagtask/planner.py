@@ -60,6 +60,29 @@ def after_attempt(
     return [failed]
 
 
+MAX_LOST_RETRIES = 3
+"""Attempts of one subtask that RETRY recovery re-runs after losing their worker; the next loss
+fails it (a handler that kills its worker every time must not loop forever)."""
+
+
+def after_lost(
+    status: SubtaskStatus, operation: Operation, run_time: int, policy: str, lost_count: int
+) -> list[Step]:
+    """The status change for an attempt whose worker was lost (or stopped before it ended).
+
+    A CANCELING attempt ends as the cancel it was (FAILED / CANCEL). A RUNNING one runs again as
+    a new attempt (same operation, ``run_time + 1``, READY) under the RETRY policy, unless it has
+    already lost :data:`MAX_LOST_RETRIES` workers; otherwise (FAIL, the default, as in OCP) it
+    ends FAILED and the operator decides. No automatic retry follows: the handler may have done
+    part of its work.
+    """
+    if status is SubtaskStatus.CANCELING:
+        return [Step(SubtaskStatus.FAILED, Operation.CANCEL, run_time)]
+    if policy == "RETRY" and lost_count < MAX_LOST_RETRIES:
+        return [Step(SubtaskStatus.READY, operation, run_time + 1)]
+    return [Step(SubtaskStatus.FAILED, operation, run_time)]
+
+
 def promotable(concurrency: int, active: int) -> int:
     """How many runnable PENDING subtasks may become READY with ``active`` already active."""
     return max(0, concurrency - active)

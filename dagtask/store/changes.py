@@ -107,7 +107,7 @@ def successful_crossing(
     conn: sa.Connection, subtask_ids: Sequence[int], old: SubtaskStatus, new: SubtaskStatus
 ) -> None:
     """Keep downstreams' ``pending_upstreams`` equal to their upstreams not SUCCESSFUL."""
-    if (old is S.SUCCESSFUL) == (new is S.SUCCESSFUL):
+    if not subtask_ids or (old is S.SUCCESSFUL) == (new is S.SUCCESSFUL):
         return
     delta = -1 if new is S.SUCCESSFUL else 1
     conn.execute(q.adjust_downstreams, [{"sid": sid, "delta": delta} for sid in subtask_ids])
@@ -320,3 +320,10 @@ def host_conflict(conn: sa.Connection, hosts: Sequence[int]) -> HostBusyError | 
         return None
     row = rows[0]
     return busy(row.host_id, row.task_id, row.name, row.status)
+
+
+def notify_ready(conn: sa.Connection) -> None:
+    """Wake idle workers in other processes: subtasks became READY (PostgreSQL NOTIFY, sent at
+    commit; elsewhere idle workers poll)."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(q.notify_ready)

@@ -18,7 +18,7 @@ Concurrency rules:
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -44,6 +44,7 @@ from dagtask.store.db import Database
 from dagtask.store.reads import StoreReads
 from dagtask.store.schema import subtask, subtask_edge, task
 from dagtask.store.schema import task_template as template_table
+from dagtask.store.workers import WorkerStore
 from dagtask.template import TaskTemplate
 
 S = SubtaskStatus
@@ -86,7 +87,52 @@ class FinishOutcome:
     """A successor claimed in the same transaction (``claim_next``)."""
 
 
-class Store(StoreReads):
+@dataclass(frozen=True)
+class Report:
+    """The end of one attempt, as a worker reports it."""
+
+    claim: Claim
+    result: AttemptResult
+    output: TaskContext | None = None
+    log_text: str = ""
+
+
+@dataclass(frozen=True)
+class Batch:
+    """What :meth:`Store.finish_many` did: one outcome per report, and what it claimed."""
+
+    outcomes: list[FinishOutcome]
+    claims: list[Claim]
+
+
+def _log_row(claim: Claim, text: str, now: datetime) -> dict[str, Any]:
+    return {
+        "subtask_id": claim.subtask_id,
+        "run_time": claim.run_time,
+        "text": text,
+        "create_time": now,
+    }
+
+
+def _attempt_state(
+    row: Any, claim: Claim, result: AttemptResult
+) -> tuple[SubtaskStatus | None, AttemptResult]:
+    """The status the attempt's subtask is in (None if the attempt already ended) and the result
+    to record: an attempt the operator cancelled ends as a cancel whatever the handler said."""
+    if (
+        row is None
+        or row.run_time != claim.run_time
+        or row.operation != claim.operation.value
+        or row.status not in (S.RUNNING.value, S.CANCELING.value)
+    ):
+        return None, result
+    if row.status == S.CANCELING.value:
+        message = result.message if not result.ok else "cancelled by the operator"
+        return S.CANCELING, AttemptResult(ok=False, message=message, cancelled=True)
+    return S.RUNNING, result
+
+
+class Store(WorkerStore, StoreReads):
     """Tasks, subtasks, their history and logs in one SQL database."""
 
     def __init__(self, db: Database) -> None:
@@ -349,17 +395,12 @@ class Store(StoreReads):
                 if candidates
                 else []
             )
-        else:
+        else:  # MySQL/MariaDB: the candidates are row-locked, so one plain UPDATE wins them all
             pick = q.claim_candidates if task_id is None else q.claim_candidates_of_task
             candidates = conn.execute(pick, params).scalars().all()
-            won = [
-                sid
-                for sid in candidates
-                if conn.execute(
-                    q.claim_one, {"sid": sid, "executor": executor, "now": now}
-                ).rowcount
-            ]
-            rows = conn.execute(q.claimed_rows, {"ids": won}).all() if won else []
+            if candidates:
+                conn.execute(q.claim_ids, {"ids": candidates, "executor": executor, "now": now})
+            rows = conn.execute(q.claimed_rows, {"ids": candidates}).all() if candidates else []
         events.extend(
             changes.event(
                 row.task_id,
@@ -375,6 +416,7 @@ class Store(StoreReads):
             )
             for row in rows
         )
+        contexts = self._input_contexts(conn, rows)
         return [
             Claim(
                 subtask_id=row.id,
@@ -388,27 +430,53 @@ class Store(StoreReads):
                 parallel=row.parallel,
                 parallel_idx=row.parallel_idx,
                 start_time=now,
-                **self._input_context(conn, row),
+                **contexts[row.id],
             )
             for row in rows
         ]
 
     @staticmethod
-    def _input_context(conn: sa.Connection, row: sa.Row[Any]) -> dict[str, Any]:
-        """``context`` (and ``context_error``) of a claimed row, for :class:`Claim`."""
-        copy = {"parallel": row.parallel, "parallel_idx": row.parallel_idx}
-        if row.operation in _BACKWARD and row.output_context:
-            # A rollback undoes what this subtask's execute recorded in its own output.
-            return {"context": TaskContext.from_json(row.output_context).model_copy(update=copy)}
-        outputs = conn.execute(q.upstream_outputs, {"sid": row.id}).scalars().all()
-        if not outputs:
-            data = conn.execute(q.task_context, {"task_id": row.task_id}).scalar_one()
-            return {"context": TaskContext.from_json(data).model_copy(update=copy)}
-        try:
-            merged = context.merge(TaskContext.from_json(o) for o in outputs)
-        except ContextError as exc:
-            return {"context": TaskContext().model_copy(update=copy), "context_error": str(exc)}
-        return {"context": merged.model_copy(update=copy)}
+    def _input_contexts(conn: sa.Connection, rows: Sequence[Any]) -> dict[int, dict[str, Any]]:
+        """``context`` (and ``context_error``) of each claimed row, for :class:`Claim`: the task's
+        context for a root, else the merge of its upstreams' outputs; for a rollback, the output
+        its execute recorded. Two queries for the whole batch; each output is parsed once."""
+        found: dict[int, dict[str, Any]] = {}
+        forward = []
+        for row in rows:
+            if row.operation in _BACKWARD and row.output_context:
+                # A rollback undoes what this subtask's execute recorded in its own output.
+                found[row.id] = {"context": TaskContext.from_json(row.output_context)}
+            else:
+                forward.append(row)
+        upstreams: dict[int, list[int]] = {}
+        parsed: dict[int, TaskContext] = {}
+        if forward:
+            for link in conn.execute(q.upstream_outputs_of, {"ids": [r.id for r in forward]}):
+                upstreams.setdefault(link.downstream_id, []).append(link.id)
+                if link.id not in parsed:
+                    parsed[link.id] = TaskContext.from_json(link.output_context)
+        roots = sorted({row.task_id for row in forward if row.id not in upstreams})
+        task_contexts = (
+            {
+                t.id: TaskContext.from_json(t.context)
+                for t in conn.execute(q.task_contexts, {"ids": roots})
+            }
+            if roots
+            else {}
+        )
+        for row in forward:
+            ups = upstreams.get(row.id)
+            if ups is None:
+                found[row.id] = {"context": task_contexts[row.task_id]}
+                continue
+            try:
+                found[row.id] = {"context": context.merge(parsed[u] for u in ups)}
+            except ContextError as exc:
+                found[row.id] = {"context": TaskContext(), "context_error": str(exc)}
+        for row in rows:
+            copy = {"parallel": row.parallel, "parallel_idx": row.parallel_idx}
+            found[row.id]["context"] = found[row.id]["context"].model_copy(update=copy)
+        return found
 
     def finish(
         self,
@@ -420,99 +488,154 @@ class Store(StoreReads):
         executor: str | None = None,
         claim_next: bool = False,
     ) -> FinishOutcome:
-        """Record the end of an attempt, promote what it unblocks and settle the task, atomically.
+        """Record the end of one attempt (see :meth:`finish_many`).
 
         With ``claim_next``, the same transaction also claims one READY subtask of the same task
         for ``executor`` (returned as ``FinishOutcome.next``), so a worker goes straight on to a
         successor it just unblocked.
+        """
+        batch = self.finish_many(
+            [Report(claim, result, output, log_text)],
+            executor=executor,
+            claim_limit=1 if claim_next and executor else 0,
+            claim_task=claim.task_id,
+        )
+        outcome = batch.outcomes[0]
+        if batch.claims:
+            return FinishOutcome(
+                outcome.applied,
+                outcome.status,
+                outcome.promoted,
+                outcome.task_status,
+                batch.claims[0],
+            )
+        return outcome
 
-        The update is conditional on the subtask still being RUNNING in this attempt. If an
+    def finish_many(
+        self,
+        reports: Sequence[Report],
+        *,
+        executor: str | None = None,
+        claim_limit: int = 0,
+        claim_task: int | None = None,
+    ) -> Batch:
+        """Record the end of attempts, promote what they unblock and settle their tasks, then
+        claim up to ``claim_limit`` READY subtasks (of ``claim_task`` only, if given): one
+        transaction, a fixed number of statements whatever the number of reports.
+
+        Each update is conditional on the subtask still being in the attempt that ran. If an
         operator asked to cancel it (CANCELING), the attempt ends FAILED with op CANCEL whatever
         the handler returned; if it is in neither state (timed out, recovered), the result is
         stale and only its log is kept.
         """
         now = utcnow()
         events: list[dict[str, Any]] = []
+        outcomes: list[FinishOutcome] = []
+        claims: list[Claim] = []
         with self.db.begin() as conn:
-            task_row = conn.execute(q.lock_task, {"task_id": claim.task_id}).one()
-            old = S.RUNNING
-            steps = planner.after_attempt(
-                claim.operation, claim.run_time, claim.retry_count, result
-            )
-            values = {
-                "sid": claim.subtask_id,
-                "old_status": old.value,
-                "old_operation": claim.operation.value,
-                "old_run_time": claim.run_time,
-                "output": output.without_engine_keys().to_json() if output and result.ok else None,
-                "message": None if result.ok else result.message,
-                "now": now,
+            task_ids = sorted({r.claim.task_id for r in reports})
+            tasks = {row.id: row for row in conn.execute(q.lock_tasks, {"ids": task_ids}).all()}
+            current = {
+                row.id: row
+                for row in conn.execute(
+                    q.lock_subtasks, {"ids": [r.claim.subtask_id for r in reports]}
+                ).all()
             }
-            if not self._finish_row(conn, steps, values):
-                current = conn.execute(q.lock_subtask, {"sid": claim.subtask_id}).one_or_none()
-                if (
-                    current is None
-                    or current.status != S.CANCELING.value
-                    or current.run_time != claim.run_time
-                    or current.operation != claim.operation.value
-                ):
-                    if log_text:
-                        self._log(conn, claim.subtask_id, claim.run_time, log_text, now)
-                    return FinishOutcome(applied=False)
-                old = S.CANCELING
-                message = result.message if not result.ok else "cancelled by the operator"
-                result = AttemptResult(ok=False, message=message, cancelled=True)
+            updates: dict[bool, list[dict[str, Any]]] = {True: [], False: []}
+            logs_rows: list[dict[str, Any]] = []
+            crossing: list[int] = []
+            for report in reports:
+                claim = report.claim
+                row = current.get(claim.subtask_id)
+                old, result = _attempt_state(row, claim, report.result)
+                text = report.log_text
+                if old is None:  # stale: keep what it logged, change nothing
+                    if text:
+                        logs_rows.append(_log_row(claim, text, now))
+                    outcomes.append(FinishOutcome(applied=False))
+                    continue
                 steps = planner.after_attempt(
                     claim.operation, claim.run_time, claim.retry_count, result
                 )
-                values.update(old_status=old.value, message=message, output=None)
-                if not self._finish_row(conn, steps, values):
-                    raise RuntimeError(f"subtask {claim.subtask_id} changed under its row lock")
-            prev, prev_op = old, claim.operation
-            for step in steps:
-                states.check_subtask_transition(prev, step.status)
-                log_text += logs.state_line(claim.subtask_id, prev, step.status, when=now)
-                events.append(
-                    changes.event(
-                        claim.task_id,
-                        claim.subtask_id,
-                        now,
-                        EventKind.SUBTASK_STATUS,
-                        prev.value,
-                        step.status.value,
-                        prev_op.value,
-                        step.operation.value,
-                        step.run_time,
-                        executor,
-                        result.message,
-                    )
+                final = steps[-1]
+                keep_output = final.status is S.PENDING  # a rollback keeps what execute recorded
+                updates[keep_output].append(
+                    {
+                        "sid": claim.subtask_id,
+                        "old_status": old.value,
+                        "old_operation": claim.operation.value,
+                        "old_run_time": claim.run_time,
+                        "new_status": final.status.value,
+                        "new_operation": final.operation.value,
+                        "new_run_time": final.run_time,
+                        "message": None if result.ok else result.message,
+                        "now": now,
+                        "output": (
+                            report.output.without_engine_keys().to_json()
+                            if report.output is not None and result.ok
+                            else None
+                        ),
+                    }
                 )
-                prev, prev_op = step.status, step.operation
-            final = steps[-1]
-            self._log(conn, claim.subtask_id, claim.run_time, log_text, now)
-            changes.successful_crossing(conn, [claim.subtask_id], old, final.status)
-            promoted, task_status = changes.progress(conn, claim.task_id, task_row, now, events)
-            nxt: list[Claim] = []
-            if claim_next and executor and promoted:
-                nxt = self._claim_in(conn, executor, 1, claim.task_id, now, events)
+                prev, prev_op = old, claim.operation
+                for step in steps:
+                    states.check_subtask_transition(prev, step.status)
+                    text += logs.state_line(claim.subtask_id, prev, step.status, when=now)
+                    events.append(
+                        changes.event(
+                            claim.task_id,
+                            claim.subtask_id,
+                            now,
+                            EventKind.SUBTASK_STATUS,
+                            prev.value,
+                            step.status.value,
+                            prev_op.value,
+                            step.operation.value,
+                            step.run_time,
+                            executor,
+                            result.message,
+                        )
+                    )
+                    prev, prev_op = step.status, step.operation
+                logs_rows.append(_log_row(claim, text, now))
+                if final.status is S.SUCCESSFUL:
+                    crossing.append(claim.subtask_id)
+                outcomes.append(FinishOutcome(True, final.status))
+            for keep_output, params in updates.items():
+                if not params:
+                    continue
+                stmt = q.finish_subtask_keep_output if keep_output else q.finish_subtask
+                if keep_output:
+                    for item in params:
+                        item.pop("output")
+                if conn.execute(stmt, params).rowcount != len(params):
+                    raise RuntimeError("a subtask changed under its row lock")
+            if logs_rows:
+                conn.execute(q.insert_log, logs_rows)
+            changes.successful_crossing(conn, crossing, S.RUNNING, S.SUCCESSFUL)
+            promoted = 0
+            settled: dict[int, tuple[int, TaskStatus | None]] = {}
+            for task_id in task_ids:
+                if any(
+                    o.applied
+                    for r, o in zip(reports, outcomes, strict=True)
+                    if r.claim.task_id == task_id
+                ):
+                    settled[task_id] = changes.progress(conn, task_id, tasks[task_id], now, events)
+                    promoted += settled[task_id][0]
+            if claim_limit and executor and (promoted or claim_task is None):
+                claims = self._claim_in(conn, executor, claim_limit, claim_task, now, events)
+            if promoted > len(claims):
+                changes.notify_ready(conn)
             if events:
                 conn.execute(q.insert_event, events)
-        return FinishOutcome(True, final.status, promoted, task_status, nxt[0] if nxt else None)
-
-    @staticmethod
-    def _finish_row(conn: sa.Connection, steps: list[planner.Step], values: dict[str, Any]) -> bool:
-        """The attempt's subtask row update, conditional on it still being in that attempt."""
-        final = steps[-1]
-        params = {
-            **values,
-            "new_status": final.status.value,
-            "new_operation": final.operation.value,
-            "new_run_time": final.run_time,
-        }
-        if final.status is S.PENDING:  # a rollback keeps the output of the execute it undid
-            params.pop("output")
-            return bool(conn.execute(q.finish_subtask_keep_output, params).rowcount)
-        return bool(conn.execute(q.finish_subtask, params).rowcount)
+        # Each task's promotions and new status go with its last applied report.
+        for index in range(len(reports) - 1, -1, -1):
+            task_id = reports[index].claim.task_id
+            if task_id in settled and outcomes[index].applied:
+                count, task_status = settled.pop(task_id)
+                outcomes[index] = replace(outcomes[index], promoted=count, task_status=task_status)
+        return Batch(outcomes, claims)
 
     def append_log(self, subtask_id: int, run_time: int, text: str) -> None:
         """Append to an attempt's log (used to flush a long-running handler's log)."""

@@ -9,6 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
 
 from dagtask import states
 from dagtask.states import Operation, SubtaskStatus
@@ -21,6 +24,7 @@ from dagtask.store.schema import (
     task,
     task_event,
     task_host,
+    worker,
 )
 
 S = SubtaskStatus
@@ -41,6 +45,12 @@ lock_subtask = (
         subtask.c.executor,
     )
     .where(subtask.c.id == sa.bindparam("sid"))
+    .with_for_update()
+)
+lock_subtasks = (
+    sa.select(subtask.c.id, subtask.c.status, subtask.c.operation, subtask.c.run_time)
+    .where(subtask.c.id.in_(sa.bindparam("ids", expanding=True)))
+    .order_by(subtask.c.id)
     .with_for_update()
 )
 set_subtask = (
@@ -120,13 +130,6 @@ claim_candidates_of_task = (
     .limit(sa.bindparam("limit"))
     .with_for_update(skip_locked=True)
 )
-claim_one = (
-    subtask.update()
-    .where(subtask.c.id == sa.bindparam("sid"), subtask.c.status == S.READY.value)
-    .values(
-        status=S.RUNNING.value, executor=sa.bindparam("executor"), start_time=sa.bindparam("now")
-    )
-)
 CLAIM_COLUMNS = (
     subtask.c.id,
     subtask.c.output_context,
@@ -171,16 +174,27 @@ claim_ids_returning = (
 ``UPDATE … WHERE id IN (SELECT … LIMIT n FOR UPDATE SKIP LOCKED)`` is wrong there: the planner may
 re-run the subquery per row, and each run skips the rows locked by the previous ones.)"""
 
+claim_ids = (
+    subtask.update()
+    .where(subtask.c.id.in_(sa.bindparam("ids", expanding=True)), subtask.c.status == S.READY.value)
+    .values(
+        status=S.RUNNING.value, executor=sa.bindparam("executor"), start_time=sa.bindparam("now")
+    )
+)
 claimed_rows = sa.select(*CLAIM_COLUMNS).where(
     subtask.c.id.in_(sa.bindparam("ids", expanding=True))
 )
-upstream_outputs = (
-    sa.select(subtask.c.output_context)
-    .join(subtask_edge, subtask_edge.c.upstream_id == subtask.c.id)
-    .where(subtask_edge.c.downstream_id == sa.bindparam("sid"))
-    .order_by(subtask.c.id)
-)
 task_context = sa.select(task.c.context).where(task.c.id == sa.bindparam("task_id"))
+upstream_outputs_of = (
+    sa.select(subtask_edge.c.downstream_id, subtask.c.id, subtask.c.output_context)
+    .join(subtask, subtask_edge.c.upstream_id == subtask.c.id)
+    .where(subtask_edge.c.downstream_id.in_(sa.bindparam("ids", expanding=True)))
+    .order_by(subtask_edge.c.downstream_id, subtask.c.id)
+)
+"""The upstream outputs of a batch of claimed subtasks, in upstream id order per subtask."""
+task_contexts = sa.select(task.c.id, task.c.context).where(
+    task.c.id.in_(sa.bindparam("ids", expanding=True))
+)
 any_ready = sa.select(subtask.c.id).where(subtask.c.status == S.READY.value).limit(1)
 task_status = sa.select(task.c.status).where(task.c.id == sa.bindparam("task_id"))
 next_ids = (
@@ -264,3 +278,127 @@ lock_holders = (
 )
 insert_host_locks = host_lock.insert()
 release_host_locks = host_lock.delete().where(host_lock.c.task_id == sa.bindparam("task_id"))
+
+
+# ---- workers: registry, heartbeats, recovery ---------------------------------------------------
+
+
+class utc_now(FunctionElement[Any]):
+    """The database server's current UTC time, as a naive timestamp like every stored time.
+
+    Leases are judged on the database's clock, so workers on machines whose clocks disagree
+    still agree on which worker is late.
+    """
+
+    type = sa.DateTime()
+    inherit_cache = True
+
+
+@compiles(utc_now)
+def _utc_now_default(_element: utc_now, _compiler: SQLCompiler, **_kw: Any) -> str:
+    return "CURRENT_TIMESTAMP"
+
+
+@compiles(utc_now, "postgresql")
+def _utc_now_pg(_element: utc_now, _compiler: SQLCompiler, **_kw: Any) -> str:
+    return "(now() AT TIME ZONE 'UTC')"
+
+
+@compiles(utc_now, "mysql")
+@compiles(utc_now, "mariadb")
+def _utc_now_mysql(_element: utc_now, _compiler: SQLCompiler, **_kw: Any) -> str:
+    return "UTC_TIMESTAMP(6)"
+
+
+@compiles(utc_now, "sqlite")
+def _utc_now_sqlite(_element: utc_now, _compiler: SQLCompiler, **_kw: Any) -> str:
+    return "strftime('%Y-%m-%d %H:%M:%f000', 'now')"
+
+
+db_now = sa.select(utc_now())
+worker_row = sa.select(worker).where(worker.c.name == sa.bindparam("w_name")).with_for_update()
+insert_worker = worker.insert().values(
+    name=sa.bindparam("w_name"),
+    host=sa.bindparam("w_host"),
+    pid=sa.bindparam("w_pid"),
+    concurrency=sa.bindparam("w_concurrency"),
+    lease_seconds=sa.bindparam("w_lease_seconds"),
+    status="ACTIVE",
+    heartbeat_at=utc_now(),
+    started_at=utc_now(),
+)
+reregister_worker = (
+    worker.update()
+    .where(worker.c.name == sa.bindparam("w_name"))
+    .values(
+        host=sa.bindparam("w_host"),
+        pid=sa.bindparam("w_pid"),
+        concurrency=sa.bindparam("w_concurrency"),
+        lease_seconds=sa.bindparam("w_lease_seconds"),
+        status="ACTIVE",
+        started_at=utc_now(),
+        heartbeat_at=utc_now(),
+        stopped_at=None,
+    )
+)
+heartbeat = (
+    worker.update()
+    .where(worker.c.name == sa.bindparam("w_name"), worker.c.status == "ACTIVE")
+    .values(heartbeat_at=utc_now())
+)
+stop_worker = (
+    worker.update()
+    .where(worker.c.name == sa.bindparam("w_name"))
+    .values(status="STOPPED", stopped_at=utc_now())
+)
+active_workers = sa.select(
+    worker.c.name, worker.c.heartbeat_at, worker.c.lease_seconds, utc_now().label("now")
+).where(worker.c.status == "ACTIVE")
+declare_lost = (
+    worker.update()
+    .where(
+        worker.c.name == sa.bindparam("w_name"),
+        worker.c.status == "ACTIVE",
+        worker.c.heartbeat_at == sa.bindparam("w_seen"),
+    )
+    .values(status="LOST")
+)
+"""Conditional on the heartbeat the sweeper judged: of two sweepers only one recovers, and a
+worker that heartbeats meanwhile is not declared lost."""
+all_workers = sa.select(worker).order_by(worker.c.name)
+held_by = (
+    sa.select(
+        subtask.c.id,
+        subtask.c.task_id,
+        subtask.c.status,
+        subtask.c.operation,
+        subtask.c.run_time,
+        subtask.c.recovery,
+        subtask.c.lost_count,
+    )
+    .where(
+        subtask.c.status.in_([S.RUNNING.value, S.CANCELING.value]),
+        subtask.c.executor == sa.bindparam("executor"),
+    )
+    .order_by(subtask.c.task_id, subtask.c.id)
+)
+lock_tasks = (
+    sa.select(
+        task.c.id, task.c.status, task.c.operation, task.c.concurrency, task.c.cancel_requested
+    )
+    .where(task.c.id.in_(sa.bindparam("ids", expanding=True)))
+    .order_by(task.c.id)
+    .with_for_update()
+)
+"""Several tasks locked in one statement, in id order (the order every locker uses)."""
+mark_lost = (
+    subtask.update()
+    .where(subtask.c.id == sa.bindparam("sid"))
+    .values(
+        lost_count=subtask.c.lost_count + sa.bindparam("lost"),
+        message=sa.bindparam("message"),
+        finish_time=sa.bindparam("finish_time"),
+    )
+)
+notify_ready = sa.text("SELECT pg_notify('dagtask_ready', '')")
+"""PostgreSQL: wake idle workers listening on ``dagtask_ready`` (delivered at commit)."""
