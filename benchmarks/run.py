@@ -43,7 +43,7 @@ SETTLE_SECONDS = 0.5
 STALL_CHECK_SECONDS = 10.0
 STALL_SECONDS = 30.0
 """A task whose history does not grow for this long is reported as stalled (an engine bug)."""
-POOLS = ("shared", "task")
+POOLS = ("shared", "task", "processes")
 CHILD_URL = "DAGTASK_BENCH_CHILD_URL"
 
 Figures = dict[str, float]
@@ -93,7 +93,8 @@ def _finish(engine: Engine, task_id: int, pool: str, guard: float = WAIT_TIMEOUT
 
     if pool == "task":
         return engine.run_task(task_id, guard)
-    engine.start()
+    if pool == "shared":
+        engine.start()
     deadline = time.monotonic() + guard
     last_event, last_progress = 0, time.monotonic()
     while True:
@@ -127,6 +128,8 @@ def _start_and_settle(engine: Engine) -> None:
 
 def _started(pool: str) -> str:
     """When the workers of a submit-to-done workload start, for its parameters."""
+    if pool == "processes":
+        return "worker processes started and registered before the first submit"
     if pool == "task":
         return "per task by Engine.run_task(), inside the timed span (stop included)"
     return f"{SETTLE_SECONDS} s before the first submit"
@@ -166,6 +169,11 @@ def _timed_run(engine: Engine, template: TaskTemplate, pool: str) -> tuple[float
     done = _finish(engine, task.id, pool)
     run_s = time.perf_counter() - t1
     _check(done)
+    if pool == "processes":
+        # The workers were running all along: the run is what the store recorded, from the
+        # moment the task was created to its end (this process only polls for the end).
+        assert done.finish_time is not None and done.create_time is not None
+        run_s = (done.finish_time - done.create_time).total_seconds()
     return submit_s, run_s, len(done.subtasks)
 
 
@@ -372,24 +380,65 @@ WORKLOADS = {
 # ---- child: one workload in this process ---------------------------------------------------------
 
 
-def _child(name: str, url: str, workers: int, pool: str) -> dict[str, Any]:
+@contextmanager
+def _worker_processes(engine: Engine, url: str, count: int, concurrency: int) -> Iterator[None]:
+    """``count`` `dagtask worker` processes on ``url``, registered before this yields."""
+    env = dict(os.environ, DAGTASK_DB_URL=url)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    procs = [
+        subprocess.Popen(
+            [
+                *(sys.executable, "-m", "dagtask", "worker"),
+                *("--concurrency", str(concurrency), "--name", f"bench-{i}", "--poll", "0.05"),
+            ],
+            cwd=ROOT,
+            env=env,
+            stderr=subprocess.DEVNULL,
+        )
+        for i in range(count)
+    ]
+    try:
+        deadline = time.monotonic() + 60
+        while sum(w.status == "ACTIVE" for w in engine.store.workers()) < count:
+            if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+                raise RuntimeError("the worker processes did not start")
+            time.sleep(0.05)
+        time.sleep(SETTLE_SECONDS)
+        yield
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def _child(name: str, url: str, workers: int, pool: str, processes: int) -> dict[str, Any]:
     """Run one workload and return its result (figures, parameters, database)."""
     from dagtask import Engine
 
     workload = WORKLOADS[name]
     rss_start = _rss_mb()
-    engine = Engine(url, workers=workers)
+    engine = Engine(url, workers=0 if pool == "processes" else workers)
     try:
         dialect = engine.database.dialect
         version = engine.database.engine.dialect.server_version_info or ()
         db = {"dialect": dialect, "server_version": ".".join(str(v) for v in version)}
         cpu = time.process_time()
-        figures, params = workload.run(engine, pool)
+        if pool == "processes":
+            with _worker_processes(engine, url, processes, workers):
+                figures, params = workload.run(engine, pool)
+        else:
+            figures, params = workload.run(engine, pool)
         figures["workload_cpu_s"] = time.process_time() - cpu
     finally:
         engine.close()
     figures.setdefault("peak_rss_mb", _rss_mb())
     params.update(workers=workers, pool=pool, rss_at_start_mb=round(rss_start, 1))
+    if pool == "processes":
+        params.update(worker_processes=processes, concurrency_per_process=workers)
     return {"figures": figures, "params": params, "db": db}
 
 
@@ -466,12 +515,14 @@ def _database(db: str | None, as_is: bool) -> Iterator[tuple[str, str]]:
         admin.dispose()
 
 
-def _spawn(name: str, db: str | None, as_is: bool, workers: int, pool: str) -> dict[str, Any]:
+def _spawn(
+    name: str, db: str | None, as_is: bool, workers: int, pool: str, processes: int
+) -> dict[str, Any]:
     """Run one workload in a fresh interpreter, on a fresh database (see :func:`_database`)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     command = [sys.executable, "-m", "benchmarks.run", "--child", name]
-    command += ["--workers", str(workers), "--pool", pool]
+    command += ["--workers", str(workers), "--pool", pool, "--processes", str(processes)]
     with _database(db, as_is) as (url, where):
         env[CHILD_URL] = url  # not on the command line, where `ps` would show a password
         proc = subprocess.run(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
@@ -560,7 +611,16 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         default="shared",
         help="shared: Engine.start() background workers (default); task: workers that claim "
         "only the benchmark's own task (Engine.run_task), for --db-as-is on a database others "
-        "are using",
+        "are using; processes: --processes separate `dagtask worker` processes (the "
+        "many-workers setup), started before the first submit",
+    )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=2,
+        metavar="N",
+        help="with --pool processes: how many `dagtask worker` processes run the tasks, each "
+        "with --workers slots (default 2)",
     )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -574,7 +634,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(argv)
     if args.child:
         try:
-            result = _child(args.child, os.environ[CHILD_URL], args.workers, args.pool)
+            result = _child(
+                args.child, os.environ[CHILD_URL], args.workers, args.pool, args.processes
+            )
         except Exception as exc:
             traceback.print_exc()
             print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}), flush=True)
@@ -591,7 +653,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         workers = workload.workers or args.workers
         load = os.getloadavg()[0]
         runs = [
-            _spawn(name, args.db, args.db_as_is, workers, args.pool) for _ in range(args.repeat)
+            _spawn(name, args.db, args.db_as_is, workers, args.pool, args.processes)
+            for _ in range(args.repeat)
         ]
         line = _combine(workload, runs, workers)
         line.update(machine=machine, loadavg_1min_before=round(load, 2), date=date)

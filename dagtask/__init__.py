@@ -33,7 +33,14 @@ from dagtask.handlers import (
 )
 from dagtask.models import HostInfo, SubtaskInfo, TaskEvent, TaskInfo, TaskPage
 from dagtask.states import Operation, SubtaskStatus, TaskStatus, TaskType
-from dagtask.template import SplitMethod, SubtaskSpec, TaskTemplate, TemplateBuilder, load_template
+from dagtask.template import (
+    Recovery,
+    SplitMethod,
+    SubtaskSpec,
+    TaskTemplate,
+    TemplateBuilder,
+    load_template,
+)
 
 __version__ = "0.1.0"
 
@@ -54,6 +61,7 @@ __all__ = [
     "HostNotFoundError",
     "Operation",
     "OperationNotAllowedError",
+    "Recovery",
     "RollbackProhibitedError",
     "RunContext",
     "SchemaOutdatedError",

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import getpass
 import importlib
+import json
 import logging
 import os
 import shutil
@@ -37,7 +39,9 @@ from dagtask.hosts.inventory import AgentStatus
 from dagtask.models import HostInfo, TaskInfo
 from dagtask.states import TaskStatus
 from dagtask.store.db import DEFAULT_URL, ENV_VAR, Database, resolve_url, upgrade
+from dagtask.store.workers import WorkerRecord
 from dagtask.template import TaskTemplate, load_template
+from dagtask.worker import DEFAULT_LEASE_SECONDS
 
 PROG = "dagtask"
 DEMO_HOST = "demo-host"
@@ -395,33 +399,76 @@ def cmd_hosts_list(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    """Run worker threads in the foreground until SIGTERM or SIGINT, then stop gracefully."""
+    """Run a worker in the foreground until SIGTERM or SIGINT, then stop gracefully."""
     out.log_to_stderr(_log)
+    # Handlers named by dotted path import from the current folder, as under `python -m`.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         _log.info("received %s, stopping", signal.Signals(signum).name)
         stop.set()
 
-    with _engine(args, workers=args.concurrency, name=args.name) as engine:
+    engine = Engine(
+        resolve_url(args.db),
+        workers=args.concurrency,
+        name=args.name,
+        lease_seconds=args.lease,
+        poll_interval=args.poll,
+    )
+    with engine:
         previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             engine.start()
             _log.info(
-                "worker %s started: %d threads on %s (pid %d)",
+                "worker %s started: %d subtasks at a time on %s (pid %d, lease %d s)",
                 engine.name,
                 args.concurrency,
                 out.safe_url(engine.database.url),
                 os.getpid(),
+                args.lease,
             )
             while not stop.wait(1.0):
                 pass
-            engine.stop()
+            engine.stop(args.stop_timeout)
             _log.info("worker %s stopped", engine.name)
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
     return 0
+
+
+def cmd_workers(args: argparse.Namespace) -> int:
+    """List the workers the database has seen, with their heartbeats."""
+    with _engine(args) as engine:
+        records = engine.store.workers()
+    if args.json:
+        print(json.dumps([_worker_json(r) for r in records], indent=2))
+        return 0
+    rows = [
+        [
+            r.name,
+            r.status,
+            f"{r.host} pid {r.pid}",
+            str(r.concurrency),
+            f"{r.lease_seconds} s",
+            r.started_at.isoformat(sep=" ", timespec="seconds"),
+            r.heartbeat_at.isoformat(sep=" ", timespec="seconds"),
+        ]
+        for r in records
+    ]
+    headers = ["NAME", "STATUS", "PROCESS", "SLOTS", "LEASE", "STARTED (UTC)", "HEARTBEAT (UTC)"]
+    print(out.table(headers, rows) if rows else "no worker has run on this database yet")
+    return 0
+
+
+def _worker_json(record: WorkerRecord) -> dict[str, Any]:
+    data = dataclasses.asdict(record)
+    for key in ("started_at", "heartbeat_at", "stopped_at"):
+        if data[key] is not None:
+            data[key] = data[key].isoformat()
+    return data
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
@@ -673,9 +720,37 @@ def build_parser() -> Parser:
         type=_positive(int),
         default=4,
         metavar="N",
-        help="worker threads (default 4)",
+        help="subtasks run at a time (default 4)",
     )
-    worker.add_argument("--name", help="the name subtasks show as executor (default: host:pid)")
+    worker.add_argument(
+        "--name",
+        help="the name subtasks show as executor, unique among running workers (default: host:pid)",
+    )
+    worker.add_argument(
+        "--lease",
+        type=_positive(int),
+        default=DEFAULT_LEASE_SECONDS,
+        metavar="S",
+        help="if this worker stops heartbeating for S seconds (killed, frozen, cut off), other "
+        f"workers recover its subtasks by their recovery policy (default {DEFAULT_LEASE_SECONDS})",
+    )
+    worker.add_argument(
+        "--stop-timeout",
+        type=_positive(float),
+        default=30.0,
+        metavar="S",
+        help="on SIGTERM/SIGINT, wait up to S seconds for running handlers, then hand the rest "
+        "back by their recovery policy (default 30)",
+    )
+    worker.add_argument(
+        "--poll",
+        type=_positive(float),
+        default=0.25,
+        metavar="S",
+        help="when idle, look for READY subtasks every S seconds (PostgreSQL also wakes "
+        "workers at once with LISTEN/NOTIFY) (default 0.25)",
+    )
+    _json_flag(commands.add("workers", cmd_workers), "the workers as JSON")
 
     from dagtask import cli_api, cli_history  # they build on this module
 

@@ -7,6 +7,7 @@ caller inserts in the same transaction. What should change is decided by :mod:`d
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
@@ -110,6 +111,11 @@ def successful_crossing(
     if not subtask_ids or (old is S.SUCCESSFUL) == (new is S.SUCCESSFUL):
         return
     delta = -1 if new is S.SUCCESSFUL else 1
+    if len(subtask_ids) > 1 and (
+        conn.dialect.name != "sqlite" or sqlite3.sqlite_version_info >= (3, 33)
+    ):
+        conn.execute(q.adjust_downstreams_of, {"ids": list(subtask_ids), "sign": delta})
+        return
     conn.execute(q.adjust_downstreams, [{"sid": sid, "delta": delta} for sid in subtask_ids])
 
 
@@ -119,18 +125,37 @@ def progress(
     task_row: Any,
     now: datetime,
     events: list[dict[str, Any]],
+    *,
+    ready: list[int] | None = None,
 ) -> tuple[int, TaskStatus | None]:
-    """Promote what may run now (within the concurrency) and settle the task if idle."""
-    active = conn.execute(q.count_active, {"task_id": task_id}).scalar_one()
+    """Promote what may run now (within the concurrency) and settle the task if idle.
+
+    Returns how many subtasks became READY and the task's new status, if it changed; the ids of
+    the new READY subtasks are appended to ``ready``.
+    """
+    may_promote = (
+        not task_row.cancel_requested and TaskStatus(task_row.status) is TaskStatus.RUNNING
+    )
+    operation = Operation(task_row.operation)
     promoted = 0
-    if not task_row.cancel_requested and TaskStatus(task_row.status) is TaskStatus.RUNNING:
+    if may_promote and operation is not Operation.ROLLBACK:
+        # The active count and the runnable subtasks in one round trip.
+        rows = conn.execute(
+            q.active_and_runnable, {"task_id": task_id, "limit": task_row.concurrency}
+        ).all()
+        active = rows[0].n
         room = planner.promotable(task_row.concurrency, active)
-        if room:
-            promoted = promote(conn, task_id, Operation(task_row.operation), room, now, events)
+        runnable = [row for row in rows if row.id is not None][:room]
+        promoted = make_ready(conn, task_id, operation, S.PENDING, runnable, now, events, ready)
+    else:
+        active = conn.execute(q.count_active, {"task_id": task_id}).scalar_one()
+        room = planner.promotable(task_row.concurrency, active)
+        if may_promote and room:
+            promoted = promote(conn, task_id, operation, room, now, events, ready)
     task_status = None
     if active + promoted == 0:
         task_status = settle_task(
-            conn, task_id, TaskStatus(task_row.status), task_row.operation, now, events
+            conn, task_id, TaskStatus(task_row.status), operation, now, events
         )
     return promoted, task_status
 
@@ -142,15 +167,29 @@ def promote(
     room: int,
     now: datetime,
     events: list[dict[str, Any]],
+    ready: list[int] | None = None,
 ) -> int:
     """Make up to ``room`` subtasks READY: forward, PENDING ones whose upstreams all
     succeeded; in a rollback, SUCCESSFUL ones whose downstreams are all PENDING."""
-    if operation is Operation.ROLLBACK:
-        old = S.SUCCESSFUL
-        rows = conn.execute(q.rollback_runnable, {"task_id": task_id, "limit": room}).all()
-    else:
-        old = S.PENDING
-        rows = conn.execute(q.runnable, {"task_id": task_id, "limit": room}).all()
+    rollback = operation is Operation.ROLLBACK
+    stmt = q.rollback_runnable if rollback else q.runnable
+    rows = conn.execute(stmt, {"task_id": task_id, "limit": room}).all()
+    old = S.SUCCESSFUL if rollback else S.PENDING
+    return make_ready(conn, task_id, operation, old, rows, now, events, ready)
+
+
+def make_ready(
+    conn: sa.Connection,
+    task_id: int,
+    operation: Operation,
+    old: SubtaskStatus,
+    rows: Sequence[Any],
+    now: datetime,
+    events: list[dict[str, Any]],
+    ready: list[int] | None = None,
+) -> int:
+    """``rows`` (id, operation, run_time), currently ``old``, → READY for the task's
+    ``operation``; returns how many."""
     groups: dict[tuple[str, int], list[int]] = {}
     for row in rows:
         groups.setdefault((row.operation, row.run_time), []).append(row.id)
@@ -173,6 +212,8 @@ def promote(
             Operation(current_op),
             events,
         )
+        if ready is not None:
+            ready.extend(ids)
     return len(rows)
 
 

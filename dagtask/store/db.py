@@ -92,6 +92,7 @@ class Database:
             if not folder.is_dir():
                 raise StoreError(f"cannot create {database!r}: folder {str(folder)!r} is missing")
             self.engine = _sqlite_engine(parsed, immediate=True)
+            self.hot_engine = self.engine
             self.read_engine = _sqlite_engine(parsed, immediate=False)
             key = str(Path(database).expanduser().resolve())
             with _LOCKS_GUARD:
@@ -102,6 +103,10 @@ class Database:
                 kwargs["isolation_level"] = "READ COMMITTED"
             try:
                 self.engine = sa.create_engine(parsed, **kwargs)
+                # The workers' hot path skips the ping (a round trip per transaction): a
+                # connection the server dropped fails once, is discarded with the rest of the
+                # pool, and the worker tries again.
+                self.hot_engine = sa.create_engine(parsed, **{**kwargs, "pool_pre_ping": False})
             except ImportError as exc:
                 extra = "postgres" if self.dialect == "postgresql" else "mysql"
                 raise StoreError(
@@ -116,18 +121,22 @@ class Database:
         return self.dialect == "sqlite"
 
     @contextmanager
-    def begin(self) -> Iterator[sa.Connection]:
+    def begin(self, *, hot: bool = False) -> Iterator[sa.Connection]:
         """A write transaction, committed when the block ends without an exception.
+
+        ``hot``: a worker's claim or finish, on connections that are not pinged first (the
+        caller retries when the database went away).
 
         On SQLite, the writers of this process take turns on a lock first: a thread waiting for
         it wakes the moment the writer before it commits, where SQLite's own busy handler would
         sleep and poll (other processes still meet that busy handler).
         """
+        engine = self.hot_engine if hot else self.engine
         if self._write_lock is None:
-            with self.engine.begin() as conn:
+            with engine.begin() as conn:
                 yield conn
             return
-        with self._write_lock, self.engine.begin() as conn:
+        with self._write_lock, engine.begin() as conn:
             yield conn
 
     @contextmanager
@@ -139,6 +148,8 @@ class Database:
     def dispose(self) -> None:
         """Close every pooled connection."""
         self.engine.dispose()
+        if self.hot_engine is not self.engine:
+            self.hot_engine.dispose()
         if self.read_engine is not self.engine:
             self.read_engine.dispose()
 

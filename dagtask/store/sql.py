@@ -114,6 +114,39 @@ def _log_row(claim: Claim, text: str, now: datetime) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """How one report changes its subtask: the steps and the conditional update's parameters."""
+
+    old: SubtaskStatus
+    result: AttemptResult
+    steps: list[planner.Step]
+    keep_output: bool
+    params: dict[str, Any]
+
+
+def _plan(report: Report, old: SubtaskStatus, result: AttemptResult, now: datetime) -> _Plan:
+    claim = report.claim
+    steps = planner.after_attempt(claim.operation, claim.run_time, claim.retry_count, result)
+    final = steps[-1]
+    keep_output = final.status is S.PENDING  # a rollback keeps what its execute recorded
+    params: dict[str, Any] = {
+        "sid": claim.subtask_id,
+        "old_status": old.value,
+        "old_operation": claim.operation.value,
+        "old_run_time": claim.run_time,
+        "new_status": final.status.value,
+        "new_operation": final.operation.value,
+        "new_run_time": final.run_time,
+        "message": None if result.ok else result.message,
+        "now": now,
+    }
+    if not keep_output:
+        output = report.output if result.ok else None
+        params["output"] = output.without_engine_keys().to_json() if output is not None else None
+    return _Plan(old, result, steps, keep_output, params)
+
+
 def _attempt_state(
     row: Any, claim: Claim, result: AttemptResult
 ) -> tuple[SubtaskStatus | None, AttemptResult]:
@@ -364,7 +397,7 @@ class Store(WorkerStore, StoreReads):
         upstreams' outputs), read in the same transaction.
         """
         events: list[dict[str, Any]] = []
-        with self.db.begin() as conn:
+        with self.db.begin(hot=True) as conn:
             claims = self._claim_in(conn, executor, limit, task_id, utcnow(), events)
             if events:
                 conn.execute(q.insert_event, events)
@@ -378,11 +411,22 @@ class Store(WorkerStore, StoreReads):
         task_id: int | None,
         now: datetime,
         events: list[dict[str, Any]],
+        *,
+        ids: Sequence[int] = (),
     ) -> list[Claim]:
+        """Claim in the caller's transaction: up to ``limit`` READY subtasks (of ``task_id``
+        only, if given), or the READY ones among ``ids`` (which it made READY itself)."""
         params: dict[str, Any] = {"limit": limit, "executor": executor, "now": now}
         if task_id is not None:
             params["only_task"] = task_id
-        if self.db.is_sqlite:  # one writer at a time: one statement is atomic and enough
+        if ids:
+            mine = {"ids": list(ids), "executor": executor, "now": now}
+            if self._returning:
+                rows = conn.execute(q.claim_ids_returning, mine).all()
+            else:
+                conn.execute(q.claim_ids, mine)
+                rows = conn.execute(q.claimed_rows, {"ids": list(ids)}).all()
+        elif self.db.is_sqlite:  # one writer at a time: one statement is atomic and enough
             stmt = q.claim_returning if task_id is None else q.claim_returning_of_task
             rows = conn.execute(stmt, params).all()
         elif self._returning:
@@ -530,55 +574,29 @@ class Store(WorkerStore, StoreReads):
         """
         now = utcnow()
         events: list[dict[str, Any]] = []
-        outcomes: list[FinishOutcome] = []
         claims: list[Claim] = []
-        with self.db.begin() as conn:
+        with self.db.begin(hot=True) as conn:
             task_ids = sorted({r.claim.task_id for r in reports})
             tasks = {row.id: row for row in conn.execute(q.lock_tasks, {"ids": task_ids}).all()}
-            current = {
-                row.id: row
-                for row in conn.execute(
-                    q.lock_subtasks, {"ids": [r.claim.subtask_id for r in reports]}
-                ).all()
-            }
-            updates: dict[bool, list[dict[str, Any]]] = {True: [], False: []}
+            # Optimistically, every attempt is still RUNNING (the usual case): one conditional
+            # UPDATE per kind of change, no read first. Only if some rows did not match are
+            # those read to tell a cancel from a stale result.
+            plans: list[_Plan | None] = [_plan(r, S.RUNNING, r.result, now) for r in reports]
+            if self._apply(conn, plans) != len(plans):
+                plans = self._replan(conn, reports, plans, now)
+            outcomes: list[FinishOutcome] = []
             logs_rows: list[dict[str, Any]] = []
             crossing: list[int] = []
-            for report in reports:
+            for report, plan in zip(reports, plans, strict=True):
                 claim = report.claim
-                row = current.get(claim.subtask_id)
-                old, result = _attempt_state(row, claim, report.result)
-                text = report.log_text
-                if old is None:  # stale: keep what it logged, change nothing
-                    if text:
-                        logs_rows.append(_log_row(claim, text, now))
+                if plan is None:  # stale: keep what it logged, change nothing
+                    if report.log_text:
+                        logs_rows.append(_log_row(claim, report.log_text, now))
                     outcomes.append(FinishOutcome(applied=False))
                     continue
-                steps = planner.after_attempt(
-                    claim.operation, claim.run_time, claim.retry_count, result
-                )
-                final = steps[-1]
-                keep_output = final.status is S.PENDING  # a rollback keeps what execute recorded
-                updates[keep_output].append(
-                    {
-                        "sid": claim.subtask_id,
-                        "old_status": old.value,
-                        "old_operation": claim.operation.value,
-                        "old_run_time": claim.run_time,
-                        "new_status": final.status.value,
-                        "new_operation": final.operation.value,
-                        "new_run_time": final.run_time,
-                        "message": None if result.ok else result.message,
-                        "now": now,
-                        "output": (
-                            report.output.without_engine_keys().to_json()
-                            if report.output is not None and result.ok
-                            else None
-                        ),
-                    }
-                )
-                prev, prev_op = old, claim.operation
-                for step in steps:
+                text = report.log_text
+                prev, prev_op = plan.old, claim.operation
+                for step in plan.steps:
                     states.check_subtask_transition(prev, step.status)
                     text += logs.state_line(claim.subtask_id, prev, step.status, when=now)
                     events.append(
@@ -593,38 +611,42 @@ class Store(WorkerStore, StoreReads):
                             step.operation.value,
                             step.run_time,
                             executor,
-                            result.message,
+                            plan.result.message,
                         )
                     )
                     prev, prev_op = step.status, step.operation
                 logs_rows.append(_log_row(claim, text, now))
-                if final.status is S.SUCCESSFUL:
+                final = plan.steps[-1].status
+                if final is S.SUCCESSFUL:
                     crossing.append(claim.subtask_id)
-                outcomes.append(FinishOutcome(True, final.status))
-            for keep_output, params in updates.items():
-                if not params:
-                    continue
-                stmt = q.finish_subtask_keep_output if keep_output else q.finish_subtask
-                if keep_output:
-                    for item in params:
-                        item.pop("output")
-                if conn.execute(stmt, params).rowcount != len(params):
-                    raise RuntimeError("a subtask changed under its row lock")
+                outcomes.append(FinishOutcome(True, final))
             if logs_rows:
                 conn.execute(q.insert_log, logs_rows)
             changes.successful_crossing(conn, crossing, S.RUNNING, S.SUCCESSFUL)
             promoted = 0
+            mine: list[int] = []  # what this batch made READY that this worker may take
             settled: dict[int, tuple[int, TaskStatus | None]] = {}
-            for task_id in task_ids:
-                if any(
-                    o.applied
-                    for r, o in zip(reports, outcomes, strict=True)
-                    if r.claim.task_id == task_id
-                ):
-                    settled[task_id] = changes.progress(conn, task_id, tasks[task_id], now, events)
-                    promoted += settled[task_id][0]
-            if claim_limit and executor and (promoted or claim_task is None):
-                claims = self._claim_in(conn, executor, claim_limit, claim_task, now, events)
+            applied_tasks = {
+                r.claim.task_id for r, o in zip(reports, outcomes, strict=True) if o.applied
+            }
+            for task_id in sorted(applied_tasks):
+                ready: list[int] = []
+                settled[task_id] = changes.progress(
+                    conn, task_id, tasks[task_id], now, events, ready=ready
+                )
+                promoted += len(ready)
+                if claim_task is None or task_id == claim_task:
+                    mine += ready
+            if claim_limit and executor:
+                # What this batch made READY first (no search, no lock contention), then any.
+                if mine:
+                    claims = self._claim_in(
+                        conn, executor, claim_limit, None, now, events, ids=mine[:claim_limit]
+                    )
+                if len(claims) < claim_limit and claim_task is None:
+                    claims += self._claim_in(
+                        conn, executor, claim_limit - len(claims), None, now, events
+                    )
             if promoted > len(claims):
                 changes.notify_ready(conn)
             if events:
@@ -636,6 +658,42 @@ class Store(WorkerStore, StoreReads):
                 count, task_status = settled.pop(task_id)
                 outcomes[index] = replace(outcomes[index], promoted=count, task_status=task_status)
         return Batch(outcomes, claims)
+
+    @staticmethod
+    def _apply(conn: sa.Connection, plans: Sequence[_Plan | None]) -> int:
+        """Run the conditional updates of ``plans``; return how many rows matched."""
+        matched = 0
+        for keep_output in (False, True):
+            params = [p.params for p in plans if p is not None and p.keep_output is keep_output]
+            if params:
+                stmt = q.finish_subtask_keep_output if keep_output else q.finish_subtask
+                matched += conn.execute(stmt, params).rowcount
+        return matched
+
+    def _replan(
+        self,
+        conn: sa.Connection,
+        reports: Sequence[Report],
+        plans: list[_Plan | None],
+        now: datetime,
+    ) -> list[_Plan | None]:
+        """After an optimistic finish matched fewer rows than reports: keep the plans that
+        matched (their rows carry this transaction's ``finish_time``), and for the others decide
+        from the row as it is now (CANCELING: a cancel; anything else: stale)."""
+        ids = [r.claim.subtask_id for r in reports]
+        rows = {row.id: row for row in conn.execute(q.lock_subtasks_done, {"ids": ids}).all()}
+        again: list[_Plan | None] = []
+        for report, plan in zip(reports, plans, strict=True):
+            row = rows.get(report.claim.subtask_id)
+            if plan is not None and row is not None and row.finish_time == now:
+                again.append(plan)
+                continue
+            old, result = _attempt_state(row, report.claim, report.result)
+            again.append(None if old is None else _plan(report, old, result, now))
+        redo = [p if p is not None and p.old is S.CANCELING else None for p in again]
+        if self._apply(conn, redo) != sum(p is not None for p in redo):
+            raise RuntimeError("a subtask changed under its row lock")
+        return again
 
     def append_log(self, subtask_id: int, run_time: int, text: str) -> None:
         """Append to an attempt's log (used to flush a long-running handler's log)."""

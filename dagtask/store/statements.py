@@ -47,8 +47,14 @@ lock_subtask = (
     .where(subtask.c.id == sa.bindparam("sid"))
     .with_for_update()
 )
-lock_subtasks = (
-    sa.select(subtask.c.id, subtask.c.status, subtask.c.operation, subtask.c.run_time)
+lock_subtasks_done = (
+    sa.select(
+        subtask.c.id,
+        subtask.c.status,
+        subtask.c.operation,
+        subtask.c.run_time,
+        subtask.c.finish_time,
+    )
     .where(subtask.c.id.in_(sa.bindparam("ids", expanding=True)))
     .order_by(subtask.c.id)
     .with_for_update()
@@ -106,6 +112,17 @@ runnable = (
     .order_by(subtask.c.id.desc())
     .limit(sa.bindparam("limit"))
 )
+_active = (
+    sa.select(sa.func.count().label("n"))
+    .where(subtask.c.task_id == sa.bindparam("task_id"), subtask.c.status.in_(ACTIVE))
+    .subquery("active")
+)
+_runnable = runnable.subquery("r")
+active_and_runnable = sa.select(
+    _active.c.n, _runnable.c.id, _runnable.c.operation, _runnable.c.run_time
+).select_from(_active.outerjoin(_runnable, sa.true()))
+"""How many subtasks of a task are active, with its runnable PENDING ones (up to ``limit``),
+in one round trip: one row with null ids when none is runnable."""
 has_status = (
     sa.select(subtask.c.id)
     .where(subtask.c.task_id == sa.bindparam("task_id"), subtask.c.status == sa.bindparam("st"))
@@ -238,6 +255,18 @@ adjust_downstreams = (
     .values(pending_upstreams=subtask.c.pending_upstreams + sa.bindparam("delta"))
 )
 """Keep ``pending_upstreams`` true when an upstream enters or leaves SUCCESSFUL."""
+_crossed = (
+    sa.select(subtask_edge.c.downstream_id, sa.func.count().label("n"))
+    .where(subtask_edge.c.upstream_id.in_(sa.bindparam("ids", expanding=True)))
+    .group_by(subtask_edge.c.downstream_id)
+    .subquery("crossed")
+)
+adjust_downstreams_of = (
+    subtask.update()
+    .where(subtask.c.id == _crossed.c.downstream_id)
+    .values(pending_upstreams=subtask.c.pending_upstreams + _crossed.c.n * sa.bindparam("sign"))
+)
+"""The same for many upstreams in one statement (``UPDATE … FROM``; SQLite ≥ 3.33)."""
 
 set_task_operation = (
     task.update()
