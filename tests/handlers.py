@@ -98,3 +98,25 @@ def run_child(ctx: RunContext) -> None:
         "print('child started', flush=True); time.sleep(60)"
     )
     ctx.run([sys.executable, "-c", script, ctx.string_map["pid_file"]])
+
+
+def ledger(ctx: RunContext) -> None:
+    """Append ``<subtask id> <runTime> start|end <pid>`` lines to the file ``stringMap.ledger``
+    (one ``O_APPEND`` write each, so lines of concurrent worker processes never mix), sleeping
+    ``stringMap.sleep_ms`` in between (cut short, and no ``end``, if the attempt is cancelled)."""
+    import os
+
+    path = ctx.string_map["ledger"]
+
+    def note(phase: str) -> None:
+        line = f"{ctx.subtask_id} {ctx.run_time} {phase} {os.getpid()}\n".encode()
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)
+
+    note("start")
+    if ctx.token.wait(int(ctx.string_map.get("sleep_ms", "0")) / 1000):
+        ctx.token.raise_if_cancelled()
+    note("end")
