@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -126,12 +127,12 @@ def progress(
     now: datetime,
     events: list[dict[str, Any]],
     *,
-    ready: list[int] | None = None,
+    take: Take | None = None,
 ) -> tuple[int, TaskStatus | None]:
     """Promote what may run now (within the concurrency) and settle the task if idle.
 
-    Returns how many subtasks became READY and the task's new status, if it changed; the ids of
-    the new READY subtasks are appended to ``ready``.
+    Returns how many subtasks became READY and the task's new status, if it changed. With
+    ``take``, a worker claims some of them in the same statement (see :class:`Take`).
     """
     may_promote = (
         not task_row.cancel_requested and TaskStatus(task_row.status) is TaskStatus.RUNNING
@@ -146,12 +147,12 @@ def progress(
         active = rows[0].n
         room = planner.promotable(task_row.concurrency, active)
         runnable = [row for row in rows if row.id is not None][:room]
-        promoted = make_ready(conn, task_id, operation, S.PENDING, runnable, now, events, ready)
+        promoted = make_ready(conn, task_id, operation, S.PENDING, runnable, now, events, take)
     else:
         active = conn.execute(q.count_active, {"task_id": task_id}).scalar_one()
         room = planner.promotable(task_row.concurrency, active)
         if may_promote and room:
-            promoted = promote(conn, task_id, operation, room, now, events, ready)
+            promoted = promote(conn, task_id, operation, room, now, events, take)
     task_status = None
     if active + promoted == 0:
         task_status = settle_task(
@@ -167,7 +168,7 @@ def promote(
     room: int,
     now: datetime,
     events: list[dict[str, Any]],
-    ready: list[int] | None = None,
+    take: Take | None = None,
 ) -> int:
     """Make up to ``room`` subtasks READY: forward, PENDING ones whose upstreams all
     succeeded; in a rollback, SUCCESSFUL ones whose downstreams are all PENDING."""
@@ -175,7 +176,27 @@ def promote(
     stmt = q.rollback_runnable if rollback else q.runnable
     rows = conn.execute(stmt, {"task_id": task_id, "limit": room}).all()
     old = S.SUCCESSFUL if rollback else S.PENDING
-    return make_ready(conn, task_id, operation, old, rows, now, events, ready)
+    return make_ready(conn, task_id, operation, old, rows, now, events, take)
+
+
+@dataclass
+class Take:
+    """A worker taking what a change makes READY, in the statement that makes it READY.
+
+    The subtasks go straight from PENDING (or SUCCESSFUL, in a rollback) to RUNNING for
+    ``executor`` in one UPDATE, and both steps are recorded as events, as if it had claimed them
+    a moment later. ``rows`` collects what was taken (:data:`statements.CLAIM_COLUMNS`).
+    """
+
+    executor: str
+    limit: int
+    returning: bool
+    """Whether the database has ``UPDATE … RETURNING``."""
+    rows: list[Any] = field(default_factory=list)
+
+    def room(self) -> int:
+        """How many more it may take."""
+        return self.limit - len(self.rows)
 
 
 def make_ready(
@@ -186,10 +207,10 @@ def make_ready(
     rows: Sequence[Any],
     now: datetime,
     events: list[dict[str, Any]],
-    ready: list[int] | None = None,
+    take: Take | None = None,
 ) -> int:
     """``rows`` (id, operation, run_time), currently ``old``, → READY for the task's
-    ``operation``; returns how many."""
+    ``operation`` (or on to RUNNING, as far as ``take`` reaches); returns how many."""
     groups: dict[tuple[str, int], list[int]] = {}
     for row in rows:
         groups.setdefault((row.operation, row.run_time), []).append(row.id)
@@ -200,21 +221,77 @@ def make_ready(
             new_op = Operation.EXECUTE
         else:
             new_op = Operation(current_op)  # keeps RETRY of a subtask a cancel withdrew
-        change_subtasks(
-            conn,
-            task_id,
-            ids,
-            old,
-            [planner.Step(S.READY, new_op, run_time)],
-            now,
-            None,
-            None,
-            Operation(current_op),
-            events,
-        )
-        if ready is not None:
-            ready.extend(ids)
+        ready = planner.Step(S.READY, new_op, run_time)
+        taken = ids[: take.room()] if take is not None else []
+        rest = ids[len(taken) :]
+        if taken:
+            assert take is not None
+            _take(conn, task_id, taken, old, ready, Operation(current_op), now, events, take)
+        if rest:
+            change_subtasks(
+                conn, task_id, rest, old, [ready], now, None, None, Operation(current_op), events
+            )
     return len(rows)
+
+
+def _take(
+    conn: sa.Connection,
+    task_id: int,
+    ids: list[int],
+    old: SubtaskStatus,
+    ready: planner.Step,
+    old_operation: Operation,
+    now: datetime,
+    events: list[dict[str, Any]],
+    take: Take,
+) -> None:
+    states.check_subtask_transition(old, S.READY)
+    states.check_subtask_transition(S.READY, S.RUNNING)
+    params = {
+        "ids": ids,
+        "old_status": old.value,
+        "new_operation": ready.operation.value,
+        "new_run_time": ready.run_time,
+        "executor": take.executor,
+        "now": now,
+    }
+    if take.returning:
+        rows = conn.execute(q.promote_and_claim_returning, params).all()
+    else:
+        conn.execute(q.promote_and_claim, params)
+        rows = conn.execute(q.claimed_rows, {"ids": ids}).all()
+    if len(rows) != len(ids):
+        raise RuntimeError(f"subtasks {ids} were not all {old} (changed concurrently)")
+    successful_crossing(conn, ids, old, S.READY)
+    for sid in ids:
+        events.append(
+            event(
+                task_id,
+                sid,
+                now,
+                EventKind.SUBTASK_STATUS,
+                old.value,
+                S.READY.value,
+                old_operation.value,
+                ready.operation.value,
+                ready.run_time,
+            )
+        )
+        events.append(
+            event(
+                task_id,
+                sid,
+                now,
+                EventKind.SUBTASK_STATUS,
+                S.READY.value,
+                S.RUNNING.value,
+                ready.operation.value,
+                ready.operation.value,
+                ready.run_time,
+                take.executor,
+            )
+        )
+    take.rows.extend(rows)
 
 
 def settle_task(

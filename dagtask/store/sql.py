@@ -411,22 +411,13 @@ class Store(WorkerStore, StoreReads):
         task_id: int | None,
         now: datetime,
         events: list[dict[str, Any]],
-        *,
-        ids: Sequence[int] = (),
     ) -> list[Claim]:
         """Claim in the caller's transaction: up to ``limit`` READY subtasks (of ``task_id``
-        only, if given), or the READY ones among ``ids`` (which it made READY itself)."""
+        only, if given)."""
         params: dict[str, Any] = {"limit": limit, "executor": executor, "now": now}
         if task_id is not None:
             params["only_task"] = task_id
-        if ids:
-            mine = {"ids": list(ids), "executor": executor, "now": now}
-            if self._returning:
-                rows = conn.execute(q.claim_ids_returning, mine).all()
-            else:
-                conn.execute(q.claim_ids, mine)
-                rows = conn.execute(q.claimed_rows, {"ids": list(ids)}).all()
-        elif self.db.is_sqlite:  # one writer at a time: one statement is atomic and enough
+        if self.db.is_sqlite:  # one writer at a time: one statement is atomic and enough
             stmt = q.claim_returning if task_id is None else q.claim_returning_of_task
             rows = conn.execute(stmt, params).all()
         elif self._returning:
@@ -460,6 +451,10 @@ class Store(WorkerStore, StoreReads):
             )
             for row in rows
         )
+        return self._claims(conn, rows, now)
+
+    def _claims(self, conn: sa.Connection, rows: Sequence[Any], now: datetime) -> list[Claim]:
+        """:class:`Claim` objects for claimed rows (:data:`statements.CLAIM_COLUMNS`)."""
         contexts = self._input_contexts(conn, rows)
         return [
             Claim(
@@ -624,29 +619,26 @@ class Store(WorkerStore, StoreReads):
                 conn.execute(q.insert_log, logs_rows)
             changes.successful_crossing(conn, crossing, S.RUNNING, S.SUCCESSFUL)
             promoted = 0
-            mine: list[int] = []  # what this batch made READY that this worker may take
+            take = (
+                changes.Take(executor, claim_limit, self._returning)
+                if claim_limit and executor
+                else None
+            )
             settled: dict[int, tuple[int, TaskStatus | None]] = {}
             applied_tasks = {
                 r.claim.task_id for r, o in zip(reports, outcomes, strict=True) if o.applied
             }
             for task_id in sorted(applied_tasks):
-                ready: list[int] = []
+                # What this batch unblocks, this worker takes first (no search, no contention).
+                mine = take if claim_task is None or task_id == claim_task else None
                 settled[task_id] = changes.progress(
-                    conn, task_id, tasks[task_id], now, events, ready=ready
+                    conn, task_id, tasks[task_id], now, events, take=mine
                 )
-                promoted += len(ready)
-                if claim_task is None or task_id == claim_task:
-                    mine += ready
-            if claim_limit and executor:
-                # What this batch made READY first (no search, no lock contention), then any.
-                if mine:
-                    claims = self._claim_in(
-                        conn, executor, claim_limit, None, now, events, ids=mine[:claim_limit]
-                    )
-                if len(claims) < claim_limit and claim_task is None:
-                    claims += self._claim_in(
-                        conn, executor, claim_limit - len(claims), None, now, events
-                    )
+                promoted += settled[task_id][0]
+            if take is not None:
+                claims = self._claims(conn, take.rows, now)
+                if take.room() > 0 and claim_task is None:
+                    claims += self._claim_in(conn, executor or "", take.room(), None, now, events)
             if promoted > len(claims):
                 changes.notify_ready(conn)
             if events:

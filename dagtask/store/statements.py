@@ -198,6 +198,24 @@ claim_ids = (
         status=S.RUNNING.value, executor=sa.bindparam("executor"), start_time=sa.bindparam("now")
     )
 )
+_promote_and_claim = (
+    subtask.update()
+    .where(
+        subtask.c.id.in_(sa.bindparam("ids", expanding=True)),
+        subtask.c.status == sa.bindparam("old_status"),
+    )
+    .values(
+        status=S.RUNNING.value,
+        operation=sa.bindparam("new_operation"),
+        run_time=sa.bindparam("new_run_time"),
+        executor=sa.bindparam("executor"),
+        start_time=sa.bindparam("now"),
+    )
+)
+promote_and_claim = _promote_and_claim
+promote_and_claim_returning = _promote_and_claim.returning(*CLAIM_COLUMNS)
+"""PENDING (or SUCCESSFUL) straight to RUNNING for the worker whose transaction unblocked them:
+one statement where promoting and then claiming would take two."""
 claimed_rows = sa.select(*CLAIM_COLUMNS).where(
     subtask.c.id.in_(sa.bindparam("ids", expanding=True))
 )
