@@ -12,6 +12,7 @@ key out (``tests/data/ocp/stop-ocp-agent.json`` vs ``task-detail.json``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -366,20 +367,24 @@ def error_envelope(
     server: str,
     duration_ms: int,
     timestamp: datetime | None = None,
+    sub_errors: Sequence[ErrorView] = (),
 ) -> dict[str, Any]:
-    """The SPEC §7 error envelope for ``exc``: ``error: {code, message, target, subErrors: []}``.
+    """The SPEC §7 error envelope for ``exc``: ``error: {code, message, target, subErrors}``.
 
     A :class:`DagtaskError` gives its OCP ``code``, ``message`` and ``target``, and its
     ``http_status`` is the default ``status``; any other exception is an unexpected error (500).
+    ``sub_errors`` (e.g. one per invalid request field) become ``error.subErrors``.
     """
     if isinstance(exc, DagtaskError):
-        error = ErrorView(code=exc.code, message=exc.message, target=exc.target)
+        error = ErrorView(
+            code=exc.code, message=exc.message, target=exc.target, sub_errors=list(sub_errors)
+        )
         default_status = exc.http_status
     else:
         # Name the exception class: a bare str(exc) is often empty or meaningless alone.
         text = str(exc)
         message = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-        error = ErrorView(code=500, message=message)
+        error = ErrorView(code=500, message=message, sub_errors=list(sub_errors))
         default_status = 500
     return EnvelopeView(
         duration=duration_ms,

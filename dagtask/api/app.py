@@ -1,0 +1,94 @@
+"""The REST API as a FastAPI application, or as a router to mount in your own.
+
+>>> from dagtask import Engine
+>>> from dagtask.api import ApiSettings, create_app
+>>> engine = Engine("sqlite:///dagtask.db", workers=4).start()      # doctest: +SKIP
+>>> app = create_app(engine, ApiSettings(rate_limit=RateLimit.parse("600/min")))  # doctest: +SKIP
+
+Inside an application of your own, either mount the whole API (its own error pages included)::
+
+    host_app.mount("/dagtask", create_app(engine))
+
+or include only its endpoints next to yours::
+
+    host_app.include_router(create_api_router(engine))
+
+Answers of the endpoints are OCP's envelopes either way; with ``include_router`` your app's own
+404 and 405 pages stay yours.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+
+from fastapi import APIRouter, FastAPI
+
+from dagtask import __version__
+from dagtask.api.auth import Authenticator
+from dagtask.api.errors import install_error_handlers
+from dagtask.api.limits import RateLimit, RateLimiter
+from dagtask.api.routes import create_router
+from dagtask.engine import Engine
+from dagtask.store.users import UserStore
+from dagtask.users import ScryptCost
+
+DESCRIPTION = """\
+dagtask's REST API in the shape of OCP's task API: list and inspect tasks, retry or roll them
+back, retry / skip / cancel subtasks, read subtask logs, and stop or restart OCP agents.
+
+Every answer is OCP's envelope (`data`, `successful`, `timestamp`, `duration`, `status`,
+`traceId`, `server`); errors carry `error: {code, message, target, subErrors}` with OCP's task
+error codes (20000 no such task, 20003 not allowed in this state, 20004 rollback prohibited) or
+the HTTP status as the code.
+
+Authentication is HTTP Basic with a dagtask user (`dagtask users add NAME --role ROLE`). Reads need
+TASK_VIEWER, task and subtask actions TASK_MANAGER, host operations HOST_MANAGER; ADMIN may do
+everything. Requests are rate-limited per user (`RateLimit-*` headers, 429 beyond the limit).
+"""
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    """How the API behaves; the defaults are what ``dagtask serve`` uses."""
+
+    rate_limit: RateLimit = field(default_factory=RateLimit)
+    """Requests per user and window (``RateLimit(limit=0)`` turns limiting off)."""
+    server: str = field(default_factory=socket.gethostname)
+    """The ``server`` member of every envelope."""
+    auth_cache_seconds: float = 60.0
+    """How long a verified password is remembered (0: run the KDF on every request)."""
+    password_cost: ScryptCost | None = None
+    """The KDF cost spent on a user that does not exist (default: ``users.DEFAULT_COST``, the
+    cost of the stored hashes); tests that store cheaper hashes pass the same cheap cost."""
+
+
+def create_api_router(engine: Engine, settings: ApiSettings | None = None) -> APIRouter:
+    """The API's endpoints around ``engine``, for ``app.include_router(...)``."""
+    settings = settings or ApiSettings()
+    authenticator = Authenticator(
+        UserStore(engine.database),
+        RateLimiter(settings.rate_limit),
+        cache_seconds=settings.auth_cache_seconds,
+        unknown_user_cost=settings.password_cost,
+    )
+    return create_router(engine, authenticator, server=settings.server)
+
+
+def create_app(engine: Engine, settings: ApiSettings | None = None) -> FastAPI:
+    """A FastAPI application serving the API around ``engine`` (which the caller starts and
+    closes), with OCP-shaped answers for unknown paths and methods too."""
+    settings = settings or ApiSettings()
+    app = FastAPI(
+        title="dagtask",
+        version=__version__,
+        description=DESCRIPTION,
+        openapi_tags=[
+            {"name": "tasks", "description": "Task instances (SPEC §7)."},
+            {"name": "subtasks", "description": "Subtask actions and logs."},
+            {"name": "hosts", "description": "OCP agent operations; each starts a task."},
+        ],
+    )
+    app.include_router(create_api_router(engine, settings))
+    install_error_handlers(app, settings.server)
+    return app

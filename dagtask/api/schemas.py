@@ -1,0 +1,142 @@
+"""Models that describe the REST API's bodies and envelopes in its OpenAPI schema.
+
+Answers are rendered by :mod:`dagtask.views` (the only place OCP JSON is made); the envelopes here
+reuse its views as their ``data`` so the schema describes exactly what is sent. Request bodies are
+validated with these models.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
+from pydantic.alias_generators import to_camel
+
+from dagtask import views
+
+MAX_ID = 2**53 - 1
+"""The largest id the API accepts: the largest integer every JSON client represents exactly."""
+MAX_BATCH = 1000
+"""Hosts one batch request may name."""
+
+HostId = Annotated[int, Field(ge=1, le=MAX_ID)]
+
+
+class _Schema(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+
+
+class _Envelope(_Schema):
+    duration: int = Field(description="Milliseconds the server took to answer.")
+    server: str = Field(description="The server that answered.")
+    status: int = Field(description="The HTTP status code.")
+    successful: bool
+    timestamp: datetime = Field(description="When the answer was made, ISO-8601 with offset.")
+    trace_id: str = Field(description="The request's trace id (the caller's X-Trace-Id if valid).")
+
+
+class EmptyEnvelope(_Envelope):
+    """A successful answer without data (subtask skip and cancel)."""
+
+    successful: Literal[True] = True
+
+
+class TaskEnvelope(_Envelope):
+    """A successful answer carrying a task with its subtasks (stop-ocp-agent.json)."""
+
+    data: views.TaskView
+    successful: Literal[True] = True
+
+
+class TaskListEnvelope(_Envelope):
+    """A successful answer carrying a page of tasks (query-task-list.json)."""
+
+    data: views.TaskListView
+    successful: Literal[True] = True
+
+
+class SubtaskEnvelope(_Envelope):
+    """A successful answer carrying one subtask (retry-subtask.json)."""
+
+    data: views.SubtaskView
+    successful: Literal[True] = True
+
+
+class LogEnvelope(_Envelope):
+    """A successful answer carrying a subtask's log (subtask-log.json)."""
+
+    data: views.LogView
+    successful: Literal[True] = True
+
+
+class ErrorEnvelope(_Envelope):
+    """A failed request: OCP's error envelope (SPEC §7)."""
+
+    error: views.ErrorView
+    successful: Literal[False] = False
+
+
+def _host_list(description: str) -> dict[str, Any]:
+    # The schema of a host id list as sent: never null (None only stands for "absent").
+    return {
+        "type": "array",
+        "items": {"type": "integer", "minimum": 1, "maximum": MAX_ID},
+        "minItems": 1,
+        "maxItems": MAX_BATCH,
+        "uniqueItems": True,
+        "description": description,
+    }
+
+
+class BatchHostsRequest(_Schema):
+    """The hosts of a batch agent operation: ``{"hostIds": [1, 2]}``.
+
+    ``hostids`` (all lower case, as in OCP's batch-restart sample) is accepted too when
+    ``hostIds`` is absent.
+    """
+
+    model_config = ConfigDict(
+        json_schema_extra={"anyOf": [{"required": ["hostIds"]}, {"required": ["hostids"]}]},
+    )
+
+    host_ids: Annotated[
+        list[HostId] | None, WithJsonSchema(_host_list("The ids of the hosts."))
+    ] = Field(default=None, alias="hostIds", min_length=1, max_length=MAX_BATCH)
+    hostids: Annotated[
+        list[HostId] | None,
+        WithJsonSchema(_host_list("OCP's lower-case spelling of hostIds, used without hostIds.")),
+    ] = Field(default=None, alias="hostids", min_length=1, max_length=MAX_BATCH)
+
+    @model_validator(mode="after")
+    def _one_list(self) -> BatchHostsRequest:
+        if self.ids is None:
+            raise ValueError('give the hosts as hostIds, e.g. {"hostIds": [1, 2]}')
+        for key, ids in (("hostIds", self.host_ids), ("hostids", self.hostids)):
+            if ids is not None and len(set(ids)) != len(ids):
+                raise ValueError(f"{key} names a host more than once")
+        return self
+
+    @property
+    def ids(self) -> list[int] | None:
+        """The host ids, from ``hostIds`` or else ``hostids``."""
+        return self.host_ids if self.host_ids is not None else self.hostids
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries for these error statuses, all in the error envelope."""
+    reasons = {
+        400: "A parameter or the body is invalid (each bad field is a sub-error).",
+        401: "No credentials, or wrong ones.",
+        403: "The user lacks the role this endpoint needs (the error's target names it).",
+        404: "The task, subtask or host does not exist (task errors have code 20000).",
+        409: "Not allowed in this state (20003), rollback prohibited (20004), or host busy.",
+        429: "Too many requests in the current window (see the RateLimit-* headers).",
+        500: "An unexpected error; the server's log has the details under the trace id.",
+    }
+    docs: dict[int | str, dict[str, Any]] = {
+        status: {"model": ErrorEnvelope, "description": reasons[status]} for status in statuses
+    }
+    # "default" also keeps FastAPI from documenting a 422 answer, which the API never sends.
+    docs["default"] = {"model": ErrorEnvelope, "description": "Any other error (e.g. 405)."}
+    return docs
