@@ -157,9 +157,12 @@ class Engine:
             host_id=host_id,
             hosts=hosts,
         )
+        # Read before waking this process's workers: the answer is the task as submitted (its
+        # roots READY), as OCP returns it, not a moment later.
+        task = self.store.get_task(task_id)
         if self._pool is not None:
             self._pool.wake(min(tpl.concurrency, len(expanded.subtasks)))
-        return self.store.get_task(task_id)
+        return task
 
     def _check_host(self, tpl: TaskTemplate, strings: Mapping[str, str]) -> int:
         key = tpl.host_arg or "host_id"

@@ -383,9 +383,11 @@ class Store(WorkerStore, StoreReads):
         conn.execute(subtask.insert(), sub_rows)
         if edge_rows:
             conn.execute(subtask_edge.insert(), edge_rows)
-        changes.progress(conn, task_id, self._relock(conn, task_id), now, events)
+        promoted, _ = changes.progress(conn, task_id, self._relock(conn, task_id), now, events)
         if events:
             conn.execute(q.insert_event, events)
+        if promoted:
+            changes.notify_ready(conn)
         return task_id
 
     # ---- the hot path: claim and finish ---------------------------------------------------
@@ -717,7 +719,8 @@ class Store(WorkerStore, StoreReads):
             changes.restart_task(
                 conn, task_id, old, Operation.RETRY, now, events, operator, "retry"
             )
-            changes.progress(conn, task_id, self._relock(conn, task_id), now, events)
+            if changes.progress(conn, task_id, self._relock(conn, task_id), now, events)[0]:
+                changes.notify_ready(conn)
             if events:
                 conn.execute(q.insert_event, events)
 
@@ -765,7 +768,8 @@ class Store(WorkerStore, StoreReads):
             changes.restart_task(
                 conn, task_id, old, Operation.ROLLBACK, now, events, operator, "rollback"
             )
-            changes.progress(conn, task_id, self._relock(conn, task_id), now, events)
+            if changes.progress(conn, task_id, self._relock(conn, task_id), now, events)[0]:
+                changes.notify_ready(conn)
             if events:
                 conn.execute(q.insert_event, events)
 
@@ -829,7 +833,8 @@ class Store(WorkerStore, StoreReads):
                 f"subtask {action}",
                 old_operation=Operation(row.operation),
             )
-            changes.progress(conn, task_id, self._relock(conn, task_id), now, events)
+            if changes.progress(conn, task_id, self._relock(conn, task_id), now, events)[0]:
+                changes.notify_ready(conn)
             if events:
                 conn.execute(q.insert_event, events)
 
@@ -889,7 +894,8 @@ class Store(WorkerStore, StoreReads):
                     op,
                     events,
                 )
-            changes.progress(conn, task_id, self._relock(conn, task_id), now, events)
+            if changes.progress(conn, task_id, self._relock(conn, task_id), now, events)[0]:
+                changes.notify_ready(conn)
             if events:
                 conn.execute(q.insert_event, events)
 
