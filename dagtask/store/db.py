@@ -13,11 +13,13 @@ older than this version of dagtask is refused with :class:`SchemaOutdatedError` 
 from __future__ import annotations
 
 import os
+import random
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from alembic import command
@@ -65,6 +67,33 @@ def _sqlite_engine(url: sa.URL, *, immediate: bool) -> sa.Engine:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
     return engine
+
+
+RETRIES = 5
+_T = TypeVar("_T")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` is a deadlock or serialization failure: the database rolled the
+    transaction back and trying it again is safe."""
+    orig = getattr(exc, "orig", None)
+    if getattr(orig, "sqlstate", None) in ("40P01", "40001"):  # PostgreSQL
+        return True
+    args: tuple[Any, ...] = getattr(orig, "args", ())
+    return bool(args) and args[0] in (1213, 1205)  # MySQL/MariaDB: deadlock, lock wait timeout
+
+
+def retrying(transaction: Callable[[], _T]) -> _T:
+    """Run ``transaction`` (which opens and commits its own transaction), again after a
+    deadlock or serialization failure, up to :data:`RETRIES` times."""
+    for attempt in range(RETRIES):
+        try:
+            return transaction()
+        except sa.exc.DBAPIError as exc:
+            if attempt == RETRIES - 1 or not is_transient(exc):
+                raise
+            time.sleep(random.uniform(0.005, 0.05) * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 class Database:

@@ -40,7 +40,7 @@ from dagtask.planner import AttemptResult
 from dagtask.states import Operation, SubtaskStatus, TaskStatus
 from dagtask.store import changes
 from dagtask.store import statements as q
-from dagtask.store.db import Database
+from dagtask.store.db import Database, retrying
 from dagtask.store.reads import StoreReads
 from dagtask.store.schema import subtask, subtask_edge, task
 from dagtask.store.schema import task_template as template_table
@@ -398,12 +398,16 @@ class Store(WorkerStore, StoreReads):
         Each claim comes with its input context (the task's for a root, else the merge of its
         upstreams' outputs), read in the same transaction.
         """
-        events: list[dict[str, Any]] = []
-        with self.db.begin(hot=True) as conn:
-            claims = self._claim_in(conn, executor, limit, task_id, utcnow(), events)
-            if events:
-                conn.execute(q.insert_event, events)
-        return claims
+
+        def attempt() -> list[Claim]:
+            events: list[dict[str, Any]] = []
+            with self.db.begin(hot=True) as conn:
+                claims = self._claim_in(conn, executor, limit, task_id, utcnow(), events)
+                if events:
+                    conn.execute(q.insert_event, events)
+            return claims
+
+        return retrying(attempt)
 
     def _claim_in(
         self,
@@ -568,7 +572,19 @@ class Store(WorkerStore, StoreReads):
         operator asked to cancel it (CANCELING), the attempt ends FAILED with op CANCEL whatever
         the handler returned; if it is in neither state (timed out, recovered), the result is
         stale and only its log is kept.
+
+        A deadlock (which MariaDB reports now and then when claims and finishes cross) rolls the
+        transaction back; it is then tried again as a whole.
         """
+        return retrying(lambda: self._finish_many(reports, executor, claim_limit, claim_task))
+
+    def _finish_many(
+        self,
+        reports: Sequence[Report],
+        executor: str | None,
+        claim_limit: int,
+        claim_task: int | None,
+    ) -> Batch:
         now = utcnow()
         events: list[dict[str, Any]] = []
         claims: list[Claim] = []

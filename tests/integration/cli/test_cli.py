@@ -445,7 +445,7 @@ def test_worker_runs_tasks_until_sigterm(
             worker.kill()
             worker.communicate()
     assert worker.returncode == 0, err
-    assert re.search(r"worker \S+ started: 2 threads", err), err
+    assert re.search(r"worker \S+ started: 2 subtasks at a time", err), err
     assert "received SIGTERM" in err
     assert re.search(r"worker \S+ stopped", err), err
     done = json_out(dt("show", str(task["id"]), "--json"))
