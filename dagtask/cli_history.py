@@ -1,12 +1,374 @@
-"""`dagtask` subcommands of the history feature (registered by `dagtask.cli.build_parser`)."""
+"""`dagtask` subcommands of the history feature (registered by `dagtask.cli.build_parser`):
+``history``, ``replay``, ``export``, ``import``, ``rerun``, ``timeline`` and ``compat``.
+
+They call :mod:`dagtask.history` and print for people, or with ``--json`` the typed models as
+plain JSON (these are not OCP shapes: OCP has no history API).
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import argparse
+import dataclasses
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from dagtask import cli, history, views
+from dagtask import cli_output as out
+from dagtask.errors import ArgumentError, TemplateError
+from dagtask.history import typed as ev
+from dagtask.states import TaskStatus
+from dagtask.template import TaskTemplate
 
 if TYPE_CHECKING:
     from dagtask.cli import _Commands
+    from dagtask.engine import Engine
+
+
+def _dump(model: Any) -> Any:
+    return model.model_dump(mode="json")
+
+
+# ---- history -------------------------------------------------------------------------------------
+
+
+def _header(h: history.TaskHistory) -> list[str]:
+    lines = [
+        f"task {h.task_id} {h.name}: {h.status.value} ({h.operation.value}), creator {h.creator}"
+    ]
+    if h.template is not None:
+        lines.append(
+            f"  template {h.template.name!r} version {h.template.version} "
+            f"(id {h.template.id}, digest {h.template.digest[:12]})"
+        )
+    else:
+        lines.append("  template: none stored")
+    if h.source_task_id is not None:
+        lines.append(f"  rerun of task {h.source_task_id}")
+    if h.historical and h.origin:
+        lines.append(f"  {out.origin_line(h.origin)}")
+    return lines
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    """Print a task's history: every change, attempt and operator action, in order."""
+    with cli._engine(args) as engine:
+        h = history.task_history(engine, args.id)
+    if args.json:
+        out.print_json(_dump(h))
+        return 0
+    print("\n".join(_header(h)))
+    print("events:")
+    for e in h.events:
+        stamp = out.local(e.time).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+        mark = "*" if isinstance(e, ev.OperatorChange) else " "
+        print(f" {mark}{e.step:>4}  {stamp}  {out.one_line(e.describe(), 160)}")
+    if h.attempts:
+        print("attempts:")
+        rows = [
+            [
+                a.subtask,
+                str(a.run_time),
+                a.operation.value,
+                a.worker or "-",
+                out.when(a.start),
+                f"{a.duration:.3f}" if a.duration is not None else "-",
+                a.result.value + (" (retried)" if a.retried_automatically else ""),
+                out.one_line(a.error, 60) or "-",
+            ]
+            for a in h.attempts
+        ]
+        headers = [
+            "SUBTASK",
+            "RUNTIME",
+            "OPERATION",
+            "WORKER",
+            "START",
+            "SECONDS",
+            "RESULT",
+            "ERROR",
+        ]
+        print(out.table(headers, rows, indent="  "))
+    if h.actions:
+        print("operator actions (* above):")
+        for act in h.actions:
+            before = f"task was {act.task_status_before} / {act.task_operation_before}"
+            targets = ", ".join(
+                f"{c.subtask or 'task'} {c.old_status}->{c.new_status}" for c in act.changes
+            )
+            who = f"{act.action.value} by {act.operator}"
+            print(f"  {out.when(act.time)}  {who} ({before}): {targets}")
+    return 0
+
+
+# ---- replay --------------------------------------------------------------------------------------
+
+
+def _time_arg(text: str) -> datetime:
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an ISO time, e.g. 2026-11-28T12:00:00 (local) or with +08:00"
+        ) from None
+    return when if when.tzinfo else when.astimezone()  # a time without offset is local
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    """Rebuild a task's state from its events alone: at the end, after step N or at a time."""
+    if args.step is not None and args.at is not None:
+        raise ArgumentError("give --step or --at, not both")
+    with cli._engine(args) as engine:
+        state = history.replay(engine, args.id, step=args.step, at=args.at)
+        stored = history.snapshot(engine, args.id)
+    at_end = state.step == stored.step
+    problems = history.differences(state, stored) if at_end else []
+    if args.json:
+        out.print_json({**_dump(state), "equals_stored": not problems if at_end else None})
+        return 1 if problems else 0
+    when = out.when(state.time) if state.time else "before the task was submitted"
+    status = (
+        f"{state.status.value} ({state.operation.value})"
+        if state.status and state.operation
+        else "-"
+    )
+    print(f"task {state.task_id} after step {state.step} of {stored.step} ({when}): {status}")
+    rows = [
+        [
+            str(s.id),
+            s.name,
+            s.status.value,
+            s.operation.value,
+            str(s.run_time),
+            s.executor or "-",
+            out.one_line(s.message, 60) or "-",
+        ]
+        for s in state.subtasks
+    ]
+    headers = ["ID", "NAME", "STATUS", "OPERATION", "RUNTIME", "EXECUTOR", "MESSAGE"]
+    print(out.table(headers, rows, indent="  "))
+    if at_end:
+        if problems:
+            print("the replay DIFFERS from the stored task:")
+            for problem in problems:
+                print(f"  {problem}")
+            return 1
+        print("the replay equals the stored task")
+    return 0
+
+
+# ---- export and import ---------------------------------------------------------------------------
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write a task's self-contained record (template, events, logs) as JSON lines."""
+    with cli._engine(args) as engine:
+        data = history.record(engine, args.id)
+    if args.output:
+        with Path(args.output).open("w", encoding="utf-8") as file:
+            history.exchange.write_export(data, file)
+        print(f"task {args.id} exported to {args.output}", file=sys.stderr)
+    else:
+        history.exchange.write_export(data, sys.stdout)
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    """Import dagtask exports and OCP task documents as historical tasks (all or nothing)."""
+    with cli._engine(args) as engine:
+        done = history.import_files(engine, args.files)
+    if args.json:
+        out.print_json([dataclasses.asdict(item) for item in done])
+        return 0
+    for item in done:
+        what = "OCP task" if item.format == "ocp" else "dagtask task"
+        source = f"{what} {item.original_id} ({item.file})"
+        print(f"task {item.task_id} {item.name}: imported from {source}")
+    print(f"{out.counted(len(done), 'task')} imported as historical records")
+    return 0
+
+
+# ---- rerun ---------------------------------------------------------------------------------------
+
+
+def cmd_rerun(args: argparse.Namespace) -> int:
+    """Start a new task from a finished one's template and context (--from: reuse outputs)."""
+    creator = cli._operator(args)
+    cli._check_wait(args)
+    if args.wait:
+        cli._import_from(Path.cwd())
+    with cli._engine(args, workers=args.workers) as engine:
+        task = history.rerun(engine, args.id, from_subtask=args.from_subtask, creator=creator)
+        reused = sum(1 for s in task.subtasks if s.status.value == "SUCCESSFUL")
+        if not args.json:
+            note = f", {reused} subtasks reuse its outputs" if args.from_subtask else ""
+            print(f"task {task.id} {task.name}: rerun of task {args.id}{note}")
+        if not args.wait:
+            if args.json:
+                out.print_json(views.task_json(task))
+            else:
+                print(f"  {cli.RUN_HINT.format(id=task.id)}")
+            return 0
+        final = out.run_to_end(engine, task.id, args.timeout, progress=not args.json)
+        out.show_task(final, views.task_json if args.json else None)
+        return 1 if final.status is TaskStatus.FAILED else 0
+
+
+# ---- timeline ------------------------------------------------------------------------------------
+
+
+def cmd_timeline(args: argparse.Namespace) -> int:
+    """Show every attempt of every subtask on a time axis (--html: a page with a Gantt chart)."""
+    with cli._engine(args) as engine:
+        if args.html:
+            page = history.timeline_html(engine, args.id)
+            Path(args.html).write_text(page, encoding="utf-8")
+            print(f"timeline of task {args.id} written to {args.html}")
+            return 0
+        colour = sys.stdout.isatty() and not args.no_colour
+        print(history.timeline_text(engine, args.id, width=args.width, colour=colour))
+    return 0
+
+
+# ---- compatibility -------------------------------------------------------------------------------
+
+
+def _candidate(engine: Engine, text: str) -> tuple[TaskTemplate, str]:
+    if cli._is_template_file(text):
+        return cli._load_file(Path(text)), text
+    name, sep, version = text.rpartition(":")
+    if sep and version.strip().isdigit():
+        return history.stored_template(engine, name, int(version)), f"{name} v{version}"
+    try:
+        return history.stored_template(engine, text), text
+    except TemplateError:  # not stored: a registered or built-in template
+        return engine.template(text), text
+
+
+def cmd_compat(args: argparse.Namespace) -> int:
+    """Check whether a task could still be retried and rolled back under another template.
+
+    Replays the task's history against the template and reports what no longer fits.
+    """
+    with cli._engine(args) as engine:
+        candidate, label = _candidate(engine, args.template)
+        report = history.check_compat(engine, args.id, candidate, candidate_name=label)
+    if args.json:
+        out.print_json({**_dump(report), "compatible": report.compatible})
+        return 0 if report.compatible else 1
+    recorded = report.recorded_template or "no stored template"
+    print(
+        f"task {report.task_id} ({report.task_status.value}, expanded from {recorded}) vs {label}:"
+    )
+    print(f"  retry:    {'fits' if report.retry_ok else 'would NOT fit'}")
+    print(f"  rollback: {'fits' if report.rollback_ok else 'would NOT fit'}")
+    if report.first_misfit_step is not None:
+        print(
+            f"  replaying its {report.events_checked} events, step {report.first_misfit_step} is "
+            "the first attempt the candidate cannot run"
+        )
+    if report.issues:
+        rows = [
+            [
+                i.kind.value,
+                i.subtask,
+                ", ".join(
+                    w for w, b in (("retry", i.blocks_retry), ("rollback", i.blocks_rollback)) if b
+                )
+                or "-",
+                out.one_line(i.detail, 90),
+            ]
+            for i in report.issues
+        ]
+        print(out.table(["FINDING", "SUBTASK", "BLOCKS", "DETAIL"], rows, indent="  "))
+    else:
+        print("  nothing differs")
+    return 0 if report.compatible else 1
+
+
+# ---- parser --------------------------------------------------------------------------------------
+
+
+def _step(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(
+            f"--step takes a number of events (0 or more), got {text!r}"
+        )
+    return int(text)
 
 
 def add_commands(commands: _Commands) -> None:
     """Add this feature's subcommands to the `dagtask` parser."""
+    show = commands.add("history", cmd_history)
+    cli._task_id(show)
+    cli._json_flag(show, "the typed history (events, attempts, actions) as JSON")
+
+    replay = commands.add(
+        "replay",
+        cmd_replay,
+        epilog="At the end it also checks the replay "
+        "against the stored task (exit 1 if they differ).",
+    )
+    cli._task_id(replay)
+    replay.add_argument(
+        "--step", type=_step, metavar="N", help="the state after the first N events"
+    )
+    replay.add_argument(
+        "--at",
+        type=_time_arg,
+        metavar="TIME",
+        help="the state at TIME (ISO, e.g. 2026-11-28T12:00:00: local time unless it has an "
+        "offset such as +08:00)",
+    )
+    cli._json_flag(replay, "the replayed state as JSON")
+
+    export = commands.add("export", cmd_export, epilog="Example: dagtask export 7 > task.jsonl")
+    cli._task_id(export)
+    export.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
+
+    imp = commands.add(
+        "import",
+        cmd_import,
+        epilog="A file that is corrupt, truncated or not a task is refused with its line number "
+        "(or JSON path) and nothing is imported.",
+    )
+    imp.add_argument("files", nargs="+", metavar="FILE", help="a dagtask export or OCP task JSON")
+    cli._json_flag(imp, "the imported tasks as JSON")
+
+    rerun = commands.add("rerun", cmd_rerun)
+    cli._task_id(rerun)
+    rerun.add_argument(
+        "--from",
+        dest="from_subtask",
+        metavar="SUBTASK",
+        help="run this subtask (id or name) and what depends on it again; reuse the other "
+        "subtasks' recorded outputs",
+    )
+    cli._wait_options(rerun, "run the new task here until it ends; exit 1 if it ends FAILED")
+    rerun.add_argument("--operator", metavar="NAME", help="who reruns it (default: the OS user)")
+    cli._json_flag(rerun, "the new task as OCP JSON")
+
+    tl = commands.add("timeline", cmd_timeline)
+    cli._task_id(tl)
+    tl.add_argument(
+        "--html", metavar="FILE", help="write a self-contained HTML page with a Gantt chart"
+    )
+    tl.add_argument(
+        "--width", type=cli._positive(int), default=60, metavar="N", help="columns (default 60)"
+    )
+    tl.add_argument("--no-colour", action="store_true", help="no ANSI colours in the terminal")
+
+    compat = commands.add(
+        "compat",
+        cmd_compat,
+        epilog="Exit 0 if a retry and a rollback of the task would still fit the template, else 1.",
+    )
+    cli._task_id(compat)
+    compat.add_argument(
+        "--template",
+        required=True,
+        metavar="FILE|NAME[:VERSION]",
+        help="a template file, or a stored template (its newest version unless :VERSION)",
+    )
+    cli._json_flag(compat, "the report as JSON")

@@ -138,6 +138,8 @@ def print_task(task: TaskInfo) -> None:
         f"task {task.id} {task.name}: {task.status.value} ({task.operation.value}){subject}, "
         f"creator {task.creator}, started {when(task.start_time or task.create_time)}{finished}"
     )
+    if task.historical:
+        print(f"  {origin_line(task.origin or {})}")
     labels = subtask_labels(task)
     subs = sorted(task.subtasks, key=lambda sub: (-sub.series_id, sub.id))
     rows = [
@@ -153,7 +155,22 @@ def print_task(task: TaskInfo) -> None:
         for sub in subs
     ]
     headers = ["ID", "NAME", "STATUS", "OPERATION", "RUNTIME", "EXECUTOR", "MESSAGE"]
+    if task.historical:  # the ids the subtasks had where they were recorded
+        headers.insert(1, "ORIGINAL ID")
+        for row, sub in zip(rows, subs, strict=True):
+            row.insert(1, str(sub.original_id) if sub.original_id is not None else "-")
     print(table(headers, rows, indent="  "))
+
+
+def origin_line(origin: Mapping[str, Any]) -> str:
+    """Where a historical task was imported from, and that nothing runs it here."""
+    ocp = origin.get("format") == "ocp"
+    where = str(origin.get("file", "?")) + (f" {origin['path']}" if origin.get("path") else "")
+    again = "" if ocp else " (start it again with `dagtask rerun`)"
+    return (
+        f"historical: imported from {'OCP' if ocp else 'dagtask'} task {origin.get('task_id')} "
+        f"({where}); nothing runs or changes it here{again}"
+    )
 
 
 def show_task(task: TaskInfo, as_json: Callable[[TaskInfo], dict[str, Any]] | None) -> None:

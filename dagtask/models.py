@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
@@ -44,6 +45,8 @@ class SubtaskInfo(_Model):
     """The output context once the subtask succeeded, else None."""
     message: str | None = None
     """Why the last attempt failed (exception, timeout, ...), if it did."""
+    original_id: int | None = None
+    """For a historical (imported) subtask: its id in the system it was recorded by."""
     create_time: datetime
     start_time: datetime | None = None
     finish_time: datetime | None = None
@@ -71,6 +74,12 @@ class TaskInfo(_Model):
     start_time: datetime | None = None
     finish_time: datetime | None = None
     subtasks: list[SubtaskInfo] = []
+    source_task_id: int | None = None
+    """The task this one reruns (``dagtask rerun``), if any."""
+    historical: bool = False
+    """An imported record of a task run elsewhere: shown as recorded, never run or changed."""
+    origin: dict[str, Any] | None = None
+    """Where a historical task was imported from (format, file, original task id)."""
 
     @property
     def finished(self) -> bool:
@@ -157,3 +166,114 @@ class RollbackPlan(_Model):
     allowed: bool
     refusals: list[str]
     waves: list[list[PlannedStep]]
+
+
+# ---- the portable record of one task (``dagtask export`` / ``dagtask import``) ------------------
+
+
+class _Record(BaseModel):
+    """A line of an export file: strict (unknown keys are refused), so corruption shows."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TemplateRecord(_Record):
+    """The template version a task was expanded from (a snapshot of its definition)."""
+
+    name: str
+    version: int
+    digest: str
+    definition: dict[str, Any]
+
+
+class TaskRow(_Record):
+    """A task as recorded (its status is the one it shows, also for a historical task)."""
+
+    id: int
+    name: str
+    task_definition_id: int
+    type: TaskType
+    status: TaskStatus
+    operation: Operation
+    creator: str
+    executor: str
+    context: dict[str, Any]
+    prohibit_rollback: bool
+    host_id: int | None
+    cluster_id: int | None
+    tenant_id: int | None
+    concurrency: int
+    source_task_id: int | None
+    create_time: datetime
+    start_time: datetime | None
+    finish_time: datetime | None
+
+
+class SubtaskRow(_Record):
+    """A subtask as recorded, with its output context and last message."""
+
+    id: int
+    series_id: int
+    name: str
+    description: str
+    class_name: str
+    node_type: str
+    operation: Operation
+    status: SubtaskStatus
+    run_time: int
+    timeout: int
+    retry_count: int
+    parallel: bool
+    parallel_idx: int
+    prohibit_rollback: bool
+    executor: str | None
+    recovery: str
+    lost_count: int
+    output_context: dict[str, Any] | None
+    message: str | None
+    create_time: datetime
+    start_time: datetime | None
+    finish_time: datetime | None
+
+
+class EdgeRow(_Record):
+    """A link between two subtasks of the task."""
+
+    upstream_id: int
+    downstream_id: int
+
+
+class EventRow(_Record):
+    """A history event as stored (see :class:`TaskEvent`)."""
+
+    id: int
+    subtask_id: int | None
+    time: datetime
+    kind: EventKind
+    old_status: str | None
+    new_status: str | None
+    old_operation: str | None
+    new_operation: str | None
+    run_time: int | None
+    executor: str | None
+    message: str | None
+
+
+class LogRow(_Record):
+    """One chunk of a subtask attempt's log."""
+
+    subtask_id: int
+    run_time: int
+    text: str
+    create_time: datetime
+
+
+class TaskRecord(_Model):
+    """Everything about one task: template snapshot, task, subtasks, links, events and logs."""
+
+    template: TemplateRecord | None
+    task: TaskRow
+    subtasks: list[SubtaskRow]
+    edges: list[EdgeRow]
+    events: list[EventRow]
+    logs: list[LogRow]

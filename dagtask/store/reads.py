@@ -75,7 +75,14 @@ class StoreReads:
         if name:
             where.append(task.c.name.like(f"%{name}%"))
         if statuses:
-            where.append(task.c.status.in_([s.value for s in statuses]))
+            wanted = [s.value for s in statuses]
+            # A historical task is listed under the status it was recorded with.
+            where.append(
+                sa.or_(
+                    sa.and_(task.c.recorded_status.is_(None), task.c.status.in_(wanted)),
+                    task.c.recorded_status.in_(wanted),
+                )
+            )
         if host_id is not None:
             where.append(task.c.host_id == host_id)
         order = task.c.id.desc() if descending else task.c.id.asc()
@@ -212,7 +219,7 @@ def _task_info(row: Any, subs: Sequence[Any], edges: Sequence[Any]) -> TaskInfo:
             class_name=s.class_name,
             node_type=s.node_type,
             operation=Operation(s.operation),
-            status=S(s.status),
+            status=S(s.recorded_status or s.status),
             series_id=s.series_id,
             run_time=s.run_time,
             timeout=s.timeout,
@@ -225,6 +232,7 @@ def _task_info(row: Any, subs: Sequence[Any], edges: Sequence[Any]) -> TaskInfo:
             executor=s.executor,
             context=TaskContext.from_json(s.output_context) if s.output_context else None,
             message=s.message,
+            original_id=s.original_id,
             create_time=s.create_time,
             start_time=s.start_time,
             finish_time=s.finish_time,
@@ -237,7 +245,7 @@ def _task_info(row: Any, subs: Sequence[Any], edges: Sequence[Any]) -> TaskInfo:
         template_id=row.template_id,
         task_definition_id=row.task_definition_id,
         type=states.TaskType(row.type),
-        status=TaskStatus(row.status),
+        status=TaskStatus(row.recorded_status or row.status),
         operation=Operation(row.operation),
         creator=row.creator,
         executor=row.executor,
@@ -251,4 +259,7 @@ def _task_info(row: Any, subs: Sequence[Any], edges: Sequence[Any]) -> TaskInfo:
         start_time=row.start_time,
         finish_time=row.finish_time,
         subtasks=subtasks,
+        source_task_id=row.source_task_id,
+        historical=row.historical,
+        origin=dict(row.origin) if row.origin else None,
     )

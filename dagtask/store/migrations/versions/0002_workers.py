@@ -48,42 +48,48 @@ def upgrade() -> None:
         sa.Column("since", Timestamp, nullable=False),
     )
     op.create_index("ix_dagtask_host_lock_task", "dagtask_host_lock", ["task_id"], unique=False)
-    with op.batch_alter_table("dagtask_subtask") as batch:
-        batch.add_column(
-            sa.Column(
-                "recovery",
-                sa.String(8),
-                nullable=False,
-                server_default="FAIL",
-                comment="what happens when the worker running it is lost: FAIL or RETRY",
-            )
-        )
-        batch.add_column(
-            sa.Column(
-                "lost_count",
-                sa.Integer,
-                nullable=False,
-                server_default="0",
-                comment="attempts recovered from lost workers (caps RETRY recovery)",
-            )
-        )
-    with op.batch_alter_table("dagtask_task") as batch:
-        batch.add_column(
-            sa.Column(
-                "source_task_id",
-                BigId,
-                nullable=True,
-                comment="the task this one reruns or forks (dagtask rerun), if any",
-            )
-        )
+    # Plain ADD COLUMN, not batch mode: on SQLite batch mode may copy a table and drop the
+    # original, and dropping dagtask_task cascades to every subtask (foreign keys are on).
+    op.add_column(
+        "dagtask_subtask",
+        sa.Column(
+            "recovery",
+            sa.String(8),
+            nullable=False,
+            server_default="FAIL",
+            comment="what happens when the worker running it is lost: FAIL or RETRY",
+        ),
+    )
+    op.add_column(
+        "dagtask_subtask",
+        sa.Column(
+            "lost_count",
+            sa.Integer,
+            nullable=False,
+            server_default="0",
+            comment="attempts recovered from lost workers (caps RETRY recovery)",
+        ),
+    )
+    op.add_column(
+        "dagtask_task",
+        sa.Column(
+            "source_task_id",
+            BigId,
+            nullable=True,
+            comment="the task this one reruns or forks (dagtask rerun), if any",
+        ),
+    )
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("dagtask_task") as batch:
-        batch.drop_column("source_task_id")
-    with op.batch_alter_table("dagtask_subtask") as batch:
-        batch.drop_column("lost_count")
-        batch.drop_column("recovery")
+    columns = {"dagtask_task": ["source_task_id"], "dagtask_subtask": ["lost_count", "recovery"]}
+    sqlite = op.get_bind().dialect.name == "sqlite"
+    for table, names in columns.items():
+        for name in names:
+            if sqlite:  # in place (SQLite 3.35+): batch mode's table copy would cascade
+                op.execute(f"ALTER TABLE {table} DROP COLUMN {name}")
+            else:
+                op.drop_column(table, name)
     op.drop_index("ix_dagtask_host_lock_task", table_name="dagtask_host_lock")
     op.drop_table("dagtask_host_lock")
     op.drop_index("ix_dagtask_task_host_host", table_name="dagtask_task_host")

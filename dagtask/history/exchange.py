@@ -1,0 +1,354 @@
+"""Export and import of whole tasks as JSON lines (``dagtask export`` / ``dagtask import``).
+
+An export is self-contained: the template version the task was expanded from, the task, its
+subtasks (with their output contexts), their links, every history event and every log chunk, one
+JSON object per line, each tagged with ``"record"``::
+
+    {"record": "header", "format": "dagtask-task", "version": 1, "task_id": 7, "counts": {...}}
+    {"record": "template", "name": ..., "version": ..., "digest": ..., "definition": {...}}
+    {"record": "task", ...}        then "subtask", "edge", "event" and "log" records
+    {"record": "end", "task_id": 7, "lines": 42}
+
+A file may hold several such blocks. The header's counts and the end record make a truncated file
+detectable; every line is validated strictly, every id it refers to must be in the block, and the
+task's state must equal the replay of its events, so a corrupt file is refused too, naming the
+line. Imports are historical tasks with new ids (see :mod:`dagtask.store.history`); importing is
+one transaction, so a refused file imports nothing. Exporting an imported task gives the same
+lines as the export it came from, apart from the ids.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, NoReturn, TextIO
+
+from pydantic import BaseModel, ValidationError
+
+from dagtask.context import TaskContext
+from dagtask.errors import ArgumentError
+from dagtask.models import (
+    EdgeRow,
+    EventRow,
+    LogRow,
+    SubtaskInfo,
+    SubtaskRow,
+    TaskEvent,
+    TaskInfo,
+    TaskRecord,
+    TaskRow,
+    TemplateRecord,
+)
+
+from . import state as rp
+
+FORMAT = "dagtask-task"
+VERSION = 1
+_ORDER = ("template", "task", "subtask", "edge", "event", "log")
+_MODELS: dict[str, type[BaseModel]] = {
+    "template": TemplateRecord,
+    "task": TaskRow,
+    "subtask": SubtaskRow,
+    "edge": EdgeRow,
+    "event": EventRow,
+    "log": LogRow,
+}
+
+
+def _line(kind: str, model: BaseModel | dict[str, Any]) -> str:
+    body = model.model_dump(mode="json") if isinstance(model, BaseModel) else model
+    return json.dumps({"record": kind, **body}, ensure_ascii=False)
+
+
+def export_lines(record: TaskRecord) -> Iterator[str]:
+    """The lines (without newlines) of ``record``'s export."""
+    counts = {
+        "subtasks": len(record.subtasks),
+        "edges": len(record.edges),
+        "events": len(record.events),
+        "logs": len(record.logs),
+    }
+    header = {"format": FORMAT, "version": VERSION, "task_id": record.task.id, "counts": counts}
+    lines = 2 + (record.template is not None) + sum(counts.values()) + 1
+    yield _line("header", header)
+    if record.template is not None:
+        yield _line("template", record.template)
+    yield _line("task", record.task)
+    for group, kind in (
+        (record.subtasks, "subtask"),
+        (record.edges, "edge"),
+        (record.events, "event"),
+        (record.logs, "log"),
+    ):
+        for item in group:
+            yield _line(kind, item)
+    yield _line("end", {"task_id": record.task.id, "lines": lines})
+
+
+def write_export(record: TaskRecord, out: TextIO) -> None:
+    """Write ``record``'s export to ``out``."""
+    for line in export_lines(record):
+        out.write(line + "\n")
+
+
+def is_export(text: str) -> bool:
+    """Whether ``text`` looks like a dagtask export (its first line is a dagtask header)."""
+    first = text.lstrip().split("\n", 1)[0]
+    try:
+        data = json.loads(first)
+    except json.JSONDecodeError:
+        return False
+    return isinstance(data, dict) and data.get("record") == "header"
+
+
+@dataclass
+class _Block:
+    start: int
+    header: dict[str, Any]
+    items: dict[str, list[tuple[int, Any]]]
+
+
+def parse_export(text: str, name: str) -> list[tuple[TaskRecord, int]]:
+    """The task records of an export file and the line each starts on; ArgumentError naming
+    the line for anything truncated, malformed or inconsistent."""
+    blocks: list[_Block] = []
+    block: _Block | None = None
+    last = 0
+    for number, raw in enumerate(text.splitlines(), start=1):
+        last = number
+        if not raw.strip():
+            continue
+        data = _json_line(raw, number, name)
+        kind = data.pop("record", None)
+        if kind == "header":
+            if block is not None:
+                _fail(name, number, "a new header before the end record of the task before it")
+            block = _Block(number, _header(data, number, name), {k: [] for k in _ORDER})
+            continue
+        if block is None:
+            _fail(name, number, f"expected a header record first, found {kind!r}")
+        if kind == "end":
+            _check_end(block, data, number, name)
+            blocks.append(block)
+            block = None
+            continue
+        if kind not in _MODELS:
+            known = ", ".join(["header", *_ORDER, "end"])
+            _fail(name, number, f"unknown record type {kind!r} (known: {known})")
+        later = _ORDER[_ORDER.index(kind) + 1 :]
+        if any(block.items[k] for k in later):
+            _fail(name, number, f"a {kind} record after the {'/'.join(later)} records")
+        try:
+            model = _MODELS[kind].model_validate(data)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or 'record'}: {e['msg']}" for e in exc.errors()
+            )
+            _fail(name, number, f"invalid {kind} record: {problems}")
+        block.items[kind].append((number, model))
+    if block is not None:
+        counts = block.header["counts"]
+        found = {k: len(block.items[k[:-1]]) for k in counts}
+        _fail(
+            name,
+            last + 1,
+            f"the file ends before the end record of task {block.header['task_id']} "
+            f"(header at line {block.start} announces {_counts(counts)}, found {_counts(found)}): "
+            "it is truncated; export the task again",
+        )
+    if not blocks:
+        _fail(name, max(last, 1), "the file holds no task (no header record)")
+    return [(_record(b, name), b.start) for b in blocks]
+
+
+def _json_line(raw: str, number: int, name: str) -> dict[str, Any]:
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        _fail(
+            name,
+            number,
+            f"not valid JSON ({exc.msg} at column {exc.colno}): the file is corrupt or truncated",
+        )
+    if not isinstance(data, dict) or "record" not in data:
+        _fail(name, number, 'expected a JSON object with a "record" key')
+    return data
+
+
+def _header(data: dict[str, Any], number: int, name: str) -> dict[str, Any]:
+    if data.get("format") != FORMAT:
+        _fail(name, number, f"the header's format is {data.get('format')!r}, not {FORMAT!r}")
+    if data.get("version") != VERSION:
+        _fail(
+            name,
+            number,
+            f"export format version {data.get('version')!r} is not supported (this dagtask reads "
+            f"version {VERSION}); import it with the dagtask that exported it",
+        )
+    counts = data.get("counts")
+    keys = {"subtasks", "edges", "events", "logs"}
+    if (
+        not isinstance(counts, dict)
+        or set(counts) != keys
+        or not all(isinstance(v, int) and v >= 0 for v in counts.values())
+        or not isinstance(data.get("task_id"), int)
+    ):
+        _fail(name, number, "the header needs task_id and counts of subtasks, edges, events, logs")
+    return data
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{v} {k}" for k, v in counts.items())
+
+
+def _check_end(block: _Block, data: dict[str, Any], number: int, name: str) -> None:
+    header = block.header
+    counts = header["counts"]
+    found = {k: len(block.items[k[:-1]]) for k in counts}
+    if found != counts:
+        _fail(
+            name,
+            number,
+            f"task {header['task_id']}'s header (line {block.start}) announces "
+            f"{_counts(counts)} but the file holds {_counts(found)}: records are missing or extra",
+        )
+    if data.get("task_id") != header["task_id"] or data.get("lines") != number - block.start + 1:
+        _fail(name, number, "the end record does not match its header (task id or line count)")
+    if len(block.items["task"]) != 1 or len(block.items["template"]) > 1:
+        _fail(
+            name, number, "a task's block needs exactly one task record (and at most one template)"
+        )
+
+
+def _record(block: _Block, name: str) -> TaskRecord:
+    items = block.items
+    task_line, task_row = items["task"][0]
+    if task_row.id != block.header["task_id"]:
+        _fail(
+            name,
+            task_line,
+            f"task record {task_row.id} under the header of task {block.header['task_id']}",
+        )
+    subs: dict[int, int] = {}
+    for number, sub in items["subtask"]:
+        if sub.id in subs:
+            _fail(name, number, f"subtask {sub.id} appears twice (first at line {subs[sub.id]})")
+        subs[sub.id] = number
+    for number, edge in items["edge"]:
+        for sid in (edge.upstream_id, edge.downstream_id):
+            if sid not in subs:
+                _fail(name, number, f"the link names subtask {sid}, which is not in this task")
+    previous = 0
+    for number, event in items["event"]:
+        if event.subtask_id is not None and event.subtask_id not in subs:
+            _fail(name, number, f"the event names subtask {event.subtask_id}, not in this task")
+        if event.id <= previous:
+            _fail(name, number, f"event {event.id} is out of order (after event {previous})")
+        previous = event.id
+    for number, log in items["log"]:
+        if log.subtask_id not in subs:
+            _fail(name, number, f"the log names subtask {log.subtask_id}, not in this task")
+    template = items["template"][0][1] if items["template"] else None
+    record = TaskRecord(
+        template=template,
+        task=task_row,
+        subtasks=[m for _, m in items["subtask"]],
+        edges=[m for _, m in items["edge"]],
+        events=[m for _, m in items["event"]],
+        logs=[m for _, m in items["log"]],
+    )
+    check_replay(record, name, task_line, subs)
+    return record
+
+
+def check_replay(
+    record: TaskRecord, name: str, task_line: int, sub_lines: dict[int, int] | None = None
+) -> None:
+    """Refuse a record whose stored state is not what its events replay to."""
+    try:
+        info = task_info(record)
+        events = task_events(record)
+        problems = rp.differences(rp.replay_events(info, events), rp.snapshot(info, events))
+    except (ValueError, ValidationError) as exc:
+        _fail(name, task_line, f"the task's events cannot be replayed: {exc}")
+    if problems:
+        line = task_line
+        for sid, number in (sub_lines or {}).items():
+            if any(p.startswith(f"subtask {sid} ") for p in problems):
+                line = number
+                break
+        _fail(
+            name,
+            line,
+            f"the task's state differs from the replay of its events ({'; '.join(problems[:3])}):"
+            " the file is corrupt",
+        )
+
+
+def task_info(record: TaskRecord) -> TaskInfo:
+    """The domain model of a record's task (for replaying and checking it)."""
+    t = record.task
+    ups: dict[int, list[int]] = {}
+    downs: dict[int, list[int]] = {}
+    for e in record.edges:
+        ups.setdefault(e.downstream_id, []).append(e.upstream_id)
+        downs.setdefault(e.upstream_id, []).append(e.downstream_id)
+    return TaskInfo(
+        id=t.id,
+        name=t.name,
+        template_id=None,
+        task_definition_id=t.task_definition_id,
+        type=t.type,
+        status=t.status,
+        operation=t.operation,
+        creator=t.creator,
+        executor=t.executor,
+        context=TaskContext.from_json(t.context),
+        prohibit_rollback=t.prohibit_rollback,
+        host_id=t.host_id,
+        cluster_id=t.cluster_id,
+        tenant_id=t.tenant_id,
+        concurrency=t.concurrency,
+        create_time=t.create_time,
+        start_time=t.start_time,
+        finish_time=t.finish_time,
+        source_task_id=t.source_task_id,
+        subtasks=[
+            SubtaskInfo(
+                id=s.id,
+                task_id=t.id,
+                name=s.name,
+                description=s.description,
+                class_name=s.class_name,
+                node_type=s.node_type,
+                operation=s.operation,
+                status=s.status,
+                series_id=s.series_id,
+                run_time=s.run_time,
+                timeout=s.timeout,
+                retry_count=s.retry_count,
+                parallel=s.parallel,
+                parallel_idx=s.parallel_idx,
+                prohibit_rollback=s.prohibit_rollback,
+                upstreams=sorted(ups.get(s.id, [])),
+                downstreams=sorted(downs.get(s.id, [])),
+                executor=s.executor,
+                context=TaskContext.from_json(s.output_context) if s.output_context else None,
+                message=s.message,
+                create_time=s.create_time,
+                start_time=s.start_time,
+                finish_time=s.finish_time,
+            )
+            for s in record.subtasks
+        ],
+    )
+
+
+def task_events(record: TaskRecord) -> list[TaskEvent]:
+    """A record's events as the store's event model."""
+    return [TaskEvent(task_id=record.task.id, **e.model_dump()) for e in record.events]
+
+
+def _fail(name: str, line: int, message: str) -> NoReturn:
+    raise ArgumentError(f"{name} line {line}: {message}; nothing was imported")
