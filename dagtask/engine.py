@@ -21,10 +21,13 @@ import socket
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Self, TextIO
 
 from dagtask import expand, handlers, planner
+from dagtask import history as hist
 from dagtask.builtin import builtin_templates
 from dagtask.errors import ArgumentError, HostNotFoundError, TaskTimeoutError, TemplateError
 from dagtask.hosts.inventory import HostInventory
@@ -304,6 +307,41 @@ class Engine:
     def _acted_subtask(self, task_id: int, subtask_id: int) -> SubtaskInfo:
         task = self._acted(task_id)
         return next(s for s in task.subtasks if s.id == subtask_id)
+
+    # ---- history -----------------------------------------------------------------------------
+
+    def history(self, task_id: int) -> hist.TaskHistory:
+        """The task's complete history: typed events, attempts, operator actions."""
+        return hist.task_history(self, task_id)
+
+    def replay(
+        self, task_id: int, *, step: int | None = None, at: datetime | None = None
+    ) -> hist.TaskState:
+        """The task rebuilt from its events alone (all of them, the first ``step``, or those up
+        to ``at``)."""
+        return hist.replay(self, task_id, step=step, at=at)
+
+    def export(self, task_id: int, out: str | Path | TextIO) -> None:
+        """Write the task's self-contained record (JSON lines: template, events, logs)."""
+        hist.export_task(self, task_id, out)
+
+    def import_files(self, paths: Iterable[str | Path]) -> builtins.list[hist.Imported]:
+        """Import dagtask exports and OCP task documents as historical tasks (all or nothing)."""
+        return hist.import_files(self, paths)
+
+    def rerun(
+        self,
+        task_id: int,
+        *,
+        from_subtask: str | int | None = None,
+        creator: str | None = None,
+    ) -> TaskInfo:
+        """A new task from a finished one's template and context; with ``from_subtask``, the
+        outputs of what does not depend on that subtask are reused and the rest runs again."""
+        task = hist.rerun(self, task_id, from_subtask=from_subtask, creator=creator)
+        if self._pool is not None:
+            self._pool.wake(len(task.subtasks))
+        return task
 
     # ---- running -----------------------------------------------------------------------------
 

@@ -931,6 +931,11 @@ class Store(WorkerStore, StoreReads):
             raise TaskNotFoundError(
                 f"error 20000: task {task_id} does not exist; list tasks with `dagtask list`"
             )
+        if row.historical:
+            raise OperationNotAllowedError(
+                f"error 20003: task {task_id} is a historical record (imported); nothing runs "
+                f"or changes it here; start it again with `dagtask rerun {task_id}`"
+            )
         return row, utcnow(), []
 
     @staticmethod

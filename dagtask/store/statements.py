@@ -32,7 +32,13 @@ ACTIVE = [s.value for s in states.ACTIVE_SUBTASK_STATUSES]
 
 
 lock_task = (
-    sa.select(task.c.status, task.c.operation, task.c.concurrency, task.c.cancel_requested)
+    sa.select(
+        task.c.status,
+        task.c.operation,
+        task.c.concurrency,
+        task.c.cancel_requested,
+        task.c.historical,
+    )
     .where(task.c.id == sa.bindparam("task_id"))
     .with_for_update()
 )

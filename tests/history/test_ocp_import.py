@@ -119,8 +119,13 @@ def test_a_finished_task_keeps_its_attempts_and_cannot_be_acted_on(engine: Engin
     assert all(a.result is typed.Result.SUCCEEDED and a.duration is not None for a in attempts)
     task = engine.get(item.task_id)
     assert task.finish_time is not None and task.status.value == "SUCCESSFUL"
-    with pytest.raises(OperationNotAllowedError):
+    with pytest.raises(OperationNotAllowedError, match="is a historical record"):
         engine.rollback(item.task_id, operator="mallory")
+    with pytest.raises(OperationNotAllowedError, match=f"dagtask rerun {item.task_id}"):
+        engine.retry(item.task_id)
+    sub = engine.get(item.task_id).subtasks[0]
+    with pytest.raises(OperationNotAllowedError, match="is a historical record"):
+        engine.skip_subtask(item.task_id, sub.id)
 
 
 def test_the_older_tasks_shape_and_its_java_context(engine: Engine) -> None:
