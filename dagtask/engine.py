@@ -33,7 +33,7 @@ from dagtask.errors import ArgumentError, HostNotFoundError, TaskTimeoutError, T
 from dagtask.hosts.inventory import HostInventory
 from dagtask.models import RollbackPlan, SubtaskInfo, TaskEvent, TaskInfo, TaskPage
 from dagtask.services import Services
-from dagtask.states import SubtaskStatus, TaskStatus
+from dagtask.states import SubtaskStatus, TaskStatus, TaskType
 from dagtask.store.db import open_database
 from dagtask.store.sql import Claim, FinishOutcome, Store
 from dagtask.template import TaskTemplate
@@ -224,12 +224,21 @@ class Engine:
         name: str | None = None,
         statuses: Sequence[TaskStatus] = (),
         host_id: int | None = None,
+        types: Sequence[TaskType] = (),
+        descending: bool = True,
     ) -> TaskPage:
-        """One page of tasks, newest first (``page`` counts from 1, ``size`` ≤ 2000)."""
+        """One page of tasks, newest first unless not ``descending`` (``page`` counts from 1,
+        ``size`` ≤ 2000); ``host_id`` also finds the batches that act on that host."""
         if page < 1 or not 1 <= size <= 2000:
             raise ArgumentError("page counts from 1 and size must be between 1 and 2000")
         return self.store.list_tasks(
-            page=page, size=size, name=name, statuses=statuses, host_id=host_id
+            page=page,
+            size=size,
+            name=name,
+            statuses=statuses,
+            host_id=host_id,
+            types=types,
+            descending=descending,
         )
 
     def logs(self, task_id: int, subtask_id: int) -> str:

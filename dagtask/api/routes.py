@@ -8,7 +8,7 @@ thread pool and the event loop never waits on the database. Answers are rendered
 # No ``from __future__ import annotations`` here: FastAPI reads the endpoints' annotations at run
 # time, and they name aliases (Viewer, Manager, ...) local to create_router.
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response, Security
@@ -34,7 +34,6 @@ from dagtask.builtin.templates import (
     STOP_OCP_AGENT,
 )
 from dagtask.engine import Engine
-from dagtask.models import TaskInfo, TaskPage
 from dagtask.states import TaskStatus, TaskType
 from dagtask.users import Role, UserInfo
 
@@ -77,56 +76,6 @@ def _statuses(text: str | None) -> list[TaskStatus]:
 
 def _types(text: str | None) -> list[TaskType]:
     return [TaskType(part) for part in text.split(",")] if text else []
-
-
-def list_tasks(
-    engine: Engine,
-    *,
-    page: int,
-    size: int,
-    name: str | None,
-    statuses: Sequence[TaskStatus],
-    types: Sequence[TaskType],
-    host_id: int | None,
-    descending: bool,
-) -> TaskPage:
-    """One page of tasks matching every filter.
-
-    The store filters by name, status and host and pages; it has no type filter yet, so a type
-    filter that does not cover every type is applied here over the matching tasks, in order.
-    """
-    if not types or set(types) == set(TaskType):
-        return engine.store.list_tasks(
-            page=page,
-            size=size,
-            name=name,
-            statuses=statuses,
-            host_id=host_id,
-            descending=descending,
-        )
-    wanted = set(types)
-    matching: list[TaskInfo] = []
-    scan = 1
-    while True:
-        chunk = engine.store.list_tasks(
-            page=scan,
-            size=MAX_PAGE_SIZE,
-            name=name,
-            statuses=statuses,
-            host_id=host_id,
-            descending=descending,
-        )
-        matching.extend(task for task in chunk.tasks if task.type in wanted)
-        if scan >= chunk.total_pages:
-            break
-        scan += 1
-    first = (page - 1) * size
-    return TaskPage(
-        tasks=matching[first : first + size],
-        number=page,
-        size=size,
-        total_elements=len(matching),
-    )
 
 
 def create_router(engine: Engine, authenticator: Authenticator, *, server: str) -> APIRouter:
@@ -228,8 +177,7 @@ def create_router(engine: Engine, authenticator: Authenticator, *, server: str) 
         ] = "id,desc",
     ) -> Response:
         """A page of tasks, newest first, with basic subtasks (query-task-list.json)."""
-        found = list_tasks(
-            engine,
+        found = engine.list(
             page=page,
             size=size,
             name=name or None,

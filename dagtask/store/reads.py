@@ -18,7 +18,7 @@ from dagtask.models import SubtaskInfo, TaskEvent, TaskInfo, TaskPage
 from dagtask.states import Operation, SubtaskStatus, TaskStatus
 from dagtask.store import statements as q
 from dagtask.store.db import Database
-from dagtask.store.schema import subtask, subtask_edge, subtask_log, task, task_event
+from dagtask.store.schema import subtask, subtask_edge, subtask_log, task, task_event, task_host
 from dagtask.store.schema import task_template as template_table
 
 S = SubtaskStatus
@@ -68,12 +68,19 @@ class StoreReads:
         name: str | None = None,
         statuses: Sequence[TaskStatus] = (),
         host_id: int | None = None,
+        types: Sequence[states.TaskType] = (),
         descending: bool = True,
     ) -> TaskPage:
-        """One page of tasks (newest first by default), with their subtasks."""
+        """One page of tasks (newest first by default), with their subtasks.
+
+        ``name`` matches a part of the name, literally (``%`` and ``_`` are not wildcards);
+        ``host_id`` matches single-host tasks and batches that act on that host.
+        """
         where: list[sa.ColumnElement[bool]] = []
         if name:
-            where.append(task.c.name.like(f"%{name}%"))
+            where.append(task.c.name.contains(name, autoescape=True))
+        if types:
+            where.append(task.c.type.in_([t.value for t in types]))
         if statuses:
             wanted = [s.value for s in statuses]
             # A historical task is listed under the status it was recorded with.
@@ -84,7 +91,8 @@ class StoreReads:
                 )
             )
         if host_id is not None:
-            where.append(task.c.host_id == host_id)
+            batches = sa.select(task_host.c.task_id).where(task_host.c.host_id == host_id)
+            where.append(sa.or_(task.c.host_id == host_id, task.c.id.in_(batches)))
         order = task.c.id.desc() if descending else task.c.id.asc()
         with self.db.read() as conn:
             total = conn.execute(

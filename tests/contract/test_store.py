@@ -13,7 +13,7 @@ from dagtask.errors import SchemaOutdatedError, TaskNotFoundError
 from dagtask.expand import expand, task_context
 from dagtask.models import EventKind
 from dagtask.planner import AttemptResult
-from dagtask.states import Operation, SubtaskStatus
+from dagtask.states import Operation, SubtaskStatus, TaskType
 from dagtask.store import db as dbmod
 from dagtask.store.schema import metadata
 from dagtask.store.sql import Store
@@ -226,6 +226,31 @@ def test_list_tasks_pages_and_filters(store: Store) -> None:
     drain(store)
     assert store.list_tasks(statuses=[TaskStatus.RUNNING]).total_elements == 0
     assert store.list_tasks(name="chain").total_elements == 5
+    assert store.list_tasks(name="ch_in").total_elements == 0  # "_" is not a wildcard
+    assert store.list_tasks(name="%").total_elements == 0
+    assert store.list_tasks(types=[TaskType.MANUAL]).total_elements == 5
+    assert store.list_tasks(types=[TaskType.SCHEDULED]).total_elements == 0
+
+
+def test_the_host_filter_finds_batches_acting_on_the_host(store: Store) -> None:
+    tpl = chain(1)
+    single = store.submit(
+        expand(tpl, task_context(tpl)),  # type: ignore[arg-type]
+        template_id=None,
+        creator="t",
+        executor="here",
+        host_id=7,
+    )
+    batch = store.submit(
+        expand(tpl, task_context(tpl)),  # type: ignore[arg-type]
+        template_id=None,
+        creator="t",
+        executor="here",
+        hosts=[7, 8],
+    )
+    assert [t.id for t in store.list_tasks(host_id=7).tasks] == [batch, single]
+    assert [t.id for t in store.list_tasks(host_id=8).tasks] == [batch]
+    assert store.list_tasks(host_id=9).total_elements == 0
 
 
 def test_ids_are_unique_across_concurrent_submitters(db_url: str) -> None:
