@@ -241,6 +241,7 @@ def test_the_host_filter_finds_batches_acting_on_the_host(store: Store) -> None:
         executor="here",
         host_id=7,
     )
+    drain(store)  # one host operation per host at a time: the first must end
     batch = store.submit(
         expand(tpl, task_context(tpl)),  # type: ignore[arg-type]
         template_id=None,
