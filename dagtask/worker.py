@@ -357,6 +357,7 @@ class WorkerPool:
         self._signals = 0
         self._running = False
         self._audit = False  # a claim failed: it may have committed unseen
+        self._maybe_ready = True  # READY subtasks may exist beyond what finishes unblock
         self._attempts: dict[int, Attempt] = {}  # subtask id -> attempt not yet reported
         self._work: queue.SimpleQueue[Attempt | None] = queue.SimpleQueue()
         self._runners = 0
@@ -437,6 +438,8 @@ class WorkerPool:
                 pending.extend(self._done)
                 self._done.clear()
                 free = self.size - self._open if self._running else 0
+                if self._signals > 0:
+                    self._maybe_ready = True
                 self._signals = 0
             try:
                 if self._audit:
@@ -471,20 +474,31 @@ class WorkerPool:
             if self._signals > 0:
                 return True
             if not self._cond.wait(self.poll_interval) and self._open < self.size:
-                return True  # a poll: another process may have made work READY
+                self._maybe_ready = True  # a poll: another process may have made work READY
+                return True
         return True
 
     def _claim(self, free: int) -> None:
         claims = self.store.claim(self.name, limit=free, task_id=self.task_id)
+        self._maybe_ready = len(claims) == free  # a full claim may have left more behind
         self._start(claims)
 
     def _report(
         self, pending: list[tuple[Attempt, AttemptResult, TaskContext | None]], free: int
     ) -> None:
         reports = [Report(a.claim, result, output, a.log.drain()) for a, result, output in pending]
+        # Look beyond what this batch unblocks only when there may be READY work elsewhere: a
+        # signal, a poll, or a claim that found as much as it asked for.
+        claim_any = self._maybe_ready
         batch = self.store.finish_many(
-            reports, executor=self.name, claim_limit=free, claim_task=self.task_id
+            reports,
+            executor=self.name,
+            claim_limit=free,
+            claim_task=self.task_id,
+            claim_any=claim_any,
         )
+        if claim_any:
+            self._maybe_ready = len(batch.claims) == free
         self._start(batch.claims)
         promoted = 0
         for (attempt, _, _), outcome in zip(pending, batch.outcomes, strict=True):

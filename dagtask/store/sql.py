@@ -563,6 +563,7 @@ class Store(WorkerStore, StoreReads):
         executor: str | None = None,
         claim_limit: int = 0,
         claim_task: int | None = None,
+        claim_any: bool = True,
     ) -> Batch:
         """Record the end of attempts, promote what they unblock and settle their tasks, then
         claim up to ``claim_limit`` READY subtasks (of ``claim_task`` only, if given): one
@@ -576,7 +577,9 @@ class Store(WorkerStore, StoreReads):
         A deadlock (which MariaDB reports now and then when claims and finishes cross) rolls the
         transaction back; it is then tried again as a whole.
         """
-        return retrying(lambda: self._finish_many(reports, executor, claim_limit, claim_task))
+        return retrying(
+            lambda: self._finish_many(reports, executor, claim_limit, claim_task, claim_any)
+        )
 
     def _finish_many(
         self,
@@ -584,6 +587,7 @@ class Store(WorkerStore, StoreReads):
         executor: str | None,
         claim_limit: int,
         claim_task: int | None,
+        claim_any: bool,
     ) -> Batch:
         now = utcnow()
         events: list[dict[str, Any]] = []
@@ -655,7 +659,7 @@ class Store(WorkerStore, StoreReads):
                 promoted += settled[task_id][0]
             if take is not None:
                 claims = self._claims(conn, take.rows, now)
-                if take.room() > 0 and claim_task is None:
+                if take.room() > 0 and claim_task is None and claim_any:
                     claims += self._claim_in(conn, executor or "", take.room(), None, now, events)
             if promoted > len(claims):
                 changes.notify_ready(conn)
