@@ -13,9 +13,9 @@ import sys
 from typing import TYPE_CHECKING
 
 from dagtask import cli_output as out
-from dagtask.errors import ArgumentError
+from dagtask.errors import ArgumentError, UserError
 from dagtask.store.db import open_database, resolve_url
-from dagtask.store.users import UserError, UserStore
+from dagtask.store.users import UserStore
 from dagtask.users import (
     Role,
     UserInfo,

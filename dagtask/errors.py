@@ -123,3 +123,38 @@ class TaskTimeoutError(DagtaskError):
 
     code = 408
     http_status = 408
+
+
+class AuthenticationError(DagtaskError):
+    """No credentials, or credentials that name no enabled user with that password (401)."""
+
+    code = 401
+    http_status = 401
+
+
+class PermissionDeniedError(DagtaskError):
+    """The user lacks the role the endpoint needs (403); ``target`` names the role."""
+
+    code = 403
+    http_status = 403
+
+
+class RateLimitedError(DagtaskError):
+    """The caller has used up its requests of the current window (429)."""
+
+    code = 429
+    http_status = 429
+
+
+class UserError(DagtaskError):
+    """A user cannot be added or changed (name taken)."""
+
+    code = 409
+    http_status = 409
+
+
+class UserNotFoundError(DagtaskError):
+    """No user has this name."""
+
+    code = 404
+    http_status = 404

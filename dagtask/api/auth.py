@@ -25,13 +25,9 @@ from fastapi import Request
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from starlette.requests import HTTPConnection
 
-from dagtask.api.errors import (
-    AuthenticationError,
-    PermissionDeniedError,
-    RateLimitedError,
-    request_state,
-)
+from dagtask.api.errors import request_state
 from dagtask.api.limits import RateLimiter
+from dagtask.errors import AuthenticationError, PermissionDeniedError, RateLimitedError
 from dagtask.store.users import UserStore
 from dagtask.users import Role, ScryptCost, UserInfo, verify_password, verify_unknown
 

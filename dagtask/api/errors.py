@@ -30,7 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dagtask import views
 from dagtask.api.limits import Quota
-from dagtask.errors import DagtaskError
+from dagtask.errors import AuthenticationError, DagtaskError, RateLimitedError
 from dagtask.users import UserInfo
 
 _log = logging.getLogger("dagtask.api")
@@ -42,27 +42,6 @@ WWW_AUTHENTICATE = 'Basic realm="dagtask", charset="UTF-8"'
 
 
 # ---- the errors only the API raises --------------------------------------------------------------
-
-
-class AuthenticationError(DagtaskError):
-    """No credentials, or credentials that name no enabled user with that password (401)."""
-
-    code = 401
-    http_status = 401
-
-
-class PermissionDeniedError(DagtaskError):
-    """The user lacks the role the endpoint needs (403); ``target`` names the role."""
-
-    code = 403
-    http_status = 403
-
-
-class RateLimitedError(DagtaskError):
-    """The caller has used up its requests of the current window (429)."""
-
-    code = 429
-    http_status = 429
 
 
 class BadRequestError(DagtaskError):

@@ -11,26 +11,12 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from dagtask.errors import ArgumentError, DagtaskError
+from dagtask.errors import ArgumentError, UserError, UserNotFoundError
 from dagtask.store.db import Database
 from dagtask.store.schema import user as user_table
 from dagtask.users import Role, UserInfo
 
 LIST_HINT = "list users with `dagtask users list`"
-
-
-class UserError(DagtaskError):
-    """A user cannot be added or changed (name taken)."""
-
-    code = 409
-    http_status = 409
-
-
-class UserNotFoundError(DagtaskError):
-    """No user has this name."""
-
-    code = 404
-    http_status = 404
 
 
 def _now() -> datetime:
