@@ -358,6 +358,9 @@ class WorkerPool:
         self._running = False
         self._audit = False  # a claim failed: it may have committed unseen
         self._maybe_ready = True  # READY subtasks may exist beyond what finishes unblock
+        self._dispatching = threading.Lock()
+        """Held by whoever records results and claims: the dispatcher, or a runner that found
+        it free (see :meth:`_continue_inline`)."""
         self._attempts: dict[int, Attempt] = {}  # subtask id -> attempt not yet reported
         self._work: queue.SimpleQueue[Attempt | None] = queue.SimpleQueue()
         self._runners = 0
@@ -430,34 +433,71 @@ class WorkerPool:
 
     def _dispatch(self) -> None:
         backoff = iter(RETRY_DELAYS)
-        pending: list[tuple[Attempt, AttemptResult, TaskContext | None]] = []
         while True:
             with self._cond:
-                if not pending and not self._await_work():
+                if not self._await_work():
                     return
-                pending.extend(self._done)
-                self._done.clear()
-                free = self.size - self._open if self._running else 0
-                if self._signals > 0:
-                    self._maybe_ready = True
-                self._signals = 0
+            with self._dispatching:  # a runner may be recording results meanwhile
+                pending, free = self._take_pending()
+                try:
+                    if self._audit:
+                        self._hand_back_unknown()
+                    if pending:
+                        self._report(pending, free)
+                    elif free > 0:
+                        self._claim(free)
+                    backoff = iter(RETRY_DELAYS)
+                    continue
+                except Exception:
+                    delay = next(backoff, RETRY_DELAYS[-1])
+                    _log.warning(
+                        "the database did not answer; trying again in %.2f s",
+                        delay,
+                        exc_info=True,
+                    )
+                    self._requeue(pending)
+            time.sleep(delay)
+
+    def _take_pending(
+        self,
+    ) -> tuple[list[tuple[Attempt, AttemptResult, TaskContext | None]], int]:
+        """The results waiting to be recorded, and the free slots (under ``_dispatching``)."""
+        with self._cond:
+            pending = list(self._done)
+            self._done.clear()
+            free = self.size - self._open if self._running else 0
+            if self._signals > 0:
+                self._maybe_ready = True
+            self._signals = 0
+            return pending, free
+
+    def _requeue(self, pending: list[tuple[Attempt, AttemptResult, TaskContext | None]]) -> None:
+        """After a failed transaction: keep its results for the next try (a failed claim may
+        have committed before the error: look for claims this pool does not know)."""
+        with self._cond:
+            if pending:
+                self._done[:0] = pending
+            else:
+                self._audit = True
+            self._cond.notify_all()
+
+    def _continue_inline(self) -> Attempt | None:
+        """Called by a runner whose handler just returned: if no one else is recording results,
+        record them now in this thread and return a successor to run here, so a chain of
+        subtasks goes on without handing over between threads."""
+        if not self._running or not self._dispatching.acquire(blocking=False):
+            return None
+        try:
+            pending, free = self._take_pending()
+            if not pending:
+                return None
             try:
-                if self._audit:
-                    self._hand_back_unknown()
-                if pending:
-                    self._report(pending, free)
-                    pending = []
-                elif free > 0:
-                    self._claim(free)
-                backoff = iter(RETRY_DELAYS)
+                return self._report(pending, free, keep_one=True)
             except Exception:
-                delay = next(backoff, RETRY_DELAYS[-1])
-                _log.warning(
-                    "the database did not answer; trying again in %.2f s", delay, exc_info=True
-                )
-                if not pending:
-                    self._audit = True  # the claim may have committed before the error
-                time.sleep(delay)
+                self._requeue(pending)  # the dispatcher retries with its back-off
+                return None
+        finally:
+            self._dispatching.release()
 
     def _await_work(self) -> bool:
         """Under ``_cond``: wait until there are results to report or slots to fill (woken by
@@ -484,8 +524,14 @@ class WorkerPool:
         self._start(claims)
 
     def _report(
-        self, pending: list[tuple[Attempt, AttemptResult, TaskContext | None]], free: int
-    ) -> None:
+        self,
+        pending: list[tuple[Attempt, AttemptResult, TaskContext | None]],
+        free: int,
+        *,
+        keep_one: bool = False,
+    ) -> Attempt | None:
+        """Record ``pending`` and start what the same transaction claimed; with ``keep_one``,
+        the first claim is returned to the caller to run instead of queued."""
         reports = [Report(a.claim, result, output, a.log.drain()) for a, result, output in pending]
         # Look beyond what this batch unblocks only when there may be READY work elsewhere: a
         # signal, a poll, or a claim that found as much as it asked for.
@@ -499,7 +545,7 @@ class WorkerPool:
         )
         if claim_any:
             self._maybe_ready = len(batch.claims) == free
-        self._start(batch.claims)
+        kept = self._start(batch.claims, keep_one=keep_one)
         promoted = 0
         for (attempt, _, _), outcome in zip(pending, batch.outcomes, strict=True):
             promoted += outcome.promoted
@@ -507,19 +553,25 @@ class WorkerPool:
                 self.on_finish(attempt.claim, outcome)
         if promoted > len(batch.claims):
             self.wake(promoted - len(batch.claims))
+        return kept
 
-    def _start(self, claims: list[Claim]) -> None:
+    def _start(self, claims: list[Claim], *, keep_one: bool = False) -> Attempt | None:
+        kept: Attempt | None = None
         for claim in claims:
             attempt = Attempt(claim)
             with self._cond:
                 self._open += 1
                 self._attempts[claim.subtask_id] = attempt
+                if keep_one and kept is None:
+                    kept = attempt
+                    continue
                 spawn = self._idle_runners == 0
                 if not spawn:
                     self._idle_runners -= 1
             if spawn:
                 self._spawn_runner()
             self._work.put(attempt)
+        return kept
 
     def _hand_back_unknown(self) -> None:
         """After a failed claim: hand back subtasks that claim committed but this pool never
@@ -567,7 +619,9 @@ class WorkerPool:
                 with self._cond:
                     self._runners -= 1
                 return
-            self._run(attempt)
+            while attempt is not None:
+                self._run(attempt)
+                attempt = self._continue_inline()
             with self._cond:
                 if self._runners > self.size and self._idle_runners >= self.size:
                     self._runners -= 1  # a spare started while a handler was stuck: retire

@@ -255,10 +255,15 @@ def _take(
         "executor": take.executor,
         "now": now,
     }
-    if take.returning:
-        rows = conn.execute(q.promote_and_claim_returning, params).all()
+    if len(ids) == 1:  # a chain's next link: no expanding parameter to render
+        params["sid"] = ids[0]
+        stmt = q.promote_and_claim_one_returning if take.returning else q.promote_and_claim_one
     else:
-        conn.execute(q.promote_and_claim, params)
+        stmt = q.promote_and_claim_returning if take.returning else q.promote_and_claim
+    if take.returning:
+        rows = conn.execute(stmt, params).all()
+    else:
+        conn.execute(stmt, params)
         rows = conn.execute(q.claimed_rows, {"ids": ids}).all()
     if len(rows) != len(ids):
         raise RuntimeError(f"subtasks {ids} were not all {old} (changed concurrently)")

@@ -496,7 +496,12 @@ class Store(WorkerStore, StoreReads):
         upstreams: dict[int, list[int]] = {}
         parsed: dict[int, TaskContext] = {}
         if forward:
-            for link in conn.execute(q.upstream_outputs_of, {"ids": [r.id for r in forward]}):
+            links = (
+                conn.execute(q.upstream_outputs_of_one, {"sid": forward[0].id})
+                if len(forward) == 1
+                else conn.execute(q.upstream_outputs_of, {"ids": [r.id for r in forward]})
+            )
+            for link in links:
                 upstreams.setdefault(link.downstream_id, []).append(link.id)
                 if link.id not in parsed:
                     parsed[link.id] = TaskContext.from_json(link.output_context)
@@ -594,7 +599,12 @@ class Store(WorkerStore, StoreReads):
         claims: list[Claim] = []
         with self.db.begin(hot=True) as conn:
             task_ids = sorted({r.claim.task_id for r in reports})
-            tasks = {row.id: row for row in conn.execute(q.lock_tasks, {"ids": task_ids}).all()}
+            locked = (
+                conn.execute(q.lock_one_task, {"task_id": task_ids[0]})
+                if len(task_ids) == 1
+                else conn.execute(q.lock_tasks, {"ids": task_ids})
+            )
+            tasks = {row.id: row for row in locked.all()}
             # Optimistically, every attempt is still RUNNING (the usual case): one conditional
             # UPDATE per kind of change, no read first. Only if some rows did not match are
             # those read to tell a cancel from a stale result.

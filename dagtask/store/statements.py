@@ -220,6 +220,19 @@ _promote_and_claim = (
 )
 promote_and_claim = _promote_and_claim
 promote_and_claim_returning = _promote_and_claim.returning(*CLAIM_COLUMNS)
+_promote_and_claim_one = (
+    subtask.update()
+    .where(subtask.c.id == sa.bindparam("sid"), subtask.c.status == sa.bindparam("old_status"))
+    .values(
+        status=S.RUNNING.value,
+        operation=sa.bindparam("new_operation"),
+        run_time=sa.bindparam("new_run_time"),
+        executor=sa.bindparam("executor"),
+        start_time=sa.bindparam("now"),
+    )
+)
+promote_and_claim_one = _promote_and_claim_one
+promote_and_claim_one_returning = _promote_and_claim_one.returning(*CLAIM_COLUMNS)
 """PENDING (or SUCCESSFUL) straight to RUNNING for the worker whose transaction unblocked them:
 one statement where promoting and then claiming would take two."""
 claimed_rows = sa.select(*CLAIM_COLUMNS).where(
@@ -233,6 +246,12 @@ upstream_outputs_of = (
     .order_by(subtask_edge.c.downstream_id, subtask.c.id)
 )
 """The upstream outputs of a batch of claimed subtasks, in upstream id order per subtask."""
+upstream_outputs_of_one = (
+    sa.select(subtask_edge.c.downstream_id, subtask.c.id, subtask.c.output_context)
+    .join(subtask, subtask_edge.c.upstream_id == subtask.c.id)
+    .where(subtask_edge.c.downstream_id == sa.bindparam("sid"))
+    .order_by(subtask.c.id)
+)
 task_contexts = sa.select(task.c.id, task.c.context).where(
     task.c.id.in_(sa.bindparam("ids", expanding=True))
 )
@@ -444,6 +463,14 @@ lock_tasks = (
     .with_for_update()
 )
 """Several tasks locked in one statement, in id order (the order every locker uses)."""
+lock_one_task = (
+    sa.select(
+        task.c.id, task.c.status, task.c.operation, task.c.concurrency, task.c.cancel_requested
+    )
+    .where(task.c.id == sa.bindparam("task_id"))
+    .with_for_update()
+)
+"""The same for one task: no expanding parameter to render on the hot path of a chain."""
 mark_lost = (
     subtask.update()
     .where(subtask.c.id == sa.bindparam("sid"))
