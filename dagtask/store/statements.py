@@ -204,37 +204,29 @@ claim_ids = (
         status=S.RUNNING.value, executor=sa.bindparam("executor"), start_time=sa.bindparam("now")
     )
 )
-_promote_and_claim = (
-    subtask.update()
-    .where(
-        subtask.c.id.in_(sa.bindparam("ids", expanding=True)),
-        subtask.c.status == sa.bindparam("old_status"),
+
+
+def _promote_and_claim(which: sa.ColumnElement[bool]) -> sa.Update:
+    return (
+        subtask.update()
+        .where(which, subtask.c.status == sa.bindparam("old_status"))
+        .values(
+            status=S.RUNNING.value,
+            operation=sa.bindparam("new_operation"),
+            run_time=sa.bindparam("new_run_time"),
+            executor=sa.bindparam("executor"),
+            start_time=sa.bindparam("now"),
+        )
     )
-    .values(
-        status=S.RUNNING.value,
-        operation=sa.bindparam("new_operation"),
-        run_time=sa.bindparam("new_run_time"),
-        executor=sa.bindparam("executor"),
-        start_time=sa.bindparam("now"),
-    )
-)
-promote_and_claim = _promote_and_claim
-promote_and_claim_returning = _promote_and_claim.returning(*CLAIM_COLUMNS)
-_promote_and_claim_one = (
-    subtask.update()
-    .where(subtask.c.id == sa.bindparam("sid"), subtask.c.status == sa.bindparam("old_status"))
-    .values(
-        status=S.RUNNING.value,
-        operation=sa.bindparam("new_operation"),
-        run_time=sa.bindparam("new_run_time"),
-        executor=sa.bindparam("executor"),
-        start_time=sa.bindparam("now"),
-    )
-)
-promote_and_claim_one = _promote_and_claim_one
-promote_and_claim_one_returning = _promote_and_claim_one.returning(*CLAIM_COLUMNS)
+
+
+promote_and_claim = _promote_and_claim(subtask.c.id.in_(sa.bindparam("ids", expanding=True)))
+promote_and_claim_returning = promote_and_claim.returning(*CLAIM_COLUMNS)
 """PENDING (or SUCCESSFUL) straight to RUNNING for the worker whose transaction unblocked them:
 one statement where promoting and then claiming would take two."""
+promote_and_claim_one = _promote_and_claim(subtask.c.id == sa.bindparam("sid"))
+promote_and_claim_one_returning = promote_and_claim_one.returning(*CLAIM_COLUMNS)
+"""The same for one subtask (a chain's next link): no expanding parameter to render."""
 claimed_rows = sa.select(*CLAIM_COLUMNS).where(
     subtask.c.id.in_(sa.bindparam("ids", expanding=True))
 )
