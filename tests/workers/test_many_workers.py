@@ -67,7 +67,10 @@ def test_four_workers_run_a_2000_subtask_dag_exactly_once(
             if e.subtask_id is not None and e.new_status == SubtaskStatus.RUNNING
         )
         assert set(claims) == ids and set(claims.values()) == {1}
-        assert {s.executor for s in done.subtasks} == set(names)  # all four took part
+        # The work was shared. (Not necessarily by all four: a worker takes what its own finish
+        # unblocks, so on one-writer SQLite a worker that only polls may find nothing left.)
+        executors = {s.executor for s in done.subtasks}
+        assert executors <= set(names) and len(executors) >= 2, executors
 
 
 @pytest.mark.parametrize(
