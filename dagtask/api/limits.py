@@ -99,7 +99,10 @@ class RateLimiter:
             self._windows[key] = (start, count)
             if len(self._windows) > 10_000:
                 self._forget_expired(now)
-        reset = max(0, math.ceil(start + self.rate.window - now))
+        # Rounded up to whole seconds, but never past the window: (start + window) - now can
+        # exceed the window by a float's last bit when start == now.
+        left = start + self.rate.window - now
+        reset = max(0, min(math.ceil(left - 1e-6), math.ceil(self.rate.window)))
         return Quota(self.rate.limit, self.rate.limit - count, reset, allowed)
 
     def _forget_expired(self, now: float) -> None:

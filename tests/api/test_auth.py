@@ -234,6 +234,13 @@ def test_rate_limit_answers_429_with_ratelimit_headers(frozen_engine: Engine) ->
         assert api.client("admin").get(TASKS).status_code == 200
 
 
+def test_rate_limit_reset_never_exceeds_the_window() -> None:
+    # (start + 60) - now is 60.000000000007 for this clock value: the reset must still be 60.
+    limiter = RateLimiter(RateLimit(limit=2, window=60), clock=lambda: 65483.98140820866)
+    quota = limiter.hit("a")
+    assert quota is not None and quota.reset == 60
+
+
 def test_rate_limit_window_starts_over() -> None:
     now = [0.0]
     limiter = RateLimiter(RateLimit(limit=2, window=10), clock=lambda: now[0])
