@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from dagtask.api.limits import RateLimit, RateLimiter
 from dagtask.users import hash_password, verify_password
 from tests.api.support import CHEAP
+from tests.hypo import examples
 
 
 @given(
@@ -34,7 +35,7 @@ def test_each_window_admits_at_most_the_limit_and_refuses_only_when_full(
         assert quota.remaining == limit - admitted.get(end, 0)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=examples(25), deadline=None)
 @given(password=st.text(min_size=1, max_size=40), other=st.text(min_size=1, max_size=40))
 def test_a_hash_verifies_its_password_and_no_other(password: str, other: str) -> None:
     encoded = hash_password(password, CHEAP)

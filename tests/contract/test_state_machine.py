@@ -82,6 +82,7 @@ from dagtask.states import (
 from dagtask.store import db as dbmod
 from dagtask.store.sql import Claim, Store
 from tests import strategies
+from tests.hypo import examples, steps
 
 S = SubtaskStatus
 OP = Operation
@@ -97,8 +98,8 @@ RESULTS = {
     "cancelled": AttemptResult(ok=False, message="cancelled by the operator", cancelled=True),
 }
 
-EXAMPLES = int(os.environ.get("DAGTASK_MACHINE_EXAMPLES", "100"))
-STEPS = int(os.environ.get("DAGTASK_MACHINE_STEPS", "50"))
+EXAMPLES = int(os.environ.get("DAGTASK_MACHINE_EXAMPLES", str(examples(100))))
+STEPS = int(os.environ.get("DAGTASK_MACHINE_STEPS", str(steps(50))))
 SHRINK = os.environ.get("DAGTASK_MACHINE_SHRINK") == "1"
 """Shrinking a failure of this machine takes Hypothesis's full five minutes per database, so it
 is opt-in: by default a failure is reported at once, with the unshrunk steps."""

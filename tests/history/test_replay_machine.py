@@ -35,9 +35,10 @@ from dagtask.store import history as sql
 from dagtask.store.sql import Store
 from tests.contract.test_state_machine import OPERATOR, TaskLife
 from tests.history import support
+from tests.hypo import examples, steps
 
-EXAMPLES = int(os.environ.get("DAGTASK_REPLAY_EXAMPLES", "30"))
-STEPS = int(os.environ.get("DAGTASK_REPLAY_STEPS", "30"))
+EXAMPLES = int(os.environ.get("DAGTASK_REPLAY_EXAMPLES", str(examples(30))))
+STEPS = int(os.environ.get("DAGTASK_REPLAY_STEPS", str(steps(30))))
 
 
 class ReplayedLife(TaskLife):

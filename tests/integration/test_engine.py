@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from dagtask import Engine, Operation, SubtaskStatus, TaskStatus, TemplateBuilder
 from dagtask.errors import HandlerImportError, TaskTimeoutError
 from tests import handlers
+from tests.hypo import examples
 from tests.strategies import Dag, dags
 
 
@@ -33,7 +34,9 @@ def started_before_all_downstreams(dag: Dag, journal: list[tuple[str, str, float
 
 
 @settings(
-    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=examples(25),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(dag=dags())
 def test_random_dag_runs_every_subtask_once_in_dependency_order(engine: Engine, dag: Dag) -> None:
@@ -48,7 +51,9 @@ def test_random_dag_runs_every_subtask_once_in_dependency_order(engine: Engine, 
 
 
 @settings(
-    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=examples(25),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(data=st.data(), dag=dags())
 def test_failures_stop_exactly_their_descendants(
