@@ -30,6 +30,7 @@ from dagtask.models import (
     TaskInfo,
     TaskPage,
 )
+from dagtask.secrets import mask_values, secret_values
 from dagtask.states import SubtaskStatus, TaskStatus
 from dagtask.template import TaskTemplate
 
@@ -112,8 +113,9 @@ def subtask_labels(task: TaskInfo) -> dict[int, str]:
     }
 
 
-def event_line(event: TaskEvent, labels: Mapping[int, str]) -> str:
-    """One line of live progress: ``[time] who: OLD -> NEW (operation OP): message``."""
+def event_line(event: TaskEvent, labels: Mapping[int, str], secrets: Sequence[str] = ()) -> str:
+    """One line of live progress: ``[time] who: OLD -> NEW (operation OP): message``, with
+    ``secrets`` (the task's :func:`dagtask.secrets.secret_values`) masked in the message."""
     stamp = local(event.time).strftime("%H:%M:%S.%f")[:-3]
     if event.subtask_id is None:
         who = f"task {event.task_id}"
@@ -126,7 +128,7 @@ def event_line(event: TaskEvent, labels: Mapping[int, str]) -> str:
     if event.old_operation and event.new_operation and event.old_operation != event.new_operation:
         change += f" (operation {event.new_operation})"
     if event.message and event.kind is not EventKind.TASK_SUBMITTED:
-        change += f": {one_line(event.message)}"
+        change += f": {one_line(mask_values(event.message, secrets))}"
     return f"  [{stamp}] {who}: {change}"
 
 
@@ -141,6 +143,7 @@ def print_task(task: TaskInfo) -> None:
     if task.historical:
         print(f"  {origin_line(task.origin or {})}")
     labels = subtask_labels(task)
+    secrets = secret_values(task)
     subs = sorted(task.subtasks, key=lambda sub: (-sub.series_id, sub.id))
     rows = [
         [
@@ -150,7 +153,7 @@ def print_task(task: TaskInfo) -> None:
             sub.operation.value,
             str(sub.run_time),
             sub.executor or "-",
-            one_line(sub.message),
+            one_line(mask_values(sub.message or "", secrets)),
         ]
         for sub in subs
     ]
@@ -192,10 +195,12 @@ def print_submitted(task: TaskInfo, *, as_json: bool) -> None:
 
 
 def print_failures(task: TaskInfo) -> None:
-    """For each FAILED subtask: why, and how to read its log."""
+    """For each FAILED subtask: why (secrets masked), and how to read its log."""
+    secrets = secret_values(task)
     for sub in task.subtasks:
         if sub.status is SubtaskStatus.FAILED:
-            print(f"  subtask {sub.id} {sub.name} failed: {one_line(sub.message)}")
+            why = one_line(mask_values(sub.message or "", secrets))
+            print(f"  subtask {sub.id} {sub.name} failed: {why}")
             print(f"  see its log with `dagtask logs {task.id} {sub.id}`")
 
 
@@ -345,7 +350,9 @@ def run_to_end(
     (the history events after event id ``after``)."""
     if not progress:
         return engine.run_task(task_id, timeout)
-    labels = subtask_labels(engine.get(task_id))
+    task = engine.get(task_id)
+    labels = subtask_labels(task)
+    secrets = secret_values(task)
     done = threading.Event()
 
     def show() -> None:
@@ -354,7 +361,7 @@ def run_to_end(
                 if done.is_set():
                     return
                 if event.id > after:
-                    print(event_line(event, labels), flush=True)
+                    print(event_line(event, labels, secrets), flush=True)
         except Exception:
             # Once the main thread gave up (timeout, Ctrl-C) it reports why and closes the
             # database under us; anything before that is a real fault and must surface.

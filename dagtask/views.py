@@ -29,6 +29,7 @@ from pydantic.alias_generators import to_camel
 from dagtask.context import TaskContext
 from dagtask.errors import DagtaskError
 from dagtask.models import SubtaskInfo, TaskInfo, TaskPage
+from dagtask.secrets import mask_context
 from dagtask.states import Operation, SubtaskStatus, TaskStatus, TaskType
 
 __all__ = [
@@ -256,7 +257,8 @@ def _task_start(task: TaskInfo) -> datetime:
 def _task_view(task: TaskInfo) -> TaskView:
     return TaskView(
         cluster_id=task.cluster_id,
-        context=task.context,
+        # Secrets are masked in everything shown (docs/security.md); the store keeps them.
+        context=mask_context(task.context),
         creator=task.creator,
         executor=task.executor,
         finish_time=task.finish_time,
@@ -303,6 +305,7 @@ def task_json(task: TaskInfo) -> dict[str, Any]:
     ``hostId``/``clusterId``/``tenantId`` appear only when the task has that subject and
     ``finishTime`` only once the task has finished; subtasks are ordered by seriesId descending
     (roots first, see :func:`_subtask_order`) and rendered by :func:`subtask_json`'s rules.
+    The values of secret context keys are masked (:mod:`dagtask.secrets`).
     """
     return _task_view(task).to_json()
 

@@ -27,7 +27,7 @@ from fastapi import APIRouter, FastAPI
 from dagtask import __version__
 from dagtask.api.auth import Authenticator
 from dagtask.api.errors import install_error_handlers
-from dagtask.api.limits import RateLimit, RateLimiter
+from dagtask.api.limits import LoginBackoff, RateLimit, RateLimiter
 from dagtask.api.routes import create_router
 from dagtask.engine import Engine
 from dagtask.store.users import UserStore
@@ -61,6 +61,9 @@ class ApiSettings:
     password_cost: ScryptCost | None = None
     """The KDF cost spent on a user that does not exist (default: ``users.DEFAULT_COST``, the
     cost of the stored hashes); tests that store cheaper hashes pass the same cheap cost."""
+    login_backoff: LoginBackoff | None = None
+    """When failed logins lock an account or a client out (None: from the ``DAGTASK_LOGIN_*``
+    environment variables, else the defaults; see ``docs/security.md``)."""
 
 
 def create_api_router(engine: Engine, settings: ApiSettings | None = None) -> APIRouter:
@@ -71,6 +74,7 @@ def create_api_router(engine: Engine, settings: ApiSettings | None = None) -> AP
         RateLimiter(settings.rate_limit),
         cache_seconds=settings.auth_cache_seconds,
         unknown_user_cost=settings.password_cost,
+        backoff=settings.login_backoff,
     )
     return create_router(engine, authenticator, server=settings.server)
 

@@ -7,7 +7,17 @@ the KDF on every request, while a password change, a disabled user or a new role
 the next request (the user's row is read every time).
 
 A failed authentication costs the same KDF work whether or not the user exists, and counts
-against the caller's address in the rate limiter, which throttles password guessing.
+against the caller's address in the rate limiter.
+
+Password guessing is stopped by a back-off (:class:`~dagtask.api.limits.LoginBackoff`): after
+``account_failures`` failed logins for one user name, or ``client_failures`` from one client
+address, that name or address is answered 429 with ``Retry-After`` for a lockout that doubles with
+every further failure. During a lockout the password is not even checked, so the right one is
+refused too (and costs no KDF work); a successful login clears the name's count, not the
+address's (an attacker with an account of their own could clear it between guesses otherwise).
+The counts live in this process's memory: each ``dagtask serve`` process counts on its own, and a
+restart forgets them. The client address is the TCP peer, or the ``X-Forwarded-For`` client when
+the peer is a proxy the operator trusts (``dagtask.api.server.serve(trusted_proxies=...)``).
 """
 
 from __future__ import annotations
@@ -16,6 +26,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import math
 import secrets
 import threading
 import time
@@ -25,8 +36,8 @@ from fastapi import Request
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 from starlette.requests import HTTPConnection
 
-from dagtask.api.errors import request_state
-from dagtask.api.limits import RateLimiter
+from dagtask.api.errors import RequestState, request_state
+from dagtask.api.limits import FailureTracker, LoginBackoff, Quota, RateLimiter
 from dagtask.errors import AuthenticationError, PermissionDeniedError, RateLimitedError
 from dagtask.store.users import UserStore
 from dagtask.users import Role, ScryptCost, UserInfo, verify_password, verify_unknown
@@ -40,6 +51,10 @@ MALFORMED = (
     "'name:password' (UTF-8)"
 )
 BAD_CREDENTIALS = "invalid user name or password (or the user is disabled)"
+LOCKED_OUT = (
+    "too many failed logins {who}: try again in {reset} s (every further failure doubles the "
+    "wait; an administrator can reset a forgotten password with `dagtask users passwd NAME`)"
+)
 THROTTLED = (
     "Excessive number of requests. You have exceeded the request limit for the current "
     "throttling window; retry in {reset} s"
@@ -78,10 +93,16 @@ class Authenticator:
         *,
         cache_seconds: float = 60.0,
         unknown_user_cost: ScryptCost | None = None,
+        backoff: LoginBackoff | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``backoff`` defaults to :meth:`LoginBackoff.from_env` (the ``DAGTASK_LOGIN_*``
+        environment variables over the defaults)."""
         self.users = users
         self.limiter = limiter
+        self.backoff = backoff if backoff is not None else LoginBackoff.from_env()
+        self.account_failures = FailureTracker(self.backoff.account_failures, self.backoff, clock)
+        self.client_failures = FailureTracker(self.backoff.client_failures, self.backoff, clock)
         self.cache_seconds = cache_seconds
         self.unknown_user_cost = unknown_user_cost
         self._clock = clock
@@ -124,21 +145,43 @@ class Authenticator:
     def authenticate(self, request: Request, name: str | None, password: str | None) -> UserInfo:
         """The caller as a user; 401 (or 429 when it keeps failing) otherwise.
 
-        Every request of the user counts in its rate-limit window (429 beyond it).
+        Every request of the user counts in its rate-limit window (429 beyond it). A name or an
+        address locked out by failed logins is 429 whatever the password.
         """
         state = request_state(request)
+        client = request.client.host if request.client else "unknown"
+        account = name.casefold() if name is not None else None
+        if account is not None:
+            self._refuse_if_locked(state, account, client)
         user = self.check(name, password or "") if name is not None else None
         if user is None:
-            client = request.client.host if request.client else "unknown"
+            if account is not None:
+                self.account_failures.failed(account)
+                self.client_failures.failed(client)
             state.quota = self.limiter.hit(f"anonymous@{client}")
             if state.quota is not None and not state.quota.allowed:
                 raise RateLimitedError(THROTTLED.format(reset=state.quota.reset))
             raise AuthenticationError(NO_CREDENTIALS if name is None else BAD_CREDENTIALS)
+        if account is not None:
+            self.account_failures.reset(account)
         state.user = user
         state.quota = self.limiter.hit(f"user:{user.name}")
         if state.quota is not None and not state.quota.allowed:
             raise RateLimitedError(THROTTLED.format(reset=state.quota.reset))
         return user
+
+    def _refuse_if_locked(self, state: RequestState, account: str, client: str) -> None:
+        """429 with ``Retry-After`` while the name or the address is locked out."""
+        for tracker, key, who in (
+            (self.account_failures, account, "for this user"),
+            (self.client_failures, client, "from this address"),
+        ):
+            left = tracker.locked_for(key)
+            if left > 0:
+                reset = max(1, math.ceil(left))
+                # The envelope turns the quota's reset into the Retry-After header.
+                state.quota = Quota(tracker.threshold, 0, reset, allowed=False)
+                raise RateLimitedError(LOCKED_OUT.format(who=who, reset=reset))
 
 
 def check_role(user: UserInfo, role: Role, action: str) -> None:

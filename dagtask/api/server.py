@@ -1,19 +1,28 @@
-"""``dagtask serve``: the API on uvicorn, with the engine's workers in the same process."""
+"""``dagtask serve``: the API on uvicorn, with the engine's workers in the same process.
+
+``X-Forwarded-For`` (and ``X-Forwarded-Proto``) are believed only from the proxies the operator
+names (``trusted_proxies``); by default none, so the client address that rate limits and login
+back-off count by is the TCP peer, which a client cannot rotate. (uvicorn's own default trusts
+the header from 127.0.0.1, which would let any local client pose as many.)
+"""
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import signal
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from types import FrameType
+from typing import Any
 
 import uvicorn
 
 from dagtask.api.app import ApiSettings, create_app
 from dagtask.engine import Engine
+from dagtask.errors import ArgumentError
 from dagtask.store.users import UserStore
 
 _log = logging.getLogger("dagtask.api")
@@ -34,6 +43,43 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def checked_proxies(proxies: Sequence[str]) -> list[str]:
+    """The trusted proxies, each an IP address or network; ArgumentError naming a bad one."""
+    trusted = [p.strip() for p in proxies if p.strip()]
+    for proxy in trusted:
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except ValueError as exc:
+            raise ArgumentError(
+                f"--trusted-proxy {proxy!r} is not an IP address or network; "
+                "name the proxy's address, e.g. --trusted-proxy 10.0.0.5"
+            ) from exc
+    return trusted
+
+
+def uvicorn_config(
+    app: Any,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    trusted_proxies: Sequence[str] = (),
+    log_level: str = "info",
+) -> uvicorn.Config:
+    """uvicorn's configuration for the API: ``X-Forwarded-*`` honoured only from
+    ``trusted_proxies`` (IP addresses or networks such as ``10.0.0.0/8``; none by default)."""
+    trusted = checked_proxies(trusted_proxies)
+    # No "server: uvicorn" header: the envelope's `server` says who answered.
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        server_header=False,
+        proxy_headers=bool(trusted),
+        forwarded_allow_ips=trusted or None,
+    )
+
+
 def serve(
     db: str,
     *,
@@ -41,10 +87,13 @@ def serve(
     port: int = 8080,
     workers: int = 4,
     settings: ApiSettings | None = None,
+    trusted_proxies: Sequence[str] = (),
     announce: Callable[[str], None] = print,
 ) -> None:
     """Serve the API on ``host:port`` until SIGINT/SIGTERM, running ``workers`` worker threads
-    in this process (0: none; run ``dagtask worker`` processes instead)."""
+    in this process (0: none; run ``dagtask worker`` processes instead). ``X-Forwarded-For``
+    is believed only from ``trusted_proxies`` (see :func:`uvicorn_config`)."""
+    trusted_proxies = checked_proxies(trusted_proxies)  # refused before the engine starts
     settings = settings or ApiSettings()
     with Engine(db, workers=workers) as engine:
         if UserStore(engine.database).count() == 0:
@@ -56,16 +105,14 @@ def serve(
         address = sock.getsockname()
         shown = f"[{address[0]}]" if sock.family == socket.AF_INET6 else address[0]
         app = create_app(engine, settings)
-        # No "server: uvicorn" header: the envelope's `server` says who answered.
-        config = uvicorn.Config(
-            app, host=host, port=address[1], log_level="info", server_header=False
-        )
+        config = uvicorn_config(app, host=host, port=address[1], trusted_proxies=trusted_proxies)
         server = uvicorn.Server(config)
         if workers:
             engine.start()
         announce(
             f"dagtask API on http://{shown}:{address[1]} (OpenAPI: /openapi.json, docs: /docs); "
-            f"workers in this process: {workers}; rate limit: {settings.rate_limit} per user"
+            f"workers in this process: {workers}; rate limit: {settings.rate_limit} per user; "
+            f"trusted proxies: {', '.join(trusted_proxies) or 'none'}"
         )
         try:
             with _graceful_signals(server):

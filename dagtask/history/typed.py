@@ -29,6 +29,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from dagtask.models import EventKind, TaskEvent, TaskInfo
+from dagtask.secrets import mask_values, secret_values
 from dagtask.states import Operation, SubtaskStatus, TaskStatus
 
 S = SubtaskStatus
@@ -327,12 +328,16 @@ def is_attempt_end(event: TaskEvent | _Event) -> bool:
 def typed_events(
     task: TaskInfo, raw: Sequence[TaskEvent], template: TemplateRef | None = None
 ) -> list[HistoryEvent]:
-    """Each stored event of ``task`` as a typed event (same order, one for one)."""
+    """Each stored event of ``task`` as a typed event (same order, one for one); the task's
+    secret values are masked in the messages (an error may quote a password)."""
     names = labels(task)
+    secrets = secret_values(task)
     started: dict[int, datetime] = {}
     ended_by: dict[int, str | None] = {}
     result: list[HistoryEvent] = []
     for step, event in enumerate(raw, start=1):
+        if secrets and event.message:
+            event = event.model_copy(update={"message": mask_values(event.message, secrets)})
         base = event.model_dump(exclude={"kind"})
         base.update(step=step, subtask=names.get(event.subtask_id or -1))
         sid = event.subtask_id

@@ -2,11 +2,21 @@
 
 Rows are mapped to the domain models of :mod:`dagtask.models` here (and in :mod:`.hosts` for the
 inventory), nowhere else.
+
+A task and a page of tasks are each read from one snapshot (:meth:`StoreReads._snapshot`): their
+several SELECTs run in one REPEATABLE READ transaction on PostgreSQL and MariaDB/MySQL (whose
+engine otherwise reads at READ COMMITTED, a fresh snapshot per statement), so a worker committing
+between them can never show a RUNNING task whose subtasks have all ended. SQLite's deferred read
+transaction in WAL mode already sees one snapshot from its first read on.
+
+Logs are returned with the secret values of the subtask's contexts masked
+(:mod:`dagtask.secrets`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import sqlalchemy as sa
@@ -15,6 +25,7 @@ from dagtask import states
 from dagtask.context import TaskContext
 from dagtask.errors import TaskNotFoundError
 from dagtask.models import SubtaskInfo, TaskEvent, TaskInfo, TaskPage
+from dagtask.secrets import mask_values, secret_values
 from dagtask.states import Operation, SubtaskStatus, TaskStatus
 from dagtask.store import statements as q
 from dagtask.store.db import Database
@@ -42,9 +53,25 @@ class StoreReads:
             raise _not_found(task_id)
         return TaskStatus(value)
 
+    @contextmanager
+    def _snapshot(self) -> Iterator[sa.Connection]:
+        """A read-only transaction whose every SELECT sees the same committed state."""
+        if self.db.is_sqlite:
+            with self.db.read() as conn:
+                yield conn
+            return
+        options: dict[str, Any] = {"isolation_level": "REPEATABLE READ"}
+        if self.db.dialect == "postgresql":
+            options["postgresql_readonly"] = True
+        # Per connection: the pool resets the isolation level when the connection goes back.
+        with self.db.read_engine.connect() as conn:
+            conn.execution_options(**options)
+            with conn.begin():
+                yield conn
+
     def get_task(self, task_id: int) -> TaskInfo:
-        """The task with its subtasks and their links."""
-        with self.db.read() as conn:
+        """The task with its subtasks and their links, read from one snapshot."""
+        with self._snapshot() as conn:
             row = conn.execute(sa.select(task).where(task.c.id == task_id)).one_or_none()
             if row is None:
                 raise _not_found(task_id)
@@ -71,10 +98,14 @@ class StoreReads:
         types: Sequence[states.TaskType] = (),
         descending: bool = True,
     ) -> TaskPage:
-        """One page of tasks (newest first by default), with their subtasks.
+        """One page of tasks (newest first by default), with their subtasks, from one snapshot.
 
         ``name`` matches a part of the name, literally (``%`` and ``_`` are not wildcards);
         ``host_id`` matches single-host tasks and batches that act on that host.
+
+        A page holds what a list shows, in three queries whatever its size (the count, the
+        tasks, their subtasks): its subtasks carry no links (``upstreams``/``downstreams`` are
+        empty), no output context and no message; :meth:`get_task` has those.
         """
         where: list[sa.ColumnElement[bool]] = []
         if name:
@@ -94,36 +125,36 @@ class StoreReads:
             batches = sa.select(task_host.c.task_id).where(task_host.c.host_id == host_id)
             where.append(sa.or_(task.c.host_id == host_id, task.c.id.in_(batches)))
         order = task.c.id.desc() if descending else task.c.id.asc()
-        with self.db.read() as conn:
+        with self._snapshot() as conn:
             total = conn.execute(
                 sa.select(sa.func.count()).select_from(task).where(*where)
             ).scalar()
             rows = conn.execute(
-                sa.select(task).where(*where).order_by(order).limit(size).offset((page - 1) * size)
+                sa.select(*_LIST_TASK_COLUMNS)
+                .where(*where)
+                .order_by(order)
+                .limit(size)
+                .offset((page - 1) * size)
             ).all()
             ids = [r.id for r in rows]
-            subs = conn.execute(
-                sa.select(subtask)
-                .where(subtask.c.task_id.in_(ids))
-                .order_by(subtask.c.series_id.desc())
-            ).all()
-            edges = conn.execute(
-                sa.select(
-                    subtask_edge.c.upstream_id, subtask_edge.c.downstream_id, subtask_edge.c.task_id
-                ).where(subtask_edge.c.task_id.in_(ids))
-            ).all()
-        tasks = [
-            _task_info(
-                r,
-                [s for s in subs if s.task_id == r.id],
-                [e for e in edges if e.task_id == r.id],
+            subs = (
+                conn.execute(
+                    sa.select(*_LIST_SUBTASK_COLUMNS)
+                    .where(subtask.c.task_id.in_(ids))
+                    .order_by(subtask.c.task_id, subtask.c.series_id.desc())
+                ).all()
+                if ids
+                else []
             )
-            for r in rows
-        ]
+        by_task: dict[int, list[Any]] = {}
+        for sub in subs:
+            by_task.setdefault(sub.task_id, []).append(sub)
+        tasks = [_task_info(r, by_task.get(r.id, []), (), listed=True) for r in rows]
         return TaskPage(tasks=tasks, number=page, size=size, total_elements=int(total or 0))
 
     def read_log(self, task_id: int, subtask_id: int) -> str:
-        """Every attempt's log of one subtask, in order."""
+        """Every attempt's log of one subtask, in order, with the secret values of the task's
+        context, the subtask's output and its upstreams' outputs masked."""
         with self.db.read() as conn:
             owner = conn.execute(
                 sa.select(subtask.c.task_id).where(subtask.c.id == subtask_id)
@@ -138,11 +169,12 @@ class StoreReads:
                 .where(subtask_log.c.subtask_id == subtask_id)
                 .order_by(subtask_log.c.run_time, subtask_log.c.id)
             ).scalars()
-            return "".join(parts)
+            text = "".join(parts)
+            return mask_values(text, _log_secrets(conn, task_id, subtask_id)) if text else text
 
     def log_since(self, task_id: int, subtask_id: int, after_id: int) -> tuple[str, int, S]:
-        """Log text written after log row ``after_id``, the last row id, and the subtask status
-        (for following a running subtask's log)."""
+        """Log text written after log row ``after_id`` (secrets masked), the last row id, and
+        the subtask status (for following a running subtask's log)."""
         with self.db.read() as conn:
             row = conn.execute(
                 sa.select(subtask.c.task_id, subtask.c.status).where(subtask.c.id == subtask_id)
@@ -157,8 +189,9 @@ class StoreReads:
                 .where(subtask_log.c.subtask_id == subtask_id, subtask_log.c.id > after_id)
                 .order_by(subtask_log.c.id)
             ).all()
+            secrets = _log_secrets(conn, task_id, subtask_id) if parts else []
         last = parts[-1].id if parts else after_id
-        return "".join(p.text for p in parts), last, S(row.status)
+        return mask_values("".join(p.text for p in parts), secrets), last, S(row.status)
 
     def events(self, task_id: int, after_id: int = 0) -> list[TaskEvent]:
         """The task's history events with id greater than ``after_id``, oldest first."""
@@ -209,8 +242,34 @@ def _not_found(task_id: int) -> TaskNotFoundError:
     )
 
 
-def _task_info(row: Any, subs: Sequence[Any], edges: Sequence[Any]) -> TaskInfo:
-    """Map a task row, its subtask rows and its edge rows to the domain model."""
+_LIST_TASK_COLUMNS = [c for c in task.c if c.name != "origin"]
+"""What a listed task needs: every column but the import origin (a list does not show it)."""
+
+_LIST_SUBTASK_COLUMNS = [c for c in subtask.c if c.name not in ("output_context", "message")]
+"""What a listed subtask needs: neither its output context nor its (possibly long) message."""
+
+
+def _log_secrets(conn: sa.Connection, task_id: int, subtask_id: int) -> list[str]:
+    """The secret values a subtask's log may show: those of the task's context, of the
+    subtask's own output and of its upstreams' outputs (its input)."""
+    context = conn.execute(sa.select(task.c.context).where(task.c.id == task_id)).scalar()
+    upstreams = sa.select(subtask_edge.c.upstream_id).where(
+        subtask_edge.c.downstream_id == subtask_id
+    )
+    outputs = conn.execute(
+        sa.select(subtask.c.output_context).where(
+            sa.or_(subtask.c.id == subtask_id, subtask.c.id.in_(upstreams)),
+            subtask.c.output_context.is_not(None),
+        )
+    ).scalars()
+    return secret_values(context, *outputs)
+
+
+def _task_info(
+    row: Any, subs: Sequence[Any], edges: Sequence[Any], *, listed: bool = False
+) -> TaskInfo:
+    """Map a task row, its subtask rows and its edge rows to the domain model (``listed``:
+    rows of a list page, without output contexts, messages or origin)."""
     ups: dict[int, list[int]] = {}
     downs: dict[int, list[int]] = {}
     for edge in edges:
@@ -238,8 +297,10 @@ def _task_info(row: Any, subs: Sequence[Any], edges: Sequence[Any]) -> TaskInfo:
             upstreams=sorted(ups.get(s.id, [])),
             downstreams=sorted(downs.get(s.id, [])),
             executor=s.executor,
-            context=TaskContext.from_json(s.output_context) if s.output_context else None,
-            message=s.message,
+            context=None
+            if listed or not s.output_context
+            else TaskContext.from_json(s.output_context),
+            message=None if listed else s.message,
             original_id=s.original_id,
             create_time=s.create_time,
             start_time=s.start_time,
@@ -269,5 +330,5 @@ def _task_info(row: Any, subs: Sequence[Any], edges: Sequence[Any]) -> TaskInfo:
         subtasks=subtasks,
         source_task_id=row.source_task_id,
         historical=row.historical,
-        origin=dict(row.origin) if row.origin else None,
+        origin=None if listed or not row.origin else dict(row.origin),
     )

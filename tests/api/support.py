@@ -16,6 +16,7 @@ import uvicorn
 
 from dagtask import Engine
 from dagtask.api import ApiSettings, RateLimit, create_app
+from dagtask.api.limits import LoginBackoff
 from dagtask.api.server import bind
 from dagtask.store.users import UserStore
 from dagtask.users import Role, ScryptCost, hash_password
@@ -64,13 +65,19 @@ class ApiServer:
 
 @contextmanager
 def serve(
-    engine: Engine, *, rate_limit: RateLimit | None = None, server_name: str = "test-server"
+    engine: Engine,
+    *,
+    rate_limit: RateLimit | None = None,
+    server_name: str = "test-server",
+    login_backoff: LoginBackoff | None = None,
 ) -> Iterator[ApiServer]:
-    """Serve the API around ``engine`` on a free loopback port until the block ends."""
+    """Serve the API around ``engine`` on a free loopback port until the block ends (rate
+    limits and login lockouts off, unless a test asks for them)."""
     settings = ApiSettings(
         rate_limit=rate_limit or RateLimit(limit=0),
         server=server_name,
         password_cost=CHEAP,
+        login_backoff=login_backoff or LoginBackoff(account_failures=0, client_failures=0),
     )
     with serve_app(create_app(engine, settings), engine) as api:
         yield api
@@ -81,7 +88,9 @@ def serve_app(app: Any, engine: Engine) -> Iterator[ApiServer]:
     """Serve the ASGI ``app`` with uvicorn in a thread, on a free loopback port."""
     sock = bind("127.0.0.1", 0)
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    server = uvicorn.Server(
+        uvicorn.Config(app, log_level="warning", lifespan="off", proxy_headers=False)
+    )
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     api = ApiServer(engine, f"http://127.0.0.1:{port}", server, thread)
