@@ -5,7 +5,14 @@ Every command opens the database given by ``--db`` (else ``$DAGTASK_DB_URL``, el
 (rendered by :mod:`dagtask.cli_output`) or as OCP's JSON (``--json``). A user mistake (any
 :class:`~dagtask.errors.DagtaskError`) prints one line ``dagtask: error: ...`` (or
 ``dagtask: error 2000x: ...`` for OCP's task errors) and exits 2, like argparse's own usage
-errors; a task that ends FAILED under ``--wait`` exits 1; Ctrl-C exits 130.
+errors. So does a database that cannot be used (unreachable, not answering within the timeouts,
+read-only, not a database, no dagtask schema for a command that only reads). A task that ends
+FAILED under ``--wait`` exits 1; Ctrl-C exits 130. Anything else is a bug: it prints one line
+naming the error and exits 3 (:data:`EXIT_INTERNAL`); ``--debug`` or ``DAGTASK_DEBUG=1`` prints
+the traceback too.
+
+Commands that only read (``list``, ``show``, ``logs``, ``history``, ``export`` ...) never create
+the schema or the SQLite file: on a database without a dagtask schema they say so and exit 2.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import shutil
 import signal
 import sys
 import threading
+import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
@@ -32,13 +40,29 @@ from alembic.util import CommandError
 
 from dagtask import __version__, views
 from dagtask import cli_output as out
+from dagtask.builtin import builtin_templates
 from dagtask.engine import Engine
-from dagtask.errors import ArgumentError, DagtaskError, HostNotFoundError, StoreError
+from dagtask.errors import (
+    ArgumentError,
+    DagtaskError,
+    HostNotFoundError,
+    SchemaMissingError,
+    StoreError,
+    TemplateError,
+)
 from dagtask.hosts.connector import connector_for
 from dagtask.hosts.inventory import AgentStatus
 from dagtask.models import HostInfo, TaskInfo
 from dagtask.states import TaskStatus
-from dagtask.store.db import DEFAULT_URL, ENV_VAR, Database, resolve_url, upgrade
+from dagtask.store.db import (
+    DEFAULT_URL,
+    ENV_VAR,
+    Database,
+    database_problem,
+    open_database,
+    resolve_url,
+    upgrade,
+)
 from dagtask.store.workers import WorkerRecord
 from dagtask.template import TaskTemplate, load_template
 from dagtask.worker import DEFAULT_LEASE_SECONDS
@@ -47,6 +71,19 @@ PROG = "dagtask"
 DEMO_HOST = "demo-host"
 DEMO_DIR = "dagtask-demo"
 TEMPLATE_SUFFIXES = (".yaml", ".yml", ".json")
+EXIT_USER = 2
+"""A user mistake, or a database that cannot be used: one line on stderr."""
+EXIT_INTERNAL = 3
+"""An unexpected error (a bug): one line on stderr, the traceback with --debug."""
+DEBUG_VAR = "DAGTASK_DEBUG"
+MAX_ID = 2**63 - 1
+"""Ids are 64-bit integers in every database."""
+MAX_PAGE_SIZE = 2000
+MAX_PAGE = MAX_ID // MAX_PAGE_SIZE
+"""So that the page's offset still fits in a 64-bit integer."""
+MAX_SECONDS = 10**7
+"""About 115 days: longer waits are a typo (and overflow the OS's timers)."""
+MAX_THREADS = 1024
 
 _log = logging.getLogger("dagtask.cli")
 # start_agent reports each process it starts at INFO; the commands print what matters themselves.
@@ -59,8 +96,19 @@ _N = TypeVar("_N", int, float)
 # ---- small helpers -------------------------------------------------------------------------------
 
 
-def _engine(args: argparse.Namespace, *, workers: int = 0, name: str | None = None) -> Engine:
-    return Engine(resolve_url(args.db), workers=workers, name=name)
+def _engine(
+    args: argparse.Namespace,
+    *,
+    workers: int = 0,
+    name: str | None = None,
+    read_only: bool = False,
+) -> Engine:
+    """The engine on ``--db``. ``read_only``: the command only reads, so a database without a
+    dagtask schema (or a SQLite file that does not exist) is refused, not created."""
+    url = resolve_url(args.db)
+    if read_only:
+        open_database(url, create=False).dispose()
+    return Engine(url, workers=workers, name=name)
 
 
 def _pairs(items: Sequence[str], option: str) -> dict[str, str]:
@@ -99,8 +147,8 @@ def _statuses(text: str | None) -> list[TaskStatus]:
     return result
 
 
-def _positive(kind: type[_N]) -> Callable[[str], _N]:
-    """An argparse type: a number of ``kind`` greater than 0."""
+def _positive(kind: type[_N], maximum: _N | None = None) -> Callable[[str], _N]:
+    """An argparse type: a number of ``kind`` greater than 0 (and at most ``maximum``)."""
 
     def convert(text: str) -> _N:
         try:
@@ -109,9 +157,29 @@ def _positive(kind: type[_N]) -> Callable[[str], _N]:
             raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
         if not value > 0:
             raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+        if maximum is not None and not value <= maximum:  # also refuses inf
+            raise argparse.ArgumentTypeError(f"must be at most {maximum}, got {text}")
         return value
 
     return convert
+
+
+def _id(text: str) -> int:
+    """An argparse type: a task or subtask id (1 to 2**63 - 1)."""
+    value = int(text)  # ValueError: argparse says "invalid int value", as for type=int
+    if not 1 <= value <= MAX_ID:
+        raise argparse.ArgumentTypeError(f"ids are between 1 and {MAX_ID}, got {text}")
+    return value
+
+
+_id.__name__ = "int"  # argparse names the type in its message by __name__
+
+
+def _debug(args: argparse.Namespace | None) -> bool:
+    """Whether to print tracebacks: ``--debug`` or ``DAGTASK_DEBUG`` set to anything but 0."""
+    if args is not None and getattr(args, "debug", False):
+        return True
+    return os.environ.get(DEBUG_VAR, "").strip().lower() not in ("", "0", "false", "no")
 
 
 def _check_wait(args: argparse.Namespace) -> None:
@@ -204,7 +272,13 @@ def _import_from(*folders: Path) -> None:
 def _load_file(path: Path) -> TaskTemplate:
     # Handlers named in the file usually live next to it or in the current folder.
     _import_from(path.resolve().parent, Path.cwd())
-    return load_template(path)
+    try:
+        return load_template(path)
+    except UnicodeDecodeError as exc:  # load_template reads text; a binary file is not
+        raise TemplateError(
+            f"template file {str(path)!r} is not UTF-8 text (byte {exc.start} is "
+            f"0x{exc.object[exc.start]:02x}); a template is a YAML or JSON file"
+        ) from exc
 
 
 def _is_template_file(text: str) -> bool:
@@ -233,7 +307,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     """Show one task and its subtasks."""
-    with _engine(args) as engine:
+    with _engine(args, read_only=True) as engine:
         task = engine.get(args.id)
     out.show_task(task, views.task_json if args.json else None)
     return 0
@@ -242,7 +316,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     """List tasks, newest first, one page at a time."""
     statuses = _statuses(args.status)
-    with _engine(args) as engine:
+    with _engine(args, read_only=True) as engine:
         page = engine.list(page=args.page, size=args.size, name=args.name, statuses=statuses)
     if args.json:
         out.print_json(views.task_list_json(page))
@@ -255,7 +329,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
     """Print the log of every attempt of one subtask (with --follow, as it grows)."""
     if args.follow and args.json:
         raise ArgumentError("--follow prints the log as it grows; it cannot be used with --json")
-    with _engine(args) as engine:
+    with _engine(args, read_only=True) as engine:
         if args.follow:
             for chunk in engine.follow_log(args.id, args.subtask_id):
                 out.write_log(chunk)
@@ -330,7 +404,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
         return _act(args, Engine.rollback, "rollback started")
     if args.wait or args.timeout is not None or args.operator is not None:
         raise ArgumentError("--plan only shows the plan; leave out --wait, --timeout, --operator")
-    with _engine(args) as engine:
+    with _engine(args, read_only=True) as engine:
         plan = engine.rollback_plan(args.id)
     if args.json:
         out.print_json(out.plan_json(plan))
@@ -364,8 +438,12 @@ def cmd_subtask_cancel(args: argparse.Namespace) -> int:
 
 def cmd_templates(args: argparse.Namespace) -> int:
     """List the built-in and registered templates."""
-    with _engine(args) as engine:
-        templates = engine.templates()
+    try:
+        with _engine(args, read_only=True) as engine:
+            templates = engine.templates()
+    except SchemaMissingError:
+        # The built-in templates need no database; listing them must not create one either.
+        templates = builtin_templates()
     if args.json:
         out.print_json([t.definition() for t in templates])
     else:
@@ -389,7 +467,7 @@ def cmd_hosts_add(args: argparse.Namespace) -> int:
 
 def cmd_hosts_list(args: argparse.Namespace) -> int:
     """List the hosts of the inventory."""
-    with _engine(args) as engine:
+    with _engine(args, read_only=True) as engine:
         hosts = engine.hosts.list()
     if args.json:
         out.print_json([host.model_dump(mode="json") for host in hosts])
@@ -441,7 +519,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_workers(args: argparse.Namespace) -> int:
     """List the workers the database has seen, with their heartbeats."""
-    with _engine(args) as engine:
+    with _engine(args, read_only=True) as engine:
         records = engine.store.workers()
     if args.json:
         print(json.dumps([_worker_json(r) for r in records], indent=2))
@@ -479,6 +557,11 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
     database = Database(url)
     try:
         before, after = upgrade(database)
+    except sa.exc.DBAPIError as exc:
+        problem = database_problem(url, exc)
+        raise StoreError(
+            problem.replace("cannot use database", "cannot upgrade database", 1)
+        ) from exc
     except (sa.exc.SQLAlchemyError, CommandError) as exc:
         raise StoreError(f"cannot upgrade database {safe}: {exc}") from exc
     finally:
@@ -494,6 +577,7 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 # ---- parser --------------------------------------------------------------------------------------
 
 DB_HELP = f"database URL (default: ${ENV_VAR}, else {DEFAULT_URL})"
+DEBUG_HELP = f"print the traceback of an unexpected error (also: {DEBUG_VAR}=1)"
 
 
 class _Commands:
@@ -507,6 +591,9 @@ class _Commands:
             common = argparse.ArgumentParser(add_help=False)
             # SUPPRESS: without --db here, a --db given before the command name stays in effect.
             common.add_argument("--db", metavar="URL", default=argparse.SUPPRESS, help=DB_HELP)
+            common.add_argument(
+                "--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP
+            )
         self.common = common
 
     def add(self, name: str, command: Command | str, epilog: str | None = None) -> Parser:
@@ -533,11 +620,11 @@ def _json_flag(parser: Parser, what: str) -> None:
 
 
 def _task_id(parser: Parser) -> None:
-    parser.add_argument("id", type=int, metavar="ID", help="the task id")
+    parser.add_argument("id", type=_id, metavar="ID", help="the task id")
 
 
 def _subtask_id(parser: Parser) -> None:
-    parser.add_argument("subtask_id", type=int, metavar="SUBTASK_ID", help="see `dagtask show ID`")
+    parser.add_argument("subtask_id", type=_id, metavar="SUBTASK_ID", help="see `dagtask show ID`")
 
 
 def _wait_options(parser: Parser, wait: str) -> None:
@@ -545,13 +632,13 @@ def _wait_options(parser: Parser, wait: str) -> None:
     parser.add_argument("--wait", action="store_true", help=wait)
     parser.add_argument(
         "--timeout",
-        type=_positive(float),
+        type=_positive(float, MAX_SECONDS),
         metavar="S",
         help="with --wait: give up waiting after S seconds (the task stays RUNNING)",
     )
     parser.add_argument(
         "--workers",
-        type=_positive(int),
+        type=_positive(int, MAX_THREADS),
         default=4,
         metavar="N",
         help="with --wait: worker threads (default 4)",
@@ -597,9 +684,19 @@ def build_parser() -> Parser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="dagtask: an embeddable DAG workflow engine modelled on OCP's task engine.",
-        epilog="Start with `dagtask demo`; see `dagtask COMMAND --help` for each command.",
+        epilog="Start with `dagtask demo`; see `dagtask COMMAND --help` for each command. "
+        f"Exit codes: 0 done; 1 a task ended FAILED (or a check failed); {EXIT_USER} a mistake "
+        "in the command, or a database that cannot be used (one line on stderr); "
+        f"{EXIT_INTERNAL} a bug (one line; --debug or {DEBUG_VAR}=1 prints the traceback); "
+        "130 Ctrl-C. Database timeouts: DAGTASK_CONNECT_TIMEOUT (default 10 s) and "
+        "DAGTASK_STATEMENT_TIMEOUT (default 30 s), 0 for no limit.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help=DEBUG_HELP,
+    )
     parser.add_argument("--db", metavar="URL", default=None, help=DB_HELP)
     commands = _Commands(parser)
 
@@ -636,10 +733,14 @@ def build_parser() -> Parser:
 
     lst = commands.add("list", cmd_list)
     lst.add_argument(
-        "--page", type=_positive(int), default=1, metavar="N", help="page number, from 1"
+        "--page", type=_positive(int, MAX_PAGE), default=1, metavar="N", help="page number, from 1"
     )
     lst.add_argument(
-        "--size", type=_positive(int), default=20, metavar="N", help="tasks per page, up to 2000"
+        "--size",
+        type=_positive(int, MAX_PAGE_SIZE),
+        default=20,
+        metavar="N",
+        help="tasks per page, up to 2000",
     )
     lst.add_argument(
         "--status", metavar="S,...", help="only these statuses: RUNNING, FAILED, SUCCESSFUL"
@@ -717,7 +818,7 @@ def build_parser() -> Parser:
     worker = commands.add("worker", cmd_worker)
     worker.add_argument(
         "--concurrency",
-        type=_positive(int),
+        type=_positive(int, MAX_THREADS),
         default=4,
         metavar="N",
         help="subtasks run at a time (default 4)",
@@ -728,7 +829,7 @@ def build_parser() -> Parser:
     )
     worker.add_argument(
         "--lease",
-        type=_positive(int),
+        type=_positive(int, MAX_SECONDS),
         default=DEFAULT_LEASE_SECONDS,
         metavar="S",
         help="if this worker stops heartbeating for S seconds (killed, frozen, cut off), other "
@@ -736,7 +837,7 @@ def build_parser() -> Parser:
     )
     worker.add_argument(
         "--stop-timeout",
-        type=_positive(float),
+        type=_positive(float, MAX_SECONDS),
         default=30.0,
         metavar="S",
         help="on SIGTERM/SIGINT, wait up to S seconds for running handlers, then hand the rest "
@@ -744,7 +845,7 @@ def build_parser() -> Parser:
     )
     worker.add_argument(
         "--poll",
-        type=_positive(float),
+        type=_positive(float, MAX_SECONDS),
         default=0.25,
         metavar="S",
         help="when idle, look for READY subtasks every S seconds (PostgreSQL also wakes "
@@ -770,8 +871,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return command(args)
     except DagtaskError as exc:
+        _debug_traceback(args)
         print(out.error_line(PROG, exc), file=sys.stderr)
-        return 2
+        return EXIT_USER
+    except sa.exc.OperationalError as exc:
+        # The database went away, timed out, or refuses writes: not a bug, nothing to retry here.
+        _debug_traceback(args)
+        url = getattr(args, "db", None) or os.environ.get(ENV_VAR) or DEFAULT_URL
+        print(f"{PROG}: error: {database_problem(url, exc)}", file=sys.stderr)
+        return EXIT_USER
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
@@ -780,3 +888,18 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.suppress(OSError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except Exception as exc:
+        _debug_traceback(args)
+        message = " ".join(str(exc).split())
+        what = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+        how = "the traceback is above" if _debug(args) else f"rerun with --debug or {DEBUG_VAR}=1"
+        print(
+            f"{PROG}: internal error: {what[:500]} (this is a bug; {how} to see where)",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL
+
+
+def _debug_traceback(args: argparse.Namespace) -> None:
+    if _debug(args):
+        traceback.print_exc()

@@ -48,8 +48,10 @@ def _read_password(args: argparse.Namespace, name: str) -> str:
     return password
 
 
-def _users(args: argparse.Namespace) -> UserStore:
-    return UserStore(open_database(resolve_url(args.db)))
+def _users(args: argparse.Namespace, *, read_only: bool = False) -> UserStore:
+    """The users of ``--db``; ``read_only``: refuse a database without a dagtask schema (a
+    command that only reads never creates one)."""
+    return UserStore(open_database(resolve_url(args.db), create=not read_only))
 
 
 def _user_json(user: UserInfo) -> dict[str, object]:
@@ -78,7 +80,7 @@ def cmd_users_add(args: argparse.Namespace) -> int:
 
 def cmd_users_list(args: argparse.Namespace) -> int:
     """List the users of the REST API and their roles (never their passwords)."""
-    users = _users(args)
+    users = _users(args, read_only=True)
     try:
         found = users.list()
     finally:
@@ -159,6 +161,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         port=args.port,
         workers=args.workers_in_process,
         settings=settings,
+        trusted_proxies=args.trusted_proxy,
         announce=lambda line: print(line, flush=True),
     )
     return 0
@@ -212,6 +215,14 @@ def add_commands(commands: _Commands) -> None:
     )
     serve.add_argument(
         "--server-name", metavar="NAME", help="the envelopes' `server` (default: the host name)"
+    )
+    serve.add_argument(
+        "--trusted-proxy",
+        action="append",
+        default=[],
+        metavar="IP",
+        help="a reverse proxy (address or network) whose X-Forwarded-For is believed "
+        "(repeatable; default: none, the peer's address counts)",
     )
 
     users = commands.nested(commands.add("users", "Manage the users of the REST API"))

@@ -53,7 +53,7 @@ def _header(h: history.TaskHistory) -> list[str]:
 
 def cmd_history(args: argparse.Namespace) -> int:
     """Print a task's history: every change, attempt and operator action, in order."""
-    with cli._engine(args) as engine:
+    with cli._engine(args, read_only=True) as engine:
         h = history.task_history(engine, args.id)
     if args.json:
         out.print_json(_dump(h))
@@ -119,7 +119,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     """Rebuild a task's state from its events alone: at the end, after step N or at a time."""
     if args.step is not None and args.at is not None:
         raise ArgumentError("give --step or --at, not both")
-    with cli._engine(args) as engine:
+    with cli._engine(args, read_only=True) as engine:
         state = history.replay(engine, args.id, step=args.step, at=args.at)
         stored = history.snapshot(engine, args.id)
     at_end = state.step == stored.step
@@ -163,7 +163,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Write a task's self-contained record (template, events, logs) as JSON lines."""
-    with cli._engine(args) as engine:
+    with cli._engine(args, read_only=True) as engine:
         data = history.record(engine, args.id)
     if args.output:
         with Path(args.output).open("w", encoding="utf-8") as file:
@@ -177,6 +177,18 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_import(args: argparse.Namespace) -> int:
     """Import dagtask exports and OCP task documents as historical tasks (all or nothing)."""
     with cli._engine(args) as engine:
+        if not args.allow_duplicate:
+            found = _already_imported(engine, args.files)
+            if found:
+                for line in found.lines:
+                    print(line, file=sys.stderr if found.partly else sys.stdout)
+                if found.partly:
+                    raise ArgumentError(
+                        f"{out.counted(len(found.lines), 'task')} of these files are already "
+                        "imported (above), so nothing was imported; import the other files "
+                        "alone, or pass --allow-duplicate to import copies"
+                    )
+                return 0
         done = history.import_files(engine, args.files)
     if args.json:
         out.print_json([dataclasses.asdict(item) for item in done])
@@ -187,6 +199,34 @@ def cmd_import(args: argparse.Namespace) -> int:
         print(f"task {item.task_id} {item.name}: imported from {source}")
     print(f"{out.counted(len(done), 'task')} imported as historical records")
     return 0
+
+
+@dataclasses.dataclass
+class _Duplicates:
+    lines: list[str]
+    """One line per task of the files that is already imported."""
+    partly: bool
+    """Some tasks of the files are not imported yet."""
+
+
+def _already_imported(engine: Engine, files: list[str]) -> _Duplicates | None:
+    """Which tasks of ``files`` an earlier import already stored (None: none of them)."""
+    lines: list[str] = []
+    total = 0
+    for path in files:
+        for item, fmt in history.parse_file(path):
+            total += 1
+            task_id = history.exchange.already_imported(engine.store.db, item.record, item.origin)
+            if task_id is not None:
+                what = "OCP task" if fmt == "ocp" else "dagtask task"
+                lines.append(
+                    f"{Path(path).name}: {what} {item.origin.get('task_id')} "
+                    f"({item.record.task.name}) is already imported as task {task_id}; "
+                    "not imported again (--allow-duplicate imports another copy)"
+                )
+    if not lines:
+        return None
+    return _Duplicates(lines, partly=len(lines) < total)
 
 
 # ---- rerun ---------------------------------------------------------------------------------------
@@ -220,7 +260,7 @@ def cmd_rerun(args: argparse.Namespace) -> int:
 
 def cmd_timeline(args: argparse.Namespace) -> int:
     """Show every attempt of every subtask on a time axis (--html: a page with a Gantt chart)."""
-    with cli._engine(args) as engine:
+    with cli._engine(args, read_only=True) as engine:
         if args.html:
             page = history.timeline_html(engine, args.id)
             Path(args.html).write_text(page, encoding="utf-8")
@@ -251,7 +291,7 @@ def cmd_compat(args: argparse.Namespace) -> int:
 
     Replays the task's history against the template and reports what no longer fits.
     """
-    with cli._engine(args) as engine:
+    with cli._engine(args, read_only=True) as engine:
         candidate, label = _candidate(engine, args.template)
         report = history.check_compat(engine, args.id, candidate, candidate_name=label)
     if args.json:
@@ -331,7 +371,16 @@ def add_commands(commands: _Commands) -> None:
         "import",
         cmd_import,
         epilog="A file that is corrupt, truncated or not a task is refused with its line number "
-        "(or JSON path) and nothing is imported.",
+        "(or JSON path) and nothing is imported. Importing is idempotent: a task already "
+        "imported from the same source (same format, source task id, name and creation time) "
+        "is not imported again; if every task of the files is already there, each gets one line "
+        "'... is already imported as task N' and the exit code is 0; if only some are, nothing "
+        "is imported and the exit code is 2. --allow-duplicate imports copies anyway.",
+    )
+    imp.add_argument(
+        "--allow-duplicate",
+        action="store_true",
+        help="import the tasks even if they were imported before (another copy, new ids)",
     )
     imp.add_argument("files", nargs="+", metavar="FILE", help="a dagtask export or OCP task JSON")
     cli._json_flag(imp, "the imported tasks as JSON")

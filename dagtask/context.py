@@ -3,11 +3,17 @@
 A root subtask's input is the task's context. A non-root subtask's input is the merge of its
 upstreams' output contexts (:func:`merge`): stringMap values that disagree are error 20002, except
 the engine-owned keys, which the engine rewrites for every attempt; listMaps are unioned.
+
+A task's arguments are bounded when it is submitted (:func:`check_arguments`): keys of 1 to
+:data:`MAX_KEY_LENGTH` characters, values of at most :data:`MAX_VALUE_LENGTH`, lists of at most
+:data:`MAX_LIST_LENGTH` items, :data:`MAX_CONTEXT_CHARS` characters in all, and no NUL character
+anywhere (PostgreSQL cannot store one). The model itself does not enforce the bounds, because it
+also reads back what handlers wrote.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -20,6 +26,74 @@ ENGINE_KEYS = frozenset(
 """stringMap keys the engine writes into the context a handler sees (SPEC §1)."""
 
 PROHIBIT_ROLLBACK = "prohibit_rollback"
+
+MAX_KEY_LENGTH = 256
+"""Characters of a stringMap or listMap key (as long as a template's key names may be)."""
+MAX_VALUE_LENGTH = 65_536
+"""Characters of one stringMap value or listMap item: arguments are ids, names and paths, not
+documents (pass a file's path rather than its content)."""
+MAX_LIST_LENGTH = 10_000
+"""Items of one listMap list (a fan-out over it makes one subtask per item)."""
+MAX_CONTEXT_CHARS = 1_048_576
+"""Characters of all keys and values of a task's arguments together (one JSON column holds them;
+MariaDB's default packet limit must not be what refuses a task)."""
+
+
+def check_arguments(strings: Mapping[str, str], lists: Mapping[str, Sequence[str]]) -> None:
+    """Refuse arguments a task cannot be stored with (:class:`ContextError`, 20002).
+
+    ``strings`` and ``lists`` hold only ``str`` (the engine has converted them): this checks
+    NUL characters and the bounds in the module's docstring, and names the first offender.
+    """
+    total = 0
+    for map_name, entries in (("stringMap", strings), ("listMap", lists)):
+        for key, value in entries.items():
+            _check_text(f"a {map_name} key", key, MAX_KEY_LENGTH)
+            if len(key) == 0:
+                raise ContextError(
+                    f"error 20002: a {map_name} key is empty; give every argument a name"
+                )
+            items = [value] if isinstance(value, str) else list(value)
+            if not isinstance(value, str) and len(items) > MAX_LIST_LENGTH:
+                raise ContextError(
+                    f"error 20002: listMap[{_shown(key)}] has {len(items)} items; at most "
+                    f"{MAX_LIST_LENGTH} are allowed, so split the work into several tasks"
+                )
+            for index, item in enumerate(items):
+                where = f"{map_name}[{_shown(key)}]" + (
+                    "" if isinstance(value, str) else f"[{index}]"
+                )
+                _check_text(where, item, MAX_VALUE_LENGTH)
+                total += len(item)
+            total += len(key)
+    if total > MAX_CONTEXT_CHARS:
+        raise ContextError(
+            f"error 20002: the task's arguments hold {total} characters; at most "
+            f"{MAX_CONTEXT_CHARS} are allowed, so pass large data by reference (a path or a URL)"
+        )
+
+
+def _check_text(where: str, text: object, limit: int) -> None:
+    if not isinstance(text, str):
+        raise ContextError(
+            f"error 20002: {where} must be a string, got {type(text).__name__}; "
+            "pass every argument as a string"
+        )
+    if "\x00" in text:
+        raise ContextError(
+            f"error 20002: {where} {_shown(text)} contains a NUL character (\\x00), "
+            "which cannot be stored; remove it"
+        )
+    if len(text) > limit:
+        raise ContextError(
+            f"error 20002: {where} {_shown(text)} has {len(text)} characters; "
+            f"at most {limit} are allowed"
+        )
+
+
+def _shown(text: str, limit: int = 40) -> str:
+    """``text`` quoted for a message, cut short if it is long."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + "..."
 
 
 class TaskContext(BaseModel):

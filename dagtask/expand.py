@@ -16,9 +16,11 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 
+from pydantic import ValidationError
+
 from dagtask import graph
-from dagtask.context import PROHIBIT_ROLLBACK, TaskContext
-from dagtask.errors import ArgumentError
+from dagtask.context import PROHIBIT_ROLLBACK, TaskContext, check_arguments
+from dagtask.errors import ArgumentError, ContextError
 from dagtask.template import SplitMethod, SubtaskSpec, TaskTemplate
 
 
@@ -55,10 +57,24 @@ def task_context(
     strings: dict[str, str] | None = None,
     lists: dict[str, list[str]] | None = None,
 ) -> TaskContext:
-    """The task's argument: the given maps plus ``prohibit_rollback`` from the template default."""
+    """The task's argument: the given maps plus ``prohibit_rollback`` from the template default.
+
+    The maps must hold only strings; what a task cannot be stored with (a NUL character, a value
+    past the bounds of :func:`dagtask.context.check_arguments`) is a :class:`ContextError`.
+    """
+    check_arguments(strings or {}, lists or {})
     string_map = {PROHIBIT_ROLLBACK: "true" if template.prohibit_rollback else "false"}
     string_map.update(strings or {})
-    return TaskContext(string_map=string_map, list_map=dict(lists or {}))
+    try:
+        return TaskContext(string_map=string_map, list_map=dict(lists or {}))
+    except ValidationError as exc:
+        # Only a caller that skipped the engine's conversion gets here (e.g. an int in a list).
+        err = exc.errors()[0]
+        where = ".".join(str(part) for part in err["loc"])
+        raise ContextError(
+            f"error 20002: the task context is invalid at {where}: {err['msg']}; "
+            "pass every argument as a string"
+        ) from None
 
 
 def expand(template: TaskTemplate, context: TaskContext) -> ExpandedTask:

@@ -4,23 +4,80 @@ A template is validated as a whole when it is built: unique names, known upstrea
 no cycle (error 20001, naming the nodes on it), non-negative timeouts and retry counts.
 :meth:`TaskTemplate.check_handlers` also imports every handler; the engine calls it before a task
 is stored, so a template that cannot run is refused before anything is written.
+
+The model is as strict as the tables that hold it, on every backend: a key the model does not
+know is refused (naming the closest known key, so ``upstream`` or ``timout`` is not silently
+ignored), numbers are integers (not flags, not text) no larger than the INTEGER columns they are
+stored in, strings are no longer than their VARCHAR columns, and no string holds a NUL character
+(PostgreSQL cannot store one). SQLite would store what PostgreSQL refuses; the model refuses it
+everywhere, so a template that works on one database works on all.
 """
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import itertools
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from dagtask import graph, handlers
 from dagtask.errors import TemplateError
+
+MAX_INT = 2**31 - 1
+"""The largest timeout, retry count or concurrency: the INTEGER columns' maximum (PostgreSQL and
+MariaDB; SQLite would store more)."""
+MAX_NAME = 256
+"""Characters of a template, subtask or display name (the name columns are VARCHAR(256))."""
+MAX_DESCRIPTION = 1024
+"""Characters of a description (the subtask description column is VARCHAR(1024))."""
+MAX_HANDLER = 512
+"""Characters of a handler's dotted path (the class_name column is VARCHAR(512))."""
+MAX_KEY = 256
+"""Characters of a context key named by a template (split_key, host_arg, host_list_arg)."""
+
+
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise PydanticCustomError(
+            "nul_character", "contains a NUL character (\\x00), which cannot be stored; remove it"
+        )
+    return value
+
+
+Text = Annotated[str, Strict(), AfterValidator(_no_nul)]
+"""A string without NUL characters (never a number or flag turned into text)."""
+# The length bounds come before the NUL check so that pydantic reports them as string lengths.
+OptionalName = (
+    Annotated[str, Strict(), Field(min_length=1, max_length=MAX_NAME), AfterValidator(_no_nul)]
+    | None
+)
+"""A name of 1 to :data:`MAX_NAME` characters, or none."""
+OptionalKey = (
+    Annotated[str, Strict(), Field(min_length=1, max_length=MAX_KEY), AfterValidator(_no_nul)]
+    | None
+)
+"""A context key of 1 to :data:`MAX_KEY` characters, or none."""
+Count = Annotated[int, Strict(), Field(ge=0, le=MAX_INT)]
+"""A non-negative integer an INTEGER column holds (``true`` or ``"5"`` is not one)."""
+Flag = Annotated[bool, Strict()]
+"""``true`` or ``false`` (not ``"yes"``, not ``1``)."""
 
 
 class SplitMethod(StrEnum):
@@ -42,22 +99,21 @@ class Recovery(StrEnum):
 class SubtaskSpec(BaseModel):
     """One node of a template."""
 
-    model_config = ConfigDict(extra="allow", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field(min_length=1, max_length=256)
-    handler: str = Field(min_length=1)
-    display_name: str | None = Field(
+    name: Text = Field(min_length=1, max_length=MAX_NAME)
+    handler: Text = Field(min_length=1, max_length=MAX_HANDLER)
+    display_name: OptionalName = Field(
         default=None,
-        max_length=256,
         description="the subtask's name in task instances when it differs from the unique "
         "template name (OCP repeats names such as 'Wait node')",
     )
-    description: str = ""
-    timeout: int = Field(default=0, ge=0, description="seconds; 0 = no watchdog")
-    retry_count: int = Field(default=0, ge=0)
-    prohibit_rollback: bool = False
-    upstreams: tuple[str, ...] = ()
-    split_key: str | None = None
+    description: Text = Field(default="", max_length=MAX_DESCRIPTION)
+    timeout: Count = Field(default=0, description="seconds; 0 = no watchdog")
+    retry_count: Count = 0
+    prohibit_rollback: Flag = False
+    upstreams: tuple[Text, ...] = ()
+    split_key: OptionalKey = None
     split_method: SplitMethod = SplitMethod.PARALLEL
     on_worker_lost: Recovery = Field(
         default=Recovery.FAIL,
@@ -93,21 +149,21 @@ class SubtaskSpec(BaseModel):
 class TaskTemplate(BaseModel):
     """A named DAG of :class:`SubtaskSpec`; the ``name`` is also the task's name."""
 
-    model_config = ConfigDict(extra="allow", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field(min_length=1, max_length=256)
+    name: Text = Field(min_length=1, max_length=MAX_NAME)
     subtasks: tuple[SubtaskSpec, ...] = Field(min_length=1)
-    prohibit_rollback: bool = False
-    concurrency: int = Field(default=10, ge=1)
-    host_arg: str | None = Field(
+    prohibit_rollback: Flag = False
+    concurrency: Annotated[int, Strict(), Field(ge=1, le=MAX_INT)] = 10
+    host_arg: OptionalKey = Field(
         default=None,
         description="stringMap key holding the id of the host the task acts on (its hostId)",
     )
-    host_list_arg: str | None = Field(
+    host_list_arg: OptionalKey = Field(
         default=None,
         description="listMap key holding the ids of the hosts a batch task acts on",
     )
-    description: str = ""
+    description: Text = Field(default="", max_length=MAX_DESCRIPTION)
 
     @model_validator(mode="after")
     def _check_graph(self) -> TaskTemplate:
@@ -157,17 +213,70 @@ class TaskTemplate(BaseModel):
 
     @classmethod
     def parse(cls, data: Mapping[str, Any], *, source: str = "template") -> TaskTemplate:
-        """Validate a template document, turning pydantic's errors into one clear TemplateError."""
+        """Validate a template document, turning pydantic's errors into one clear TemplateError.
+
+        An unknown key is refused with the closest known key suggested (``upstream`` → did you
+        mean 'upstreams'?).
+        """
+        if not isinstance(data, Mapping):
+            raise TemplateError(
+                f"{source} is not a valid template: it is a {type(data).__name__}; "
+                "give a mapping with 'name' and 'subtasks'"
+            )
         try:
             return cls.model_validate(dict(data))
         except ValidationError as exc:
-            problems = "; ".join(_describe(err) for err in exc.errors())
+            errors = exc.errors()
+            if any(len(e["loc"]) > 1 and e["loc"][0] == "subtasks" for e in errors):
+                # pydantic also counts a tuple whose items failed as too short: noise.
+                errors = [e for e in errors if tuple(e["loc"]) != ("subtasks",)]
+            problems = "; ".join(_describe(err) for err in errors)
             raise TemplateError(f"{source} is not a valid template: {problems}") from exc
+
+    @classmethod
+    def from_definition(cls, data: Mapping[str, Any], *, source: str = "template") -> TaskTemplate:
+        """Like :meth:`parse`, for a definition a database already holds: keys this version does
+        not know are dropped rather than refused.
+
+        Earlier versions kept unknown keys in stored definitions; a task stored then must stay
+        readable. Everything else is validated as in :meth:`parse`.
+        """
+        if not isinstance(data, Mapping):
+            return cls.parse(data, source=source)
+        clean = {k: v for k, v in data.items() if k in cls.model_fields}
+        subtasks = clean.get("subtasks")
+        if isinstance(subtasks, list | tuple):
+            known = SubtaskSpec.model_fields
+            clean["subtasks"] = [
+                {k: v for k, v in sub.items() if k in known} if isinstance(sub, Mapping) else sub
+                for sub in subtasks
+            ]
+        return cls.parse(clean, source=source)
 
 
 def _describe(err: Mapping[str, Any]) -> str:
-    loc = ".".join(str(part) for part in err.get("loc", ()))
-    return f"{loc or 'document'}: {err.get('msg', 'invalid')}"
+    parts = tuple(err.get("loc", ()))
+    loc = ".".join(str(part) for part in parts)
+    if err.get("type") == "extra_forbidden" and parts:
+        key = str(parts[-1])
+        # Which model the key was given to: the template itself, or one of its subtasks.
+        in_subtask = len(parts) == 3 and parts[0] == "subtasks"
+        fields = SubtaskSpec.model_fields if in_subtask else TaskTemplate.model_fields
+        where = ".".join(str(part) for part in parts[:-1])
+        close = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(fields)}"
+        return f"{where + ': ' if where else ''}unknown key {_shown(repr(key))}; {hint}"
+    msg = str(err.get("msg", "invalid"))
+    kind = str(err.get("type", ""))
+    if kind.endswith("_type") or kind.endswith("_parsing"):
+        # "should be a valid integer" alone does not say that true or "5" was what came.
+        msg += f", got {_shown(json.dumps(err.get('input'), default=repr))}"
+    return f"{loc or 'document'}: {msg}"
+
+
+def _shown(text: str, limit: int = 60) -> str:
+    """``text`` for a message, cut short if it is long."""
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def load_template(path: str | Path) -> TaskTemplate:
@@ -177,6 +286,10 @@ def load_template(path: str | Path) -> TaskTemplate:
         text = file.read_text(encoding="utf-8")
     except OSError as exc:
         raise TemplateError(f"cannot read template file {str(file)!r}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise TemplateError(
+            f"template file {str(file)!r} is not UTF-8 text; give a YAML or JSON file"
+        ) from exc
     try:
         data = json.loads(text) if file.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
@@ -232,7 +345,11 @@ class TemplateBuilder:
         on_worker_lost: Recovery | str = Recovery.FAIL,
         **extra: Any,
     ) -> str:
-        """Add a subtask run by ``handler`` after the subtasks in ``after``; return its name."""
+        """Add a subtask run by ``handler`` after the subtasks in ``after``; return its name.
+
+        ``extra`` holds the other :class:`SubtaskSpec` keys (``display_name``); like a file's keys
+        they are checked by :meth:`build`, which refuses one it does not know.
+        """
         self.specs.append(
             {
                 "name": name,

@@ -7,11 +7,22 @@ validated with these models.
 
 from __future__ import annotations
 
+import difflib
+import json
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
+from pydantic_core import PydanticCustomError
 
 from dagtask import views
 
@@ -20,7 +31,32 @@ MAX_ID = 2**53 - 1
 MAX_BATCH = 1000
 """Hosts one batch request may name."""
 
-HostId = Annotated[int, Field(ge=1, le=MAX_ID)]
+
+def _strict_host_id(value: Any) -> Any:
+    """A JSON number that is a whole number from 1 to :data:`MAX_ID`, as an int.
+
+    ``true`` and ``"1"`` are refused (pydantic's lax mode would take either as 1). A number
+    written with a fraction part or exponent is taken when it is whole (``2.0``, ``2e0``): JSON
+    Schema, which the published OpenAPI schema is, counts it as the integer 2, and every whole
+    number up to :data:`MAX_ID` is exact as a double. ``2.5`` is refused.
+    """
+    if type(value) is float and value.is_integer() and 1 <= value <= MAX_ID:
+        return int(value)
+    if type(value) is not int or not 1 <= value <= MAX_ID:
+        got = json.dumps(value) if isinstance(value, bool | None | float | str) else repr(value)
+        if len(got) > 40:
+            got = got[:40] + "..."
+        raise PydanticCustomError(
+            "host_id",
+            "{got} is not a host id: give an integer from 1 to {max}",
+            {"got": got, "max": MAX_ID},
+        )
+    return value
+
+
+HostId = Annotated[int, BeforeValidator(_strict_host_id)]
+"""A host id in a body: a JSON integer from 1 to :data:`MAX_ID`, nothing else."""
+_SPELLINGS = ("hostIds", "hostids")
 
 
 class _Schema(BaseModel):
@@ -92,12 +128,16 @@ def _host_list(description: str) -> dict[str, Any]:
 class BatchHostsRequest(_Schema):
     """The hosts of a batch agent operation: ``{"hostIds": [1, 2]}``.
 
-    ``hostids`` (all lower case, as in OCP's batch-restart sample) is accepted too when
-    ``hostIds`` is absent.
+    ``hostids`` (all lower case, as in OCP's batch-restart sample) is accepted instead of
+    ``hostIds``. Exactly one of the two is given (a ``null`` counts as given, and is refused);
+    no other key is accepted; the list is non-empty, of unique JSON integers from 1 to
+    :data:`MAX_ID` (``true`` and ``"1"`` are refused; see :func:`_strict_host_id`).
     """
 
     model_config = ConfigDict(
-        json_schema_extra={"anyOf": [{"required": ["hostIds"]}, {"required": ["hostids"]}]},
+        extra="forbid",
+        populate_by_name=False,
+        json_schema_extra={"oneOf": [{"required": ["hostIds"]}, {"required": ["hostids"]}]},
     )
 
     host_ids: Annotated[
@@ -108,13 +148,50 @@ class BatchHostsRequest(_Schema):
         WithJsonSchema(_host_list("OCP's lower-case spelling of hostIds, used without hostIds.")),
     ] = Field(default=None, alias="hostids", min_length=1, max_length=MAX_BATCH)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _one_spelling(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            return data  # pydantic refuses it as "not an object"
+        for key in data:
+            if key not in _SPELLINGS:
+                close = difflib.get_close_matches(str(key), _SPELLINGS, n=1, cutoff=0.5)
+                raise PydanticCustomError(
+                    "unknown_key",
+                    "unknown key {key}: {hint}",
+                    {
+                        "key": repr(key)[:60],
+                        "hint": f"did you mean {close[0]!r}?" if close else "give only hostIds",
+                    },
+                )
+        given = [key for key in _SPELLINGS if key in data]
+        if not given:
+            raise PydanticCustomError(
+                "missing_hosts", 'give the hosts as hostIds, e.g. {"hostIds": [1, 2]}'
+            )
+        if len(given) > 1:
+            raise PydanticCustomError(
+                "two_spellings",
+                "give the hosts once, as hostIds or as hostids, not both",
+            )
+        if data[given[0]] is None:
+            raise PydanticCustomError(
+                "null_hosts",
+                '{key} is null: give the hosts as a list, e.g. {{"{key}": [1, 2]}}',
+                {"key": given[0]},
+            )
+        return data
+
     @model_validator(mode="after")
-    def _one_list(self) -> BatchHostsRequest:
-        if self.ids is None:
-            raise ValueError('give the hosts as hostIds, e.g. {"hostIds": [1, 2]}')
+    def _unique(self) -> BatchHostsRequest:
         for key, ids in (("hostIds", self.host_ids), ("hostids", self.hostids)):
             if ids is not None and len(set(ids)) != len(ids):
-                raise ValueError(f"{key} names a host more than once")
+                twice = sorted({i for i in ids if ids.count(i) > 1})
+                raise PydanticCustomError(
+                    "duplicate_hosts",
+                    "{key} names host {twice} more than once: give each host once",
+                    {"key": key, "twice": ", ".join(map(str, twice))},
+                )
         return self
 
     @property

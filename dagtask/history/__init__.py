@@ -208,7 +208,9 @@ def stored_template(source: Engine | Store, name: str, version: int | None = Non
         known = f"stored versions: {', '.join(map(str, versions))}" if versions else "none stored"
         what = f"{name!r} v{version}" if version is not None else f"{name!r}"
         raise TemplateError(f"no stored template {what} ({known}); pass a template file instead")
-    return TaskTemplate.parse(found.definition, source=f"template {name!r} v{found.version}")
+    return TaskTemplate.from_definition(
+        found.definition, source=f"template {name!r} v{found.version}"
+    )
 
 
 def check_compat(
@@ -226,7 +228,9 @@ def check_compat(
     if ref is not None:
         found = sql.template_by_id(store_of(source).db, ref.id)
         if found is not None:
-            recorded = TaskTemplate.parse(found.definition, source=f"template {ref.name!r}")
+            recorded = TaskTemplate.from_definition(
+                found.definition, source=f"template {ref.name!r}"
+            )
     return _compat.check(
         info,
         events(source, task_id),

@@ -40,6 +40,7 @@ from dagtask.models import (
     TaskRow,
     TemplateRecord,
 )
+from dagtask.secrets import mask_record
 
 from . import state as rp
 
@@ -62,7 +63,9 @@ def _line(kind: str, model: BaseModel | dict[str, Any]) -> str:
 
 
 def export_lines(record: TaskRecord) -> Iterator[str]:
-    """The lines (without newlines) of ``record``'s export."""
+    """The lines (without newlines) of ``record``'s export, its secrets masked (so a masked
+    export cannot run again with the secret; see docs/security.md)."""
+    record = mask_record(record)
     counts = {
         "subtasks": len(record.subtasks),
         "edges": len(record.edges),
@@ -352,3 +355,39 @@ def task_events(record: TaskRecord) -> list[TaskEvent]:
 
 def _fail(name: str, line: int, message: str) -> NoReturn:
     raise ArgumentError(f"{name} line {line}: {message}; nothing was imported")
+
+
+def already_imported(db: Any, record: TaskRecord, origin: dict[str, Any]) -> int | None:
+    """The id of a historical task already imported from the same source task, else None.
+
+    The same source task means: the same format (``dagtask`` or ``ocp``), the same task id in
+    the source, the same name and the same creation time (to the millisecond). These are all
+    stored with every import already (``origin`` and the task row), so no schema change is
+    needed. ``db`` is a :class:`dagtask.store.db.Database`.
+    """
+    import sqlalchemy as sa  # the export side of this module never touches a database
+
+    from dagtask.store.schema import task
+
+    wanted = _naive_utc(record.task.create_time)
+    with db.read() as conn:
+        rows = conn.execute(
+            sa.select(task.c.id, task.c.origin, task.c.create_time)
+            .where(task.c.historical.is_(True), task.c.name == record.task.name)
+            .order_by(task.c.id)
+        ).all()
+    for row in rows:
+        stored = dict(row.origin or {})
+        if (
+            stored.get("format") == origin.get("format")
+            and stored.get("task_id") == origin.get("task_id")
+            and abs((_naive_utc(row.create_time) - wanted).total_seconds()) < 0.001
+        ):
+            return int(row.id)
+    return None
+
+
+def _naive_utc(when: Any) -> Any:
+    from datetime import UTC
+
+    return when.astimezone(UTC).replace(tzinfo=None) if when.tzinfo else when

@@ -48,7 +48,9 @@ def template_of(engine: Engine, task: TaskInfo) -> TaskTemplate:
             f"task {task.id} has no template to rerun ({why}); run a template anew with "
             "`dagtask run TEMPLATE`"
         )
-    return TaskTemplate.parse(found.definition, source=f"template {found.name!r} v{found.version}")
+    return TaskTemplate.from_definition(
+        found.definition, source=f"template {found.name!r} v{found.version}"
+    )
 
 
 def find_subtask(task: TaskInfo, ref: str | int) -> SubtaskInfo:

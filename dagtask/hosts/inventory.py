@@ -7,6 +7,7 @@ below before they are written and hands back :class:`~dagtask.models.HostInfo` m
 from __future__ import annotations
 
 import builtins
+import ipaddress
 from enum import StrEnum
 from pathlib import Path
 from typing import TypeVar
@@ -57,6 +58,25 @@ def parse_host_status(value: str) -> HostStatus:
     return _parse(HostStatus, value, "host status")
 
 
+def parse_inner_ip(text: str, host: str = "") -> str:
+    """``text`` as an IPv4 or IPv6 address in its canonical form, or an ArgumentError.
+
+    Only addresses, no host names: OCP's ``innerIpAddress`` is an address, and a name would
+    resolve differently on each worker (or not at all).
+    """
+    owner = f"host {host!r}" if host else "a host"
+    value = text.strip()
+    if not value:
+        raise ArgumentError(f"{owner} needs an inner IP address, e.g. 127.0.0.1")
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise ArgumentError(
+            f"{value!r} is not an IP address; {owner} needs its inner IPv4 or IPv6 address, "
+            "e.g. 10.0.0.7 or fd00::7 (not a host name)"
+        ) from None
+
+
 class HostInventory:
     """Typed access to the hosts of one database (thread-safe: every call is one transaction)."""
 
@@ -73,15 +93,15 @@ class HostInventory:
         status: HostStatus | str = HostStatus.ONLINE,
         agent_status: AgentStatus | str = AgentStatus.ONLINE,
     ) -> HostInfo:
-        """Register a host; its name must be unique (else :class:`HostError`).
+        """Register a host; its name must be unique (else :class:`HostError`), ``inner_ip`` an
+        IPv4 or IPv6 address (stored in canonical form; else :class:`ArgumentError`).
 
         A local host's ``agent_home`` is made absolute, because the workers that stop its agent
         may run in another directory than the caller.
         """
         if not name.strip():
             raise ArgumentError("a host needs a non-empty name")
-        if not inner_ip.strip():
-            raise ArgumentError(f"host {name!r} needs an inner IP address, e.g. 127.0.0.1")
+        inner_ip = parse_inner_ip(inner_ip, name)
         if not agent_home.strip():
             raise ArgumentError(f"host {name!r} needs an agent home directory")
         if connector == "local":

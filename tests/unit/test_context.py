@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dagtask import ContextError, TaskContext
-from dagtask.context import merge
+from dagtask.context import MAX_LIST_LENGTH, MAX_VALUE_LENGTH, check_arguments, merge
 
 keys = st.text("abcdef", min_size=1, max_size=3)
 values = st.text("xyz", max_size=3)
@@ -65,3 +65,27 @@ def test_json_round_trip_uses_ocp_keys() -> None:
         "parallelIdx": -1,
     }
     assert TaskContext.from_json(data) == ctx
+
+
+def test_check_arguments_names_the_first_offender() -> None:
+    check_arguments({"k": "v" * MAX_VALUE_LENGTH}, {"l": ["x"] * MAX_LIST_LENGTH})  # the bounds
+    with pytest.raises(ContextError, match=r"^error 20002: listMap\['l'\]\[2\] 'a\\x00' contains"):
+        check_arguments({}, {"l": ["ok", "ok", "a\x00"]})
+    with pytest.raises(ContextError, match=r"stringMap\['k'\] 'vvvv.*\.\.\. has 65537 characters"):
+        check_arguments({"k": "v" * (MAX_VALUE_LENGTH + 1)}, {})
+    with pytest.raises(ContextError, match=r"listMap\['l'\]\[0\] must be a string, got int"):
+        check_arguments({}, {"l": [1]})  # type: ignore[list-item]
+
+
+@given(st.text(min_size=1, max_size=8), st.text(max_size=8), st.text(max_size=8))
+def test_property_a_nul_in_a_key_or_value_is_refused(key: str, left: str, right: str) -> None:
+    nul = f"{left}\x00{right}"
+    for strings, lists in (({key: nul}, {}), ({nul: "v"}, {}), ({}, {key: [nul]}), ({}, {nul: []})):
+        with pytest.raises(ContextError, match="NUL"):
+            check_arguments(strings, lists)
+
+
+def test_stored_contexts_read_back_whatever_a_handler_wrote() -> None:
+    # The bounds are for a task's arguments; an output already stored must stay readable.
+    big = TaskContext.from_json({"stringMap": {"k": "v" * (MAX_VALUE_LENGTH + 1)}})
+    assert len(big.string_map["k"]) == MAX_VALUE_LENGTH + 1

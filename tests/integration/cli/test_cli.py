@@ -408,6 +408,7 @@ def test_argparse_usage_errors_keep_argparse_behaviour(
 def test_errors_from_a_real_process_have_no_traceback(
     cli: Callable[..., subprocess.CompletedProcess[str]],
 ) -> None:
+    assert cli("db", "upgrade").returncode == 0
     result = cli("show", "12345")
     assert result.returncode == 2
     assert result.stderr == (
