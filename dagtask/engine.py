@@ -26,7 +26,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self, TextIO
 
-from dagtask import expand, handlers, planner
+from dagtask import arguments, expand, handlers, planner
 from dagtask import history as hist
 from dagtask.builtin import builtin_templates
 from dagtask.errors import ArgumentError, HostNotFoundError, TaskTimeoutError, TemplateError
@@ -101,7 +101,9 @@ class Engine:
                 if name in (stored_name, _slug(stored_name)) or _slug(name) == _slug(stored_name):
                     stored = self.store.stored_template(stored_name)
                     if stored is not None:
-                        return TaskTemplate.parse(stored, source=f"stored template {name!r}")
+                        return TaskTemplate.from_definition(
+                            stored, source=f"stored template {name!r}"
+                        )
         if found is None:
             known = ", ".join(sorted({t.name for t in self._templates.values()}))
             raise TemplateError(
@@ -118,7 +120,9 @@ class Engine:
             if name not in unique:
                 stored = self.store.stored_template(name)
                 if stored is not None:
-                    unique[name] = TaskTemplate.parse(stored, source=f"stored template {name!r}")
+                    unique[name] = TaskTemplate.from_definition(
+                        stored, source=f"stored template {name!r}"
+                    )
         return [unique[name] for name in sorted(unique)]
 
     # ---- submit and read ---------------------------------------------------------------------
@@ -134,13 +138,33 @@ class Engine:
         """Validate, expand and store a new task; its root subtasks become READY.
 
         ``args`` fills the stringMap and ``lists`` the listMap. Everything is checked before
-        anything is written: the template's handlers import, the arguments are strings, the host
-        named by the template's ``host_arg`` exists.
+        anything is written: the template's handlers import; every key is a ``str``; every
+        ``args`` value and every ``lists`` item is a ``str``, or an ``int`` (not a ``bool``),
+        which becomes its decimal string (a ``bool``, ``float``, ``None``, ``bytes`` or anything
+        else is refused rather than guessed at: pass ``"true"``, not ``True``); every ``lists``
+        value is a list or tuple (a string, bytes, a mapping or a set is refused: ``"12"`` is
+        not the hosts 1 and 2); the bounds of :func:`dagtask.context.check_arguments` hold; the
+        host ids named by the template's ``host_arg`` / ``host_list_arg`` are decimal integers
+        from 1 to 2**63 - 1 (no sign, spaces or leading zeros) of hosts that exist and that no
+        running task holds; ``creator`` is at most 128 characters. A refusal is an
+        :class:`ArgumentError` (or the context's 20002, or the host's 404 / 409) and stores
+        nothing, not even the template.
         """
         tpl = self.template(template) if isinstance(template, str) else template
+        if not isinstance(tpl, TaskTemplate):
+            raise ArgumentError(
+                f"template must be a TaskTemplate or a template's name, got {type(tpl).__name__}"
+            )
         tpl.check_handlers()
-        strings = {str(k): _string_arg(k, v) for k, v in (args or {}).items()}
-        list_map = {str(k): [str(item) for item in v] for k, v in (lists or {}).items()}
+        strings = {
+            arguments.arg_key("args", k): arguments.string_arg(k, v)
+            for k, v in arguments.arg_map("args", args).items()
+        }
+        list_map = {
+            arguments.arg_key("lists", k): arguments.list_arg(k, v)
+            for k, v in arguments.arg_map("lists", lists).items()
+        }
+        who = arguments.creator(creator) if creator is not None else _user()
         context = expand.task_context(tpl, strings, list_map)
         expanded = expand.expand(tpl, context)
         for sub in expanded.subtasks:
@@ -151,11 +175,12 @@ class Engine:
         hosts: list[int] = []
         if tpl.host_list_arg:
             hosts = self._check_host_list(tpl.host_list_arg, context.list_map)
-        template_id = self.store.save_template(tpl)
+        # The template is stored in the submit's own transaction: a refused submit (a busy
+        # host, a lost race) leaves no template row behind.
         task_id = self.store.submit(
             expanded,
-            template_id=template_id,
-            creator=creator or _user(),
+            template=tpl,
+            creator=who,
             executor=socket.gethostname(),
             host_id=host_id,
             hosts=hosts,
@@ -175,10 +200,7 @@ class Engine:
                 f"{tpl.name!r} acts on a host: pass its id as {key} (e.g. --set {key}=1); "
                 "list hosts with `dagtask hosts list`"
             )
-        try:
-            host_id = int(raw)
-        except ValueError:
-            raise ArgumentError(f"{key} must be a host id (an integer), got {raw!r}") from None
+        host_id = arguments.host_id(key, raw)
         try:
             self.hosts.get(host_id)
         except HostNotFoundError as exc:
@@ -195,22 +217,25 @@ class Engine:
                 f"this task acts on a list of hosts: pass their ids as {key} "
                 f"(e.g. --list {key}=1,2,3); list hosts with `dagtask hosts list`"
             )
-        if len(set(raw)) != len(raw):
-            raise ArgumentError(f"{key} names a host more than once: {', '.join(raw)}")
+        ids = [arguments.host_id(f"{key}[{index}]", item) for index, item in enumerate(raw)]
+        # Ids are canonical (no leading zeros), so equal ids are equal strings too.
+        if len(set(ids)) != len(ids):
+            twice = sorted({str(i) for i in ids if ids.count(i) > 1}, key=int)
+            raise ArgumentError(
+                f"{key} names host {', '.join(twice)} more than once; give each host once"
+            )
         missing = []
-        for item in raw:
+        for host_id in ids:
             try:
-                self.hosts.get(int(item))
-            except ValueError:
-                raise ArgumentError(f"{key} must hold host ids (integers), got {item!r}") from None
+                self.hosts.get(host_id)
             except HostNotFoundError:
-                missing.append(item)
+                missing.append(str(host_id))
         if missing:
             raise HostNotFoundError(
                 f"hosts {', '.join(missing)} do not exist, so no task was created; "
                 "add them with `dagtask hosts add` or list hosts with `dagtask hosts list`"
             )
-        return [int(item) for item in raw]
+        return ids
 
     def get(self, task_id: int) -> TaskInfo:
         """The task and its subtasks (raises TaskNotFoundError, OCP 20000)."""
@@ -464,14 +489,6 @@ class Engine:
             if ended:
                 return
             self._wait_for_change(seen, poll)
-
-
-def _string_arg(key: object, value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str | int | float):
-        return str(value)
-    raise ArgumentError(f"argument {key!r} must be a string, got {type(value).__name__}")
 
 
 def _user() -> str:

@@ -158,3 +158,16 @@ class UserNotFoundError(DagtaskError):
 
     code = 404
     http_status = 404
+
+
+class SchemaMissingError(StoreError):
+    """The database has no dagtask schema, and the command only reads (it never creates one)."""
+
+
+class ConcurrentChangeError(StoreError):
+    """A subtask changed between the read that planned a change and the change itself (a
+    worker's claim or finish crossed an operator action). The transaction was rolled back, so
+    it is safe to try again; the store does so before this reaches anyone."""
+
+    code = 409
+    http_status = 409

@@ -43,16 +43,29 @@ class CancellationToken:
     a child process the handler started.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, fence: Callable[[], str | None] | None = None) -> None:
         self._event = threading.Event()
         self._lock = threading.Lock()
         self._callbacks: list[Callable[[], None]] = []
+        self._fence = fence
         self.reason = ""
 
     @property
     def cancelled(self) -> bool:
-        """Whether a stop was asked for."""
-        return self._event.is_set()
+        """Whether a stop was asked for.
+
+        Also true the moment the worker's lease can no longer be trusted (``fence`` gives a
+        reason): a handler that checks its token stops at once when its process resumes from a
+        pause longer than the lease, before the watchdog thread has even been scheduled.
+        """
+        if self._event.is_set():
+            return True
+        if self._fence is not None:
+            reason = self._fence()
+            if reason is not None:
+                self.cancel(reason)
+                return True
+        return False
 
     def cancel(self, reason: str) -> None:
         """Ask the handler to stop, and run the registered callbacks."""
@@ -82,7 +95,7 @@ class CancellationToken:
 
     def raise_if_cancelled(self) -> None:
         """Raise :class:`CancelledError` if a stop was asked for."""
-        if self._event.is_set():
+        if self.cancelled:
             raise CancelledError(self.reason or "cancelled")
 
 
@@ -256,10 +269,12 @@ def resolve(path: str) -> HandlerFactory:
     obj: Any = None
     # The class may be nested (module.Outer.Inner): import the longest module prefix that works.
     parts = f"{module_name}.{attr_path}".split(".")
+    _check_parts(path, parts)
     error: Exception | None = None
     for cut in range(len(parts) - 1, 0, -1):
+        module = ".".join(parts[:cut])
         try:
-            obj = importlib.import_module(".".join(parts[:cut]))
+            obj = _import(path, module)
         except ImportError as exc:
             error = error or exc
             continue
@@ -288,6 +303,48 @@ def resolve(path: str) -> HandlerFactory:
         fn = obj
         return lambda: FunctionHandler(fn)
     raise HandlerImportError(f"handler {path!r} is neither a class nor a function")
+
+
+MAX_PATH_PARTS = 32
+"""A dotted path deeper than this is a mistake (and would exhaust the import machinery)."""
+
+
+def _check_parts(path: str, parts: list[str]) -> None:
+    """Refuse a dotted path that cannot name a Python object, before importing anything."""
+    if len(parts) > MAX_PATH_PARTS:
+        raise HandlerImportError(
+            f"handler {path[:80]!r}... has {len(parts)} dotted parts (at most {MAX_PATH_PARTS}); "
+            "write it as package.module.ClassName"
+        )
+    bad = next((part for part in parts if not part.isidentifier()), None)
+    if bad is not None:
+        raise HandlerImportError(
+            f"handler {path!r} is not a dotted path of Python names ({bad!r} is not one); "
+            "write it as package.module.ClassName"
+        )
+
+
+def _import(path: str, module: str) -> Any:
+    """Import ``module`` for the handler ``path``; anything but a missing module (ImportError)
+    that importing it raises, even ``sys.exit()``, becomes a HandlerImportError naming the
+    module and the cause. KeyboardInterrupt is the user's and goes through."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise
+    except SyntaxError as exc:
+        where = f"{exc.filename}, line {exc.lineno}" if exc.filename else "its source"
+        raise HandlerImportError(
+            f"handler {path!r}: module {module!r} has a syntax error ({where}: {exc.msg}); "
+            "fix the module"
+        ) from exc
+    except (Exception, SystemExit) as exc:
+        cause = " ".join(str(exc).split())
+        what = f"{type(exc).__name__}: {cause}" if cause else type(exc).__name__
+        raise HandlerImportError(
+            f"handler {path!r}: importing module {module!r} failed ({what[:300]}); a handler "
+            "module must import without side effects that fail"
+        ) from exc
 
 
 class _PlainClassHandler(Handler):

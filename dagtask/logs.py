@@ -70,6 +70,13 @@ class AttemptLog:
             self._parts.clear()
         return text
 
+    def unshift(self, text: str) -> None:
+        """Put back drained text that could not be stored, before what was written since (so
+        the stored log keeps its order)."""
+        if text:
+            with self._lock:
+                self._parts.insert(0, text)
+
 
 class CaptureHandler(logging.Handler):
     """A logging handler that routes records from attempt threads into their :class:`AttemptLog`.

@@ -120,3 +120,87 @@ def ledger(ctx: RunContext) -> None:
     if ctx.token.wait(int(ctx.string_map.get("sleep_ms", "0")) / 1000):
         ctx.token.raise_if_cancelled()
     note("end")
+
+
+TOKEN_SEEN: dict[int, list[tuple[str, float]]] = defaultdict(list)
+"""subtask id -> [("start" | "token", monotonic time)]: when a handler started and when it saw
+its cancellation token set."""
+
+
+def wait_for_token(ctx: RunContext) -> None:
+    """Wait up to ``stringMap.seconds`` for the token; note when it started and saw it."""
+    with _lock:
+        TOKEN_SEEN[ctx.subtask_id].append(("start", time.monotonic()))
+    if ctx.token.wait(float(ctx.string_map.get("seconds", "30"))):
+        with _lock:
+            TOKEN_SEEN[ctx.subtask_id].append(("token", time.monotonic()))
+        ctx.token.raise_if_cancelled()
+
+
+def raise_base(ctx: RunContext) -> None:
+    """Raise the BaseException named by ``stringMap[<subtask name>]`` (SystemExit, ...)."""
+    import builtins
+
+    name = ctx.string_map.get(ctx.subtask_name, "")
+    if name == "parser.error":
+        import argparse
+
+        argparse.ArgumentParser(prog="handler").error("bad option")  # raises SystemExit(2)
+    if name:
+        raise getattr(builtins, name)("raised on purpose")
+
+
+def log_lines(ctx: RunContext) -> None:
+    """Log ``stringMap.lines`` numbered lines, ``stringMap.gap_ms`` apart."""
+    for n in range(int(ctx.string_map.get("lines", "10"))):
+        ctx.log.info("line %03d", n)
+        time.sleep(int(ctx.string_map.get("gap_ms", "0")) / 1000)
+
+
+def ticker(ctx: RunContext) -> None:
+    """Append ``tick <subtask id> <runTime> <pid> <wall time>`` to ``stringMap.ledger`` every
+    20 ms while the token is not set (the time is taken when the token was checked), for
+    ``stringMap.seconds``; a line ``start`` first."""
+    import os
+
+    path = ctx.string_map["ledger"]
+
+    def note(phase: str, when: float) -> None:
+        line = f"{phase} {ctx.subtask_id} {ctx.run_time} {os.getpid()} {when:.6f}\n".encode()
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)
+
+    note("start", time.time())
+    end = time.monotonic() + float(ctx.string_map.get("seconds", "10"))
+    while time.monotonic() < end:
+        checked = time.time()
+        if ctx.token.cancelled:
+            return
+        note("tick", checked)
+        time.sleep(0.02)
+
+
+SCRIPTED: dict[tuple[int, int], list[float]] = defaultdict(list)
+"""(subtask id, runTime) -> monotonic start times of the ``scripted`` handler (one per run)."""
+SCRIPTED_TOKEN: dict[tuple[int, int], float] = {}
+"""(subtask id, runTime) -> when a ``hang`` run saw its token set."""
+
+
+def scripted(ctx: RunContext) -> None:
+    """Behave as ``stringMap[<subtask name>]`` says: ok, fail, exit (SystemExit), hang (until
+    the token is set), slow (0.3 s, stopping early at the token)."""
+    key = (ctx.subtask_id, ctx.run_time)
+    with _lock:
+        SCRIPTED[key].append(time.monotonic())
+    mode = ctx.string_map.get(ctx.subtask_name, "ok")
+    if mode == "fail":
+        raise RuntimeError("scripted failure")
+    if mode == "exit":
+        raise SystemExit(3)
+    if mode in ("hang", "slow") and ctx.token.wait(30 if mode == "hang" else 0.3):
+        with _lock:
+            SCRIPTED_TOKEN[key] = time.monotonic()
+        ctx.token.raise_if_cancelled()

@@ -11,15 +11,20 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
-from dagtask import planner, states
-from dagtask.errors import HostBusyError
+from dagtask import logs, planner, states
+from dagtask.errors import ConcurrentChangeError
 from dagtask.models import EventKind
+from dagtask.planner import AttemptResult
 from dagtask.states import Operation, SubtaskStatus, TaskStatus
+from dagtask.store import host_locks
 from dagtask.store import statements as q
+
+if TYPE_CHECKING:
+    from dagtask.store.attempts import Report
 
 S = SubtaskStatus
 
@@ -82,8 +87,9 @@ def change_subtasks(
         ]
         result = conn.execute(q.set_subtask, params)
         if result.rowcount != len(subtask_ids):
-            raise RuntimeError(
-                f"subtasks {list(subtask_ids)} were not all {status} (changed concurrently)"
+            raise ConcurrentChangeError(
+                f"subtasks {list(subtask_ids)} of task {task_id} changed while this action ran "
+                f"(they were not all {status.value}); try it again"
             )
         events.extend(
             event(
@@ -266,7 +272,9 @@ def _take(
         conn.execute(stmt, params)
         rows = conn.execute(q.claimed_rows, {"ids": ids}).all()
     if len(rows) != len(ids):
-        raise RuntimeError(f"subtasks {ids} were not all {old} (changed concurrently)")
+        raise ConcurrentChangeError(
+            f"subtasks {ids} of task {task_id} changed concurrently (not all {old.value})"
+        )
     successful_crossing(conn, ids, old, S.READY)
     for sid in ids:
         events.append(
@@ -378,7 +386,7 @@ def restart_task(
     states.check_task_transition(old, TaskStatus.RUNNING)
     if old is not TaskStatus.RUNNING:
         hosts = conn.execute(q.hosts_of_task, {"task_id": task_id}).scalars().all()
-        lock_hosts(conn, task_id, hosts, now)
+        host_locks.lock_hosts(conn, task_id, hosts, now)
     conn.execute(
         q.set_task_operation,
         {
@@ -406,47 +414,202 @@ def restart_task(
     )
 
 
-def lock_hosts(conn: sa.Connection, task_id: int, hosts: Sequence[int], now: datetime) -> None:
-    """Make ``task_id`` the running host operation of ``hosts``, or raise :class:`HostBusyError`.
-
-    The lock table's primary key is the host id, so of two transactions taking the same host only
-    one commits; the loser's ``IntegrityError`` is turned into the same error by :func:`busy`.
-    """
-    if not hosts:
-        return
-    holders = conn.execute(q.lock_holders, {"hosts": list(hosts)}).all()
-    for row in holders:
-        if row.task_id != task_id:
-            raise busy(row.host_id, row.task_id, row.name, row.status)
-    held = {row.host_id for row in holders}
-    rows = [{"host_id": h, "task_id": task_id, "since": now} for h in hosts if h not in held]
-    if rows:
-        conn.execute(q.insert_host_locks, rows)
-
-
-def busy(host_id: int, task_id: int, name: str | None, status: str | None) -> HostBusyError:
-    """The error for a host that task ``task_id`` holds."""
-    what = f"task {task_id} {name!r} ({status})" if name else f"task {task_id}"
-    return HostBusyError(
-        f"error 409: host {host_id} already has a running host operation: {what}; "
-        f"only one host operation runs per host at a time. Wait for it to end "
-        f"(`dagtask show {task_id}`) or cancel it (`dagtask cancel {task_id}`), then try again",
-        host_id=host_id,
-        task_id=task_id,
-    )
-
-
-def host_conflict(conn: sa.Connection, hosts: Sequence[int]) -> HostBusyError | None:
-    """After a lost race for ``hosts``: the error naming the task that won, if any."""
-    rows = conn.execute(q.lock_holders, {"hosts": list(hosts)}).all()
-    if not rows:
-        return None
-    row = rows[0]
-    return busy(row.host_id, row.task_id, row.name, row.status)
-
-
 def notify_ready(conn: sa.Connection) -> None:
     """Wake idle workers in other processes: subtasks became READY (PostgreSQL NOTIFY, sent at
     commit; elsewhere idle workers poll)."""
     if conn.dialect.name == "postgresql":
         conn.execute(q.notify_ready)
+
+
+def relock_task(conn: sa.Connection, task_id: int) -> Any:
+    """The task's row, locked (again) in the caller's transaction."""
+    return conn.execute(q.lock_task, {"task_id": task_id}).one()
+
+
+def insert_log(conn: sa.Connection, sid: int, run_time: int, text: str, now: datetime) -> None:
+    """Append ``text`` to the log of attempt ``run_time`` of subtask ``sid``."""
+    conn.execute(
+        q.insert_log,
+        {"subtask_id": sid, "run_time": run_time, "text": text, "create_time": now},
+    )
+
+
+# ---- the end of attempts and claims (the workers' hot path) ----------------------------------
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How one report changes its subtask: the steps and the conditional update's parameters."""
+
+    old: SubtaskStatus
+    result: AttemptResult
+    steps: list[planner.Step]
+    keep_output: bool
+    params: dict[str, Any]
+
+
+def _plan(report: Report, old: SubtaskStatus, result: AttemptResult, now: datetime) -> _Plan:
+    claim = report.claim
+    steps = planner.after_attempt(claim.operation, claim.run_time, claim.retry_count, result)
+    final = steps[-1]
+    keep_output = final.status is S.PENDING  # a rollback keeps what its execute recorded
+    params: dict[str, Any] = {
+        "sid": claim.subtask_id,
+        "old_status": old.value,
+        "old_operation": claim.operation.value,
+        "old_run_time": claim.run_time,
+        "new_status": final.status.value,
+        "new_operation": final.operation.value,
+        "new_run_time": final.run_time,
+        "message": None if result.ok else result.message,
+        "now": now,
+    }
+    if not keep_output:
+        output = report.output if result.ok else None
+        params["output"] = output.without_engine_keys().to_json() if output is not None else None
+    return _Plan(old, result, steps, keep_output, params)
+
+
+def _attempt_state(
+    row: Any, report: Report, result: AttemptResult
+) -> tuple[SubtaskStatus | None, AttemptResult]:
+    """The status the attempt's subtask is in (None if the attempt already ended) and the result
+    to record: an attempt the operator cancelled ends as a cancel whatever the handler said."""
+    claim = report.claim
+    if (
+        row is None
+        or row.run_time != claim.run_time
+        or row.operation != claim.operation.value
+        or row.status not in (S.RUNNING.value, S.CANCELING.value)
+    ):
+        return None, result
+    if row.status == S.CANCELING.value:
+        message = result.message if not result.ok else "cancelled by the operator"
+        return S.CANCELING, AttemptResult(ok=False, message=message, cancelled=True)
+    return S.RUNNING, result
+
+
+def _apply(conn: sa.Connection, plans: Sequence[_Plan | None]) -> int:
+    """Run the conditional updates of ``plans``; return how many rows matched."""
+    matched = 0
+    for keep_output in (False, True):
+        params = [p.params for p in plans if p is not None and p.keep_output is keep_output]
+        if params:
+            stmt = q.finish_subtask_keep_output if keep_output else q.finish_subtask
+            matched += conn.execute(stmt, params).rowcount
+    return matched
+
+
+def _replan(
+    conn: sa.Connection, reports: Sequence[Report], plans: list[_Plan | None], now: datetime
+) -> list[_Plan | None]:
+    """After an optimistic finish matched fewer rows than reports: keep the plans that matched
+    (their rows carry this transaction's ``finish_time``; the caller holds the tasks' locks, so no
+    one else wrote them), and for the others decide from the row as it is now (CANCELING: a
+    cancel; anything else: stale)."""
+    ids = [r.claim.subtask_id for r in reports]
+    rows = {row.id: row for row in conn.execute(q.lock_subtasks_done, {"ids": ids}).all()}
+    again: list[_Plan | None] = []
+    for report, plan in zip(reports, plans, strict=True):
+        row = rows.get(report.claim.subtask_id)
+        if plan is not None and row is not None and row.finish_time == now:
+            again.append(plan)
+            continue
+        old, result = _attempt_state(row, report, report.result)
+        again.append(None if old is None else _plan(report, old, result, now))
+    redo = [p if p is not None and p.old is S.CANCELING else None for p in again]
+    if _apply(conn, redo) != sum(p is not None for p in redo):
+        raise ConcurrentChangeError("a subtask changed under its row lock")
+    return again
+
+
+@dataclass(frozen=True)
+class Ended:
+    """What :func:`finish_attempts` changed."""
+
+    finals: list[SubtaskStatus | None]
+    """Each report's subtask's new status; None for a stale report (nothing changed)."""
+    log_rows: list[dict[str, Any]]
+    crossing: list[int]
+    """Subtasks that became SUCCESSFUL (their downstreams' counters go down)."""
+
+
+def finish_attempts(
+    conn: sa.Connection,
+    reports: Sequence[Report],
+    now: datetime,
+    executor: str | None,
+    events: list[dict[str, Any]],
+) -> Ended:
+    """End the attempts of ``reports`` (distinct attempts; the caller holds their tasks' locks).
+
+    Optimistically every attempt is still RUNNING (the usual case): one conditional UPDATE per
+    kind of change, no read first. Only if fewer rows matched are those read, to tell an
+    operator's cancel (CANCELING) from a stale result. Events and log lines are made from the
+    plans whose updates matched, so an attempt ends once, with one set of events.
+    """
+    plans: list[_Plan | None] = [_plan(r, S.RUNNING, r.result, now) for r in reports]
+    if _apply(conn, plans) != len(plans):
+        plans = _replan(conn, reports, plans, now)
+    finals: list[SubtaskStatus | None] = []
+    log_rows: list[dict[str, Any]] = []
+    crossing: list[int] = []
+    for report, plan in zip(reports, plans, strict=True):
+        claim = report.claim
+        log_row = {"subtask_id": claim.subtask_id, "run_time": claim.run_time, "create_time": now}
+        if plan is None:  # stale: keep what it logged, change nothing
+            if report.log_text:
+                log_rows.append({**log_row, "text": report.log_text})
+            finals.append(None)
+            continue
+        text = report.log_text
+        prev, prev_op = plan.old, claim.operation
+        for step in plan.steps:
+            states.check_subtask_transition(prev, step.status)
+            text += logs.state_line(claim.subtask_id, prev, step.status, when=now)
+            events.append(
+                event(
+                    claim.task_id,
+                    claim.subtask_id,
+                    now,
+                    EventKind.SUBTASK_STATUS,
+                    prev.value,
+                    step.status.value,
+                    prev_op.value,
+                    step.operation.value,
+                    step.run_time,
+                    executor,
+                    plan.result.message,
+                )
+            )
+            prev, prev_op = step.status, step.operation
+        log_rows.append({**log_row, "text": text})
+        final = plan.steps[-1].status
+        if final is S.SUCCESSFUL:
+            crossing.append(claim.subtask_id)
+        finals.append(final)
+    return Ended(finals, log_rows, crossing)
+
+
+def claimed(
+    rows: Sequence[Any], now: datetime, executor: str, events: list[dict[str, Any]]
+) -> None:
+    """The events of subtasks a claim's conditional update moved from READY to RUNNING (the
+    rows it returned, so an event can be neither missed nor doubled)."""
+    if rows:
+        states.check_subtask_transition(S.READY, S.RUNNING)
+    events.extend(
+        event(
+            row.task_id,
+            row.id,
+            now,
+            EventKind.SUBTASK_STATUS,
+            S.READY.value,
+            S.RUNNING.value,
+            row.operation,
+            row.operation,
+            row.run_time,
+            executor,
+        )
+        for row in rows
+    )

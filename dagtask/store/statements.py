@@ -320,6 +320,8 @@ canceling_of = sa.select(subtask.c.id, subtask.c.run_time).where(
     subtask.c.status == S.CANCELING.value, subtask.c.executor == sa.bindparam("executor")
 )
 subtask_row = sa.select(subtask).where(subtask.c.id == sa.bindparam("sid"))
+subtask_row_locked = subtask_row.with_for_update()
+"""An operator action's read of the subtask it changes: a claim in flight finishes first."""
 task_subtasks = sa.select(
     subtask.c.id,
     subtask.c.name,
@@ -328,6 +330,8 @@ task_subtasks = sa.select(
     subtask.c.run_time,
     subtask.c.prohibit_rollback,
 ).where(subtask.c.task_id == sa.bindparam("task_id"))
+task_subtasks_locked = task_subtasks.order_by(subtask.c.id).with_for_update()
+"""The same, row-locked (in id order), for an operator action that changes them."""
 
 
 # ---- one host operation per host at a time ------------------------------------------------------
@@ -430,6 +434,20 @@ declare_lost = (
 """Conditional on the heartbeat the sweeper judged: of two sweepers only one recovers, and a
 worker that heartbeats meanwhile is not declared lost."""
 all_workers = sa.select(worker).order_by(worker.c.name)
+silent_workers = sa.select(
+    worker.c.name, worker.c.heartbeat_at, worker.c.lease_seconds, utc_now().label("now")
+).where(worker.c.status != "ACTIVE")
+holders = (
+    sa.select(subtask.c.executor)
+    .where(subtask.c.status.in_([S.RUNNING.value, S.CANCELING.value]))
+    .distinct()
+)
+"""The workers that hold subtasks now (a read of the claim index's RUNNING/CANCELING range)."""
+any_ready_of_task = (
+    sa.select(subtask.c.id)
+    .where(subtask.c.task_id == sa.bindparam("task_id"), subtask.c.status == S.READY.value)
+    .limit(1)
+)
 held_by = (
     sa.select(
         subtask.c.id,

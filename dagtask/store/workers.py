@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -33,9 +33,29 @@ from dagtask.errors import ArgumentError
 from dagtask.states import Operation, SubtaskStatus
 from dagtask.store import changes
 from dagtask.store import statements as q
-from dagtask.store.db import Database
+from dagtask.store.db import Database, retrying
 
 S = SubtaskStatus
+
+
+@dataclass(frozen=True)
+class Reconciled:
+    """What :meth:`WorkerStore.reconcile_worker` found and did."""
+
+    held: frozenset[tuple[int, int]]
+    """``(subtask id, runTime)`` of what the worker still holds and runs."""
+    never_started: int = 0
+    handed_back: int = 0
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @dataclass(frozen=True)
@@ -58,9 +78,6 @@ class WorkerStore:
     """The worker side of :class:`dagtask.store.sql.Store`."""
 
     db: Database
-
-    def _log(self, conn: sa.Connection, sid: int, run_time: int, text: str, now: datetime) -> None:
-        raise NotImplementedError  # provided by Store
 
     # ---- registration and heartbeats -------------------------------------------------------
 
@@ -89,7 +106,15 @@ class WorkerStore:
                         return 0
                     now = conn.execute(q.db_now).scalar_one()
                     fresh = row.heartbeat_at + timedelta(seconds=row.lease_seconds) > now
-                    if row.status == "ACTIVE" and fresh and (row.host, row.pid) != (host, pid):
+                    # A holder on this host whose process is gone (killed, then restarted at
+                    # once by a service manager) is taken over now, not when its lease ends.
+                    dead = row.host == host and row.pid != pid and not _pid_alive(row.pid)
+                    if (
+                        row.status == "ACTIVE"
+                        and fresh
+                        and not dead
+                        and (row.host, row.pid) != (host, pid)
+                    ):
                         raise ArgumentError(
                             f"worker name {name!r} is in use by {row.host} pid {row.pid} "
                             f"(heartbeat {(now - row.heartbeat_at).total_seconds():.0f} s ago); "
@@ -103,6 +128,75 @@ class WorkerStore:
             except sa.exc.IntegrityError:
                 continue  # another process inserted the same name first: look again
         raise ArgumentError(f"could not register worker {name!r}; is another one starting?")
+
+    def ready_exists(self, task_id: int | None = None) -> bool:
+        """Whether a subtask (of ``task_id``, if given) is READY: the read an idle worker makes
+        instead of a claim, so that idling writes nothing."""
+        with self.db.read() as conn:
+            if task_id is None:
+                return conn.execute(q.any_ready).first() is not None
+            return conn.execute(q.any_ready_of_task, {"task_id": task_id}).first() is not None
+
+    def append_logs(self, parts: Sequence[tuple[int, int, str]]) -> None:
+        """Append ``(subtask id, runTime, text)`` to running attempts' logs, in one
+        transaction (a worker's periodic flush)."""
+        if not parts:
+            return
+        now = utcnow()
+        rows = [
+            {"subtask_id": sid, "run_time": rt, "text": text, "create_time": now}
+            for sid, rt, text in parts
+        ]
+        with self.db.begin() as conn:
+            conn.execute(q.insert_log, rows)
+
+    def reconcile_worker(
+        self,
+        name: str,
+        *,
+        live: Mapping[int, int],
+        fenced: Mapping[int, tuple[int, str]],
+    ) -> Reconciled:
+        """Settle what worker ``name`` holds in the database against what it runs, in one
+        transaction (after a write whose outcome it did not learn, or after fencing).
+
+        ``live`` maps the subtasks it runs (or whose result it has yet to record) to their
+        runTime; ``fenced`` those it stopped without a result, to (runTime, reason). A subtask
+        it holds in neither was claimed by a commit whose reply it never got: its handler never
+        ran, so it goes back to READY. A fenced one is recovered by its policy, like a lost
+        worker's. Returns what it still holds of ``live``.
+        """
+
+        def attempt() -> Reconciled:
+            with self.db.begin() as conn:
+                held = conn.execute(q.held_by, {"executor": name}).all()
+                unknown = {r.id for r in held if r.id not in live and r.id not in fenced}
+                stopped = {r.id for r in held if r.id in fenced and fenced[r.id][0] == r.run_time}
+                never = 0
+                if unknown:
+                    never = self._recover_in(
+                        conn,
+                        name,
+                        f"worker {name} never started it (the reply to its claim was lost)",
+                        name,
+                        skip={r.id for r in held if r.id not in unknown},
+                        never_started=True,
+                    )
+                handed = 0
+                for reason in sorted({fenced[sid][1] for sid in stopped}):
+                    handed += self._recover_in(
+                        conn,
+                        name,
+                        reason,
+                        name,
+                        skip={
+                            r.id for r in held if r.id not in stopped or fenced[r.id][1] != reason
+                        },
+                    )
+                kept = frozenset((r.id, r.run_time) for r in held if live.get(r.id) == r.run_time)
+                return Reconciled(kept, never, handed)
+
+        return retrying(attempt)
 
     def heartbeat(self, name: str) -> bool:
         """Renew ``name``'s lease; False if it was declared lost (it must re-register)."""
@@ -143,8 +237,23 @@ class WorkerStore:
         """
         with self.db.read() as conn:
             rows = conn.execute(q.active_workers).all()
+            late = late_workers(rows)
+            # A worker declared lost while a claim of its was in flight holds that claim and
+            # may never come back to hand it over: recover what silent non-ACTIVE workers hold.
+            holding = {r.executor for r in conn.execute(q.holders)} - {sweeper}
+            quiet = late_workers(conn.execute(q.silent_workers).all()) if holding else []
         recovered = []
-        for row in late_workers(rows):
+        for row in quiet:
+            if row.name in holding:
+                with self.db.begin() as conn:
+                    if self._recover_in(
+                        conn,
+                        row.name,
+                        f"worker {row.name} lost before it handed them back",
+                        sweeper,
+                    ):
+                        recovered.append(row.name)
+        for row in late:
             silent = (row.now - row.heartbeat_at).total_seconds()
             reason = (
                 f"worker {row.name} lost: no heartbeat for {silent:.0f} s "
@@ -246,7 +355,7 @@ class WorkerStore:
         text = logs.line(message, "ERROR")
         for step in steps:
             text += logs.state_line(sub.id, status, step.status, when=now)
-        self._log(conn, sub.id, sub.run_time, text, now)
+        changes.insert_log(conn, sub.id, sub.run_time, text, now)
         changes.change_subtasks(
             conn,
             sub.task_id,

@@ -1,0 +1,269 @@
+"""Storing templates and new tasks: one transaction per submit.
+
+Ids come from a hi-lo allocator table, so a task, its subtasks and its edges are bulk-inserted in
+one transaction, and its roots are promoted to READY in the same one.
+"""
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from dagtask import states
+from dagtask.clock import utcnow
+from dagtask.errors import (
+    StoreError,
+)
+from dagtask.expand import ExpandedTask
+from dagtask.models import EventKind
+from dagtask.states import Operation, SubtaskStatus, TaskStatus
+from dagtask.store import changes, host_locks
+from dagtask.store import statements as q
+from dagtask.store.db import Database
+from dagtask.store.schema import subtask, subtask_edge, task
+from dagtask.store.schema import task_template as template_table
+from dagtask.template import TaskTemplate
+
+S = SubtaskStatus
+
+
+class SubmitStore:
+    """Templates and submission (mixed into :class:`dagtask.store.sql.Store`)."""
+
+    db: Database
+    _template_ids: dict[str, int]
+
+    def save_template(self, template: TaskTemplate) -> int:
+        """Store ``template`` (once per distinct definition) and return its id.
+
+        A changed definition under an existing name becomes that name's next version.
+        """
+        known = self._template_ids.get(template.digest())
+        if known is not None:
+            return known
+        for _attempt in range(3):
+            try:
+                with self.db.begin() as conn:
+                    template_id = self._template_id_in(conn, template)
+                self._template_ids[template.digest()] = template_id
+                return template_id
+            except sa.exc.IntegrityError:
+                continue  # another process stored the same definition (or version) first
+        raise StoreError(f"could not store template {template.name!r}; try again")
+
+    def _template_id_in(self, conn: sa.Connection, template: TaskTemplate) -> int:
+        """The id of ``template``'s definition, stored in the caller's transaction if new."""
+        digest = template.digest()
+        known = self._template_ids.get(digest)
+        if known is not None:
+            return known
+        by_digest = sa.select(template_table.c.id).where(template_table.c.digest == digest)
+        found = conn.execute(by_digest).scalar()
+        if found is not None:
+            return int(found)
+        latest = conn.execute(
+            sa.select(sa.func.max(template_table.c.version)).where(
+                template_table.c.name == template.name
+            )
+        ).scalar()
+        result = conn.execute(
+            template_table.insert().values(
+                name=template.name,
+                version=(latest or 0) + 1,
+                digest=digest,
+                definition=template.definition(),
+                create_time=utcnow(),
+            )
+        )
+        assert result.inserted_primary_key is not None
+        return int(result.inserted_primary_key[0])
+
+    @staticmethod
+    def _allocate(conn: sa.Connection, sequence: str, count: int) -> int:
+        """Reserve ``count`` consecutive ids of ``sequence`` (in the caller's transaction)."""
+        if not conn.execute(q.next_ids, {"seq": sequence, "n": count}).rowcount:
+            raise StoreError(
+                f"the database has no id sequence {sequence!r} (it was not created by dagtask); "
+                "use an empty database or run `dagtask db upgrade`"
+            )
+        end = conn.execute(q.read_next_id, {"seq": sequence}).scalar_one()
+        return int(end) - count
+
+    def submit(
+        self,
+        expanded: ExpandedTask,
+        *,
+        template_id: int | None = None,
+        template: TaskTemplate | None = None,
+        creator: str,
+        executor: str,
+        host_id: int | None = None,
+        hosts: Sequence[int] = (),
+        source_task_id: int | None = None,
+        reused: Mapping[int, Mapping[str, Any]] | None = None,
+    ) -> int:
+        """Store a new task and its subtasks, make its roots READY; return the task id.
+
+        ``hosts`` are the hosts a host operation acts on: the task holds them while it runs and
+        is refused (:class:`~dagtask.errors.HostBusyError`, nothing stored) if another running
+        task holds one. ``reused`` maps subtask indexes to output contexts recorded by
+        ``source_task_id``: those subtasks start SUCCESSFUL with that output (``dagtask rerun
+        --from``) and only the others run.
+
+        ``template``: the template to record the task under, stored (if its definition is new)
+        in the same transaction as the task, so a refused submit leaves no template row behind
+        (``template_id`` names one stored before).
+        """
+        reused = reused or {}
+        subs = sorted(expanded.subtasks, key=lambda s: s.series_id)
+        # Rows are built with ids relative to the task's block of ids, shifted once the block
+        # is allocated inside the transaction (one transaction per submit).
+        ids = {sub.index: i for i, sub in enumerate(subs)}
+        task_id = 0
+        now = utcnow()
+        ctx = expanded.context
+        task_row: dict[str, Any] = {
+            "id": task_id,
+            "name": expanded.template.name,
+            "template_id": template_id,
+            "task_definition_id": -1,
+            "type": states.TaskType.MANUAL.value,
+            "status": TaskStatus.RUNNING.value,
+            "operation": Operation.EXECUTE.value,
+            "creator": creator,
+            "executor": executor,
+            "context": ctx.to_json(),
+            "prohibit_rollback": ctx.prohibit_rollback,
+            "host_id": host_id,
+            "source_task_id": source_task_id,
+            "concurrency": expanded.template.concurrency,
+            "create_time": now,
+            "start_time": now,
+        }
+        sub_rows: list[dict[str, Any]] = [
+            {
+                "id": ids[sub.index],
+                "task_id": task_id,
+                "series_id": sub.series_id,
+                "name": sub.spec.instance_name,
+                "description": sub.spec.description,
+                "class_name": sub.spec.handler,
+                "node_type": "JAVA_TASK",
+                "operation": Operation.EXECUTE.value,
+                "status": S.PENDING.value,
+                "run_time": 1,
+                "timeout": sub.spec.timeout,
+                "retry_count": sub.spec.retry_count,
+                "parallel": sub.parallel,
+                "parallel_idx": sub.parallel_idx,
+                "prohibit_rollback": sub.prohibit_rollback,
+                "recovery": sub.spec.on_worker_lost.value,
+                "pending_upstreams": sum(1 for up in sub.upstreams if up not in reused),
+                "create_time": now,
+            }
+            for sub in subs
+        ]
+        for row, sub in zip(sub_rows, subs, strict=True):
+            done = sub.index in reused
+            row.update(
+                status=S.SUCCESSFUL.value if done else S.PENDING.value,
+                output_context=dict(reused[sub.index]) if done else None,
+                message=f"output reused from task {source_task_id}" if done else None,
+                start_time=now if done else None,
+                finish_time=now if done else None,
+            )
+        edge_rows: list[dict[str, Any]] = [
+            {"upstream_id": ids[up], "downstream_id": ids[down], "task_id": task_id}
+            for up, down in expanded.edges
+        ]
+        host_list = sorted({*hosts, *([host_id] if host_id is not None else [])})
+        for attempt in range(3):
+            try:
+                with self.db.begin() as conn:
+                    if template is not None:
+                        task_row["template_id"] = self._template_id_in(conn, template)
+                    task_id = self._insert_new(conn, expanded, task_row, sub_rows, edge_rows, now)
+                    if host_list:
+                        conn.execute(
+                            q.insert_task_hosts,
+                            [{"task_id": task_id, "host_id": h} for h in host_list],
+                        )
+                        host_locks.lock_hosts(conn, task_id, host_list, now)
+                break
+            except sa.exc.IntegrityError:
+                if host_list:
+                    with self.db.read() as conn:  # lost a race for a host to a concurrent submit
+                        conflict = host_locks.host_conflict(conn, host_list)
+                    if conflict is not None:
+                        raise conflict from None
+                if template is None or attempt == 2:
+                    raise
+                # Another process stored the same template (or its next version) first.
+        if template is not None:
+            self._template_ids[template.digest()] = int(task_row["template_id"])
+        return task_id
+
+    def _insert_new(
+        self,
+        conn: sa.Connection,
+        expanded: ExpandedTask,
+        task_row: dict[str, Any],
+        sub_rows: list[dict[str, Any]],
+        edge_rows: list[dict[str, Any]],
+        now: datetime,
+    ) -> int:
+        """Allocate the new task's block of ids, shift its rows onto them, insert them with the
+        submission event (and one per reused subtask) and make its first subtasks READY."""
+        task_id = self._allocate(conn, "task", 1)
+        first = self._allocate(conn, "subtask", len(sub_rows))
+        task_row["id"] = task_id
+        for row in sub_rows:
+            row["id"] += first
+            row["task_id"] = task_id
+        for row in edge_rows:
+            row["upstream_id"] += first
+            row["downstream_id"] += first
+            row["task_id"] = task_id
+        creator, executor = task_row["creator"], task_row["executor"]
+        events = [
+            changes.event(
+                task_id,
+                None,
+                now,
+                EventKind.TASK_SUBMITTED,
+                new_status=TaskStatus.RUNNING.value,
+                new_operation=Operation.EXECUTE.value,
+                executor=executor,
+                message=f"submitted by {creator}: {len(sub_rows)} subtasks",
+            )
+        ]
+        events.extend(
+            changes.event(
+                task_id,
+                row["id"],
+                now,
+                EventKind.SUBTASK_STATUS,
+                S.PENDING.value,
+                S.SUCCESSFUL.value,
+                Operation.EXECUTE.value,
+                Operation.EXECUTE.value,
+                1,
+                executor,
+                row["message"],
+            )
+            for row in sub_rows
+            if row["status"] == S.SUCCESSFUL.value
+        )
+        conn.execute(task.insert(), task_row)
+        conn.execute(subtask.insert(), sub_rows)
+        if edge_rows:
+            conn.execute(subtask_edge.insert(), edge_rows)
+        promoted, _ = changes.progress(
+            conn, task_id, changes.relock_task(conn, task_id), now, events
+        )
+        if events:
+            conn.execute(q.insert_event, events)
+        if promoted:
+            changes.notify_ready(conn)
+        return task_id

@@ -1,0 +1,47 @@
+"""One attempt of one subtask in this process, and the rule that it ends exactly once.
+
+An attempt can end three ways: its handler returns (the runner), its timeout or cancel grace
+passes (the watchdog), or its worker fences it (lease not renewed, worker declared lost, worker
+stopping). Whichever comes first wins, under the pool's lock (:meth:`WorkerPool.end`); the
+others find ``ended`` set and change nothing, so an attempt is recorded once, with one set of
+events. A fenced attempt's result is never recorded at all: the pool hands its subtask back by
+its recovery policy instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from dagtask import handlers, logs
+from dagtask.context import TaskContext
+from dagtask.planner import AttemptResult
+from dagtask.store.sql import Claim
+
+
+@dataclass(eq=False)
+class Attempt:
+    """One run of one subtask by this process."""
+
+    claim: Claim
+    token: handlers.CancellationToken = field(default_factory=handlers.CancellationToken)
+    log: logs.AttemptLog = field(default_factory=logs.AttemptLog)
+    handler: handlers.Handler | None = None
+    ended: bool = False
+    """Its end was decided (by its runner, the watchdog or a fence): its slot is free. Changed
+    only under the pool's lock."""
+    fenced: bool = False
+    """It was stopped without a result: its subtask is handed back, never finished."""
+
+    @property
+    def key(self) -> tuple[int, int]:
+        """``(subtask id, runTime)``: which attempt of which subtask this is."""
+        return self.claim.subtask_id, self.claim.run_time
+
+
+@dataclass(frozen=True, eq=False)
+class End:
+    """An attempt's result, waiting for the dispatcher to record it."""
+
+    attempt: Attempt
+    result: AttemptResult
+    output: TaskContext | None = None

@@ -1,0 +1,95 @@
+"""Runner threads: they call handlers and hand the results over, nothing else.
+
+A runner takes an attempt from the pool's queue, runs its handler with the attempt's log bound
+to the thread, and gives the result to :meth:`WorkerPool.end`. It never touches the database.
+Whatever the handler raises, ``BaseException`` included (``SystemExit`` from argparse's
+``parser.error``, ``KeyboardInterrupt``, ``GeneratorExit``), the attempt ends FAILED with the
+exception named and the runner goes on: a handler can never take its runner, its slot or its
+timeout down with it.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from typing import TYPE_CHECKING
+
+from dagtask import handlers, logs, secrets
+from dagtask.context import TaskContext
+from dagtask.errors import ContextError
+from dagtask.planner import AttemptResult
+from dagtask.states import Operation
+from dagtask.worker.attempt import Attempt
+
+if TYPE_CHECKING:
+    from dagtask.worker.pool import WorkerPool
+
+
+def run_attempt(pool: WorkerPool, attempt: Attempt) -> None:
+    """Run one attempt's handler and hand its end to the pool (first end wins)."""
+    claim = attempt.claim
+    log = attempt.log
+    log.write(logs.separator(claim.operation.value, claim.start_time))
+    log.write(logs.state_line(claim.subtask_id, "READY", "RUNNING", when=claim.start_time))
+    pool.watchdog.watch(attempt)
+    pool.capture.bind(log)
+    output: TaskContext | None = None
+    try:
+        if claim.context_error:
+            raise ContextError(claim.context_error)
+        seen = claim.context.with_strings(
+            {
+                "task_instance_id": str(claim.task_id),
+                "sub_task_instance_id": str(claim.subtask_id),
+                "task_operation": claim.operation.value.lower(),
+                "latest_execution_start_time": logs.iso_ms(claim.start_time),
+            }
+        )
+        shown = secrets.mask_json(seen.to_json())
+        log.write(
+            logs.line(f"Run subtask, id={claim.subtask_id}, context={shown}, executor={pool.name}")
+        )
+        output = _call_handler(pool, attempt, seen)
+        result = AttemptResult(ok=True)
+    except BaseException as exc:  # the outcome is always recorded
+        message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        if not isinstance(exc, Exception):
+            message += " (raised by the handler; the worker goes on)"
+        log.write(logs.line(f"Subtask {claim.subtask_id} failed: {message}", level="ERROR"))
+        log.write("".join(traceback.format_exception(exc)))
+        result = AttemptResult(ok=False, message=message, cancelled=False)
+    finally:
+        pool.capture.unbind()
+        pool.watchdog.forget(attempt)
+    if attempt.token.cancelled:
+        # Asked to stop (timeout, fence, a stopping worker): whatever the handler did, the
+        # attempt failed for that reason (if the watchdog ended it first, this is discarded).
+        result = AttemptResult(ok=False, message=attempt.token.reason)
+    pool.end(attempt, result, output)
+
+
+def _call_handler(pool: WorkerPool, attempt: Attempt, given: TaskContext) -> TaskContext:
+    claim = attempt.claim
+    if claim.operation in (Operation.SKIP, Operation.ROLLBACK_SKIP):
+        attempt.log.write(logs.line(f"Skip subtask {claim.subtask_id}: nothing is run"))
+        return given
+    handler = handlers.resolve(claim.class_name)()
+    attempt.handler = handler
+    ctx = handlers.RunContext(
+        context=given,
+        task_id=claim.task_id,
+        subtask_id=claim.subtask_id,
+        operation=claim.operation,
+        run_time=claim.run_time,
+        token=attempt.token,
+        services=pool.services,
+        log=logging.getLogger(f"{logs.HANDLER_LOGGER}.{claim.class_name.rsplit('.', 1)[-1]}"),
+        subtask_name=claim.name,
+    )
+    if claim.operation is Operation.ROLLBACK:
+        result = handler.rollback(ctx)
+    elif claim.operation is Operation.RETRY:
+        result = handler.retry(ctx)
+    else:
+        result = handler.execute(ctx)
+    return handlers.output_context(result, given)
