@@ -215,9 +215,9 @@ def test_hosts_need_an_ip_address_not_a_name(cli: Cli) -> None:
 def test_an_unexpected_error_is_one_line_with_how_to_see_the_traceback(tmp_path: Path) -> None:
     # A bug planted in a real process: a command that raises something no user causes.
     program = (
-        "import sys, dagtask.cli as c\n"
+        "import sys, dagtask.cli as c, dagtask.cli.admin as admin\n"
         "def broken(args):\n    '''Lists templates.'''\n    raise RuntimeError('planted bug')\n"
-        "c.cmd_templates = broken\n"
+        "admin.cmd_templates = broken\n"
         "sys.exit(c.main(sys.argv[1:]))\n"
     )
     args = [sys.executable, "-c", program, "--db", f"sqlite:///{tmp_path}/x.db", "templates"]

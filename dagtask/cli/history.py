@@ -14,15 +14,28 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dagtask import cli, history, views
-from dagtask import cli_output as out
+from dagtask import history, views
+from dagtask.cli import output as out
+from dagtask.cli.common import (
+    check_wait,
+    import_from,
+    is_template_file,
+    json_flag,
+    load_file,
+    open_engine,
+    operator_of,
+    positive,
+    task_id_arg,
+    wait_options,
+)
+from dagtask.cli.tasks import RUN_HINT
 from dagtask.errors import ArgumentError, TemplateError
 from dagtask.history import typed as ev
 from dagtask.states import TaskStatus
 from dagtask.template import TaskTemplate
 
 if TYPE_CHECKING:
-    from dagtask.cli import _Commands
+    from dagtask.cli.common import Commands
     from dagtask.engine import Engine
 
 
@@ -53,7 +66,7 @@ def _header(h: history.TaskHistory) -> list[str]:
 
 def cmd_history(args: argparse.Namespace) -> int:
     """Print a task's history: every change, attempt and operator action, in order."""
-    with cli._engine(args, read_only=True) as engine:
+    with open_engine(args, read_only=True) as engine:
         h = history.task_history(engine, args.id)
     if args.json:
         out.print_json(_dump(h))
@@ -119,7 +132,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     """Rebuild a task's state from its events alone: at the end, after step N or at a time."""
     if args.step is not None and args.at is not None:
         raise ArgumentError("give --step or --at, not both")
-    with cli._engine(args, read_only=True) as engine:
+    with open_engine(args, read_only=True) as engine:
         state = history.replay(engine, args.id, step=args.step, at=args.at)
         stored = history.snapshot(engine, args.id)
     at_end = state.step == stored.step
@@ -163,7 +176,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Write a task's self-contained record (template, events, logs) as JSON lines."""
-    with cli._engine(args, read_only=True) as engine:
+    with open_engine(args, read_only=True) as engine:
         data = history.record(engine, args.id)
     if args.output:
         with Path(args.output).open("w", encoding="utf-8") as file:
@@ -176,7 +189,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_import(args: argparse.Namespace) -> int:
     """Import dagtask exports and OCP task documents as historical tasks (all or nothing)."""
-    with cli._engine(args) as engine:
+    with open_engine(args) as engine:
         if not args.allow_duplicate:
             found = _already_imported(engine, args.files)
             if found:
@@ -234,11 +247,11 @@ def _already_imported(engine: Engine, files: list[str]) -> _Duplicates | None:
 
 def cmd_rerun(args: argparse.Namespace) -> int:
     """Start a new task from a finished one's template and context (--from: reuse outputs)."""
-    creator = cli._operator(args)
-    cli._check_wait(args)
+    creator = operator_of(args)
+    check_wait(args)
     if args.wait:
-        cli._import_from(Path.cwd())
-    with cli._engine(args, workers=args.workers) as engine:
+        import_from(Path.cwd())
+    with open_engine(args, workers=args.workers) as engine:
         task = history.rerun(engine, args.id, from_subtask=args.from_subtask, creator=creator)
         reused = sum(1 for s in task.subtasks if s.status.value == "SUCCESSFUL")
         if not args.json:
@@ -248,7 +261,7 @@ def cmd_rerun(args: argparse.Namespace) -> int:
             if args.json:
                 out.print_json(views.task_json(task))
             else:
-                print(f"  {cli.RUN_HINT.format(id=task.id)}")
+                print(f"  {RUN_HINT.format(id=task.id)}")
             return 0
         final = out.run_to_end(engine, task.id, args.timeout, progress=not args.json)
         out.show_task(final, views.task_json if args.json else None)
@@ -260,7 +273,7 @@ def cmd_rerun(args: argparse.Namespace) -> int:
 
 def cmd_timeline(args: argparse.Namespace) -> int:
     """Show every attempt of every subtask on a time axis (--html: a page with a Gantt chart)."""
-    with cli._engine(args, read_only=True) as engine:
+    with open_engine(args, read_only=True) as engine:
         if args.html:
             page = history.timeline_html(engine, args.id)
             Path(args.html).write_text(page, encoding="utf-8")
@@ -275,8 +288,8 @@ def cmd_timeline(args: argparse.Namespace) -> int:
 
 
 def _candidate(engine: Engine, text: str) -> tuple[TaskTemplate, str]:
-    if cli._is_template_file(text):
-        return cli._load_file(Path(text)), text
+    if is_template_file(text):
+        return load_file(Path(text)), text
     name, sep, version = text.rpartition(":")
     if sep and version.strip().isdigit():
         return history.stored_template(engine, name, int(version)), f"{name} v{version}"
@@ -291,7 +304,7 @@ def cmd_compat(args: argparse.Namespace) -> int:
 
     Replays the task's history against the template and reports what no longer fits.
     """
-    with cli._engine(args, read_only=True) as engine:
+    with open_engine(args, read_only=True) as engine:
         candidate, label = _candidate(engine, args.template)
         report = history.check_compat(engine, args.id, candidate, candidate_name=label)
     if args.json:
@@ -338,11 +351,11 @@ def _step(text: str) -> int:
     return int(text)
 
 
-def add_commands(commands: _Commands) -> None:
+def add_commands(commands: Commands) -> None:
     """Add this feature's subcommands to the `dagtask` parser."""
     show = commands.add("history", cmd_history)
-    cli._task_id(show)
-    cli._json_flag(show, "the typed history (events, attempts, actions) as JSON")
+    task_id_arg(show)
+    json_flag(show, "the typed history (events, attempts, actions) as JSON")
 
     replay = commands.add(
         "replay",
@@ -350,7 +363,7 @@ def add_commands(commands: _Commands) -> None:
         epilog="At the end it also checks the replay "
         "against the stored task (exit 1 if they differ).",
     )
-    cli._task_id(replay)
+    task_id_arg(replay)
     replay.add_argument(
         "--step", type=_step, metavar="N", help="the state after the first N events"
     )
@@ -361,10 +374,10 @@ def add_commands(commands: _Commands) -> None:
         help="the state at TIME (ISO, e.g. 2026-11-28T12:00:00: local time unless it has an "
         "offset such as +08:00)",
     )
-    cli._json_flag(replay, "the replayed state as JSON")
+    json_flag(replay, "the replayed state as JSON")
 
     export = commands.add("export", cmd_export, epilog="Example: dagtask export 7 > task.jsonl")
-    cli._task_id(export)
+    task_id_arg(export)
     export.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
 
     imp = commands.add(
@@ -383,10 +396,10 @@ def add_commands(commands: _Commands) -> None:
         help="import the tasks even if they were imported before (another copy, new ids)",
     )
     imp.add_argument("files", nargs="+", metavar="FILE", help="a dagtask export or OCP task JSON")
-    cli._json_flag(imp, "the imported tasks as JSON")
+    json_flag(imp, "the imported tasks as JSON")
 
     rerun = commands.add("rerun", cmd_rerun)
-    cli._task_id(rerun)
+    task_id_arg(rerun)
     rerun.add_argument(
         "--from",
         dest="from_subtask",
@@ -394,17 +407,17 @@ def add_commands(commands: _Commands) -> None:
         help="run this subtask (id or name) and what depends on it again; reuse the other "
         "subtasks' recorded outputs",
     )
-    cli._wait_options(rerun, "run the new task here until it ends; exit 1 if it ends FAILED")
+    wait_options(rerun, "run the new task here until it ends; exit 1 if it ends FAILED")
     rerun.add_argument("--operator", metavar="NAME", help="who reruns it (default: the OS user)")
-    cli._json_flag(rerun, "the new task as OCP JSON")
+    json_flag(rerun, "the new task as OCP JSON")
 
     tl = commands.add("timeline", cmd_timeline)
-    cli._task_id(tl)
+    task_id_arg(tl)
     tl.add_argument(
         "--html", metavar="FILE", help="write a self-contained HTML page with a Gantt chart"
     )
     tl.add_argument(
-        "--width", type=cli._positive(int), default=60, metavar="N", help="columns (default 60)"
+        "--width", type=positive(int), default=60, metavar="N", help="columns (default 60)"
     )
     tl.add_argument("--no-colour", action="store_true", help="no ANSI colours in the terminal")
 
@@ -413,11 +426,11 @@ def add_commands(commands: _Commands) -> None:
         cmd_compat,
         epilog="Exit 0 if a retry and a rollback of the task would still fit the template, else 1.",
     )
-    cli._task_id(compat)
+    task_id_arg(compat)
     compat.add_argument(
         "--template",
         required=True,
         metavar="FILE|NAME[:VERSION]",
         help="a template file, or a stored template (its newest version unless :VERSION)",
     )
-    cli._json_flag(compat, "the report as JSON")
+    json_flag(compat, "the report as JSON")

@@ -12,7 +12,7 @@ import getpass
 import sys
 from typing import TYPE_CHECKING
 
-from dagtask import cli_output as out
+from dagtask.cli import output as out
 from dagtask.errors import ArgumentError, UserError
 from dagtask.store.db import open_database, resolve_url
 from dagtask.store.users import UserStore
@@ -26,7 +26,7 @@ from dagtask.users import (
 )
 
 if TYPE_CHECKING:
-    from dagtask.cli import _Commands
+    from dagtask.cli.common import Commands
 
 ROLES = ", ".join(role.value for role in Role)
 
@@ -187,7 +187,7 @@ def _count(text: str) -> int:
     return value
 
 
-def add_commands(commands: _Commands) -> None:
+def add_commands(commands: Commands) -> None:
     """Add this feature's subcommands to the `dagtask` parser."""
     serve = commands.add(
         "serve",

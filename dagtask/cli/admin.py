@@ -1,0 +1,249 @@
+"""Commands that manage what tasks run on: templates, hosts, workers and the database schema."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from types import FrameType
+from typing import Any
+
+import sqlalchemy as sa
+from alembic.util import CommandError
+
+from dagtask.builtin import builtin_templates
+from dagtask.cli import output as out
+from dagtask.cli.common import (
+    MAX_SECONDS,
+    MAX_THREADS,
+    Commands,
+    agent_log,
+    json_flag,
+    open_engine,
+    positive,
+)
+from dagtask.engine import Engine
+from dagtask.errors import (
+    SchemaMissingError,
+    StoreError,
+)
+from dagtask.hosts.connector import connector_for
+from dagtask.hosts.inventory import AgentStatus
+from dagtask.store.db import (
+    Database,
+    database_problem,
+    resolve_url,
+    upgrade,
+)
+from dagtask.store.workers import WorkerRecord
+from dagtask.worker import DEFAULT_LEASE_SECONDS
+
+# ---- templates, hosts, worker, db ----------------------------------------------------------------
+
+
+_log = logging.getLogger("dagtask.cli")
+
+
+def cmd_templates(args: argparse.Namespace) -> int:
+    """List the built-in and registered templates."""
+    try:
+        with open_engine(args, read_only=True) as engine:
+            templates = engine.templates()
+    except SchemaMissingError:
+        # The built-in templates need no database; listing them must not create one either.
+        templates = builtin_templates()
+    if args.json:
+        out.print_json([t.definition() for t in templates])
+    else:
+        out.print_templates(templates)
+    return 0
+
+
+def cmd_hosts_add(args: argparse.Namespace) -> int:
+    """Register a host (and start its agent with --start-agent)."""
+    with open_engine(args) as engine:
+        host = engine.hosts.add(
+            name=args.name, inner_ip=args.ip, agent_home=args.agent_home, connector=args.connector
+        )
+        print(f"host {host.id} added: {host.name} {host.inner_ip}, agent home {host.agent_home}")
+        if args.start_agent:
+            pids = connector_for(host).start_agent(host, log=agent_log)
+            engine.hosts.set_agent_status(host.id, AgentStatus.ONLINE)
+            print(f"OCP agent started (agent status ONLINE): pid {', '.join(map(str, pids))}")
+    return 0
+
+
+def cmd_hosts_list(args: argparse.Namespace) -> int:
+    """List the hosts of the inventory."""
+    with open_engine(args, read_only=True) as engine:
+        hosts = engine.hosts.list()
+    if args.json:
+        out.print_json([host.model_dump(mode="json") for host in hosts])
+    else:
+        out.print_hosts(hosts)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Run a worker in the foreground until SIGTERM or SIGINT, then stop gracefully."""
+    out.log_to_stderr(_log)
+    # Handlers named by dotted path import from the current folder, as under `python -m`.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        _log.info("received %s, stopping", signal.Signals(signum).name)
+        stop.set()
+
+    engine = Engine(
+        resolve_url(args.db),
+        workers=args.concurrency,
+        name=args.name,
+        lease_seconds=args.lease,
+        poll_interval=args.poll,
+    )
+    with engine:
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            engine.start()
+            _log.info(
+                "worker %s started: %d subtasks at a time on %s (pid %d, lease %d s)",
+                engine.name,
+                args.concurrency,
+                out.safe_url(engine.database.url),
+                os.getpid(),
+                args.lease,
+            )
+            while not stop.wait(1.0):
+                pass
+            engine.stop(args.stop_timeout)
+            _log.info("worker %s stopped", engine.name)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+    return 0
+
+
+def cmd_workers(args: argparse.Namespace) -> int:
+    """List the workers the database has seen, with their heartbeats."""
+    with open_engine(args, read_only=True) as engine:
+        records = engine.store.workers()
+    if args.json:
+        print(json.dumps([_worker_json(r) for r in records], indent=2))
+        return 0
+    rows = [
+        [
+            r.name,
+            r.status,
+            f"{r.host} pid {r.pid}",
+            str(r.concurrency),
+            f"{r.lease_seconds} s",
+            r.started_at.isoformat(sep=" ", timespec="seconds"),
+            r.heartbeat_at.isoformat(sep=" ", timespec="seconds"),
+        ]
+        for r in records
+    ]
+    headers = ["NAME", "STATUS", "PROCESS", "SLOTS", "LEASE", "STARTED (UTC)", "HEARTBEAT (UTC)"]
+    print(out.table(headers, rows) if rows else "no worker has run on this database yet")
+    return 0
+
+
+def _worker_json(record: WorkerRecord) -> dict[str, Any]:
+    data = dataclasses.asdict(record)
+    for key in ("started_at", "heartbeat_at", "stopped_at"):
+        if data[key] is not None:
+            data[key] = data[key].isoformat()
+    return data
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    """Create or migrate the database schema to the newest revision."""
+    url = resolve_url(args.db)
+    safe = out.safe_url(url)
+    # Not open_database(): it refuses exactly the out-of-date schema this command must fix.
+    database = Database(url)
+    try:
+        before, after = upgrade(database)
+    except sa.exc.DBAPIError as exc:
+        problem = database_problem(url, exc)
+        raise StoreError(
+            problem.replace("cannot use database", "cannot upgrade database", 1)
+        ) from exc
+    except (sa.exc.SQLAlchemyError, CommandError) as exc:
+        raise StoreError(f"cannot upgrade database {safe}: {exc}") from exc
+    finally:
+        database.dispose()
+    print(
+        f"database {safe} already at {after}"
+        if before == after
+        else f"database {safe} upgraded from {before or 'none'} to {after}"
+    )
+    return 0
+
+
+def add_commands(commands: Commands) -> None:
+    """Register templates, hosts, worker and workers."""
+    json_flag(commands.add("templates", cmd_templates), "each template's definition as JSON")
+
+    hosts = commands.nested(commands.add("hosts", "Manage the host inventory"))
+    add = hosts.add("add", cmd_hosts_add)
+    add.add_argument("--name", required=True, help="a unique host name")
+    add.add_argument("--ip", required=True, help="the host's inner IP address")
+    add.add_argument(
+        "--agent-home", required=True, metavar="PATH", help="the OCP agent's home directory"
+    )
+    add.add_argument("--connector", default="local", help="how to reach the agent (default: local)")
+    add.add_argument(
+        "--start-agent", action="store_true", help="start the host's OCP agent processes now"
+    )
+    json_flag(hosts.add("list", cmd_hosts_list), "the hosts as JSON")
+
+    worker = commands.add("worker", cmd_worker)
+    worker.add_argument(
+        "--concurrency",
+        type=positive(int, MAX_THREADS),
+        default=4,
+        metavar="N",
+        help="subtasks run at a time (default 4)",
+    )
+    worker.add_argument(
+        "--name",
+        help="the name subtasks show as executor, unique among running workers (default: host:pid)",
+    )
+    worker.add_argument(
+        "--lease",
+        type=positive(int, MAX_SECONDS),
+        default=DEFAULT_LEASE_SECONDS,
+        metavar="S",
+        help="if this worker stops heartbeating for S seconds (killed, frozen, cut off), other "
+        f"workers recover its subtasks by their recovery policy (default {DEFAULT_LEASE_SECONDS})",
+    )
+    worker.add_argument(
+        "--stop-timeout",
+        type=positive(float, MAX_SECONDS),
+        default=30.0,
+        metavar="S",
+        help="on SIGTERM/SIGINT, wait up to S seconds for running handlers, then hand the rest "
+        "back by their recovery policy (default 30)",
+    )
+    worker.add_argument(
+        "--poll",
+        type=positive(float, MAX_SECONDS),
+        default=0.25,
+        metavar="S",
+        help="when idle, look for READY subtasks every S seconds (PostgreSQL also wakes "
+        "workers at once with LISTEN/NOTIFY) (default 0.25)",
+    )
+    json_flag(commands.add("workers", cmd_workers), "the workers as JSON")
+
+
+def add_db_commands(commands: Commands) -> None:
+    """Register db upgrade."""
+    db = commands.nested(commands.add("db", "Manage the database schema"))
+    db.add("upgrade", cmd_db_upgrade)
