@@ -1,4 +1,4 @@
-"""The handler contract (SPEC §9): what a subtask runs, and how a dotted path becomes one.
+"""The handler contract: what a subtask runs, and how a dotted path becomes one.
 
 A handler is a class with ``execute(self, ctx)`` and optionally ``rollback(self, ctx)``,
 ``retry(self, ctx)`` and ``cancel(self)``, or a plain function ``fn(ctx)`` used as ``execute``.
@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import subprocess
+import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -238,8 +239,20 @@ class FunctionHandler(Handler):
 HandlerFactory = Callable[[], Handler]
 
 
+MAIN_MODULE = "__main__"
+
+
 def dotted_path(obj: object) -> str:
-    """The stable name of a handler class or function: ``module.QualName``."""
+    """The stable name of a handler class or function: ``module.QualName``.
+
+    The database stores this name and whichever worker claims the subtask imports it, maybe in
+    another process or on another machine. A handler defined in the script being run (module
+    ``__main__``) has no such name: in a worker, ``__main__`` is the worker's own program, so the
+    subtask would fail there with :class:`HandlerImportError`. So such a handler is refused here,
+    when the template is built, unless the script was started as ``python -m package.module``: then
+    its real module name is known and used. Define handlers in a module (``greet.py`` next to the
+    script works: ``dagtask worker`` imports from the folder it starts in).
+    """
     if isinstance(obj, str):
         return obj
     module = getattr(obj, "__module__", None)
@@ -249,7 +262,23 @@ def dotted_path(obj: object) -> str:
             f"handler {obj!r} has no importable dotted path; "
             "define it at module level (not inside a function or as a lambda)"
         )
+    if module == MAIN_MODULE:
+        module = _main_module_name(qualname)
     return f"{module}.{qualname}"
+
+
+def _main_module_name(qualname: str) -> str:
+    """The importable name of the running script's module, or a HandlerImportError."""
+    spec = getattr(sys.modules.get(MAIN_MODULE), "__spec__", None)
+    name = getattr(spec, "name", None)
+    if isinstance(name, str) and name and name != MAIN_MODULE:
+        # `python -m pkg.mod`: the spec names the module every worker can import.
+        return name
+    raise HandlerImportError(
+        f"handler {qualname!r} is defined in the script being run (module __main__), which no "
+        "worker in another process can import; move it into a module (e.g. handlers.py) and "
+        "import it from there"
+    )
 
 
 @functools.lru_cache(maxsize=1024)
@@ -265,6 +294,13 @@ def resolve(path: str) -> HandlerFactory:
     if not module_name or not attr_path:
         raise HandlerImportError(
             f"handler {path!r} is not a dotted path; write it as package.module.ClassName"
+        )
+    if module_name.split(".")[0] == MAIN_MODULE:
+        # Stored by an older dagtask or written by hand: `__main__` here is this process's own
+        # program, never the script that defined the handler.
+        raise HandlerImportError(
+            f"handler {path!r} was defined in a script run as __main__, which this process "
+            "cannot import; move the handler into a module and submit the task again"
         )
     obj: Any = None
     # The class may be nested (module.Outer.Inner): import the longest module prefix that works.
@@ -392,7 +428,7 @@ def prohibits_rollback(path: str) -> bool:
 
 
 def output_context(result: HandlerResult, given: TaskContext) -> TaskContext:
-    """Turn a handler's return value into its output context (SPEC §9)."""
+    """Turn a handler's return value into its output context."""
     if result is None:
         return given
     if isinstance(result, TaskContext):

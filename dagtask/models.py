@@ -127,8 +127,11 @@ class HostInfo(_Model):
     inner_ip: str
     status: str
     agent_status: str
+    """OCP's agent status; UNKNOWN when nothing has looked at the agent yet (``hosts add``)."""
     agent_home: str
     connector: str = "local"
+    """How workers reach the agent: "local" means processes on the worker's own machine, whatever
+    ``inner_ip`` says; other kinds are registered with ``register_connector``."""
     create_time: datetime
     update_time: datetime
 

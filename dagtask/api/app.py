@@ -15,14 +15,22 @@ or include only its endpoints next to yours::
 
 Answers of the endpoints are OCP's envelopes either way; with ``include_router`` your app's own
 404 and 405 pages stay yours.
+
+``/docs`` (Swagger UI) and ``/redoc`` load their JavaScript and CSS from ``/static``, files shipped
+in the package (``dagtask/api/static``, with their licences), never from a CDN: operations networks
+are often cut off from the internet, and a blank documentation page there helps nobody.
 """
 
 from __future__ import annotations
 
 import socket
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
 
 from dagtask import __version__
 from dagtask.api.auth import Authenticator
@@ -87,12 +95,50 @@ def create_app(engine: Engine, settings: ApiSettings | None = None) -> FastAPI:
         title="dagtask",
         version=__version__,
         description=DESCRIPTION,
+        docs_url=None,
+        redoc_url=None,
         openapi_tags=[
-            {"name": "tasks", "description": "Task instances (SPEC §7)."},
+            {"name": "tasks", "description": "Task instances (OCP's task API)."},
             {"name": "subtasks", "description": "Subtask actions and logs."},
             {"name": "hosts", "description": "OCP agent operations; each starts a task."},
         ],
     )
     app.include_router(create_api_router(engine, settings))
     install_error_handlers(app, settings.server)
+    _install_docs(app)
     return app
+
+
+STATIC_DIR = Path(__file__).with_name("static")
+"""Swagger UI (swagger-ui-dist 5) and ReDoc (redoc 2) as published on npm, with their licences."""
+
+
+def _install_docs(app: FastAPI) -> None:
+    """Serve ``/docs`` and ``/redoc`` from the packaged assets (FastAPI's self-hosting recipe).
+
+    Every URL is prefixed with the request's ``root_path``, so the pages also work when the API
+    is mounted under a prefix in another application.
+    """
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="dagtask-static")
+
+    @app.get("/docs", include_in_schema=False)
+    def swagger_ui(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "").rstrip("/")
+        return get_swagger_ui_html(
+            openapi_url=f"{root}{app.openapi_url}",
+            title=f"{app.title} - Swagger UI",
+            swagger_js_url=f"{root}/static/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}/static/swagger-ui.css",
+            swagger_favicon_url=f"{root}/static/favicon-32x32.png",
+        )
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "").rstrip("/")
+        return get_redoc_html(
+            openapi_url=f"{root}{app.openapi_url}",
+            title=f"{app.title} - ReDoc",
+            redoc_js_url=f"{root}/static/redoc.standalone.js",
+            redoc_favicon_url=f"{root}/static/favicon-32x32.png",
+            with_google_fonts=False,
+        )

@@ -77,6 +77,33 @@ def parse_inner_ip(text: str, host: str = "") -> str:
         ) from None
 
 
+LOCAL_CONNECTOR = "local"
+"""The built-in connector: the agent is a set of processes on THIS machine (the one running the
+worker), whatever ``inner_ip`` says."""
+
+
+def connector_description(host: HostInfo) -> str:
+    """What ``host``'s connector acts on, in words, for the command line."""
+    if host.connector == LOCAL_CONNECTOR:
+        return f"connector local: agent processes on this machine under {host.agent_home}"
+    return f"connector {host.connector}: agent home {host.agent_home}"
+
+
+def local_ip_mismatch(host: HostInfo) -> str | None:
+    """A warning when a local-connector host has an address that is not a loopback one.
+
+    The local connector never uses ``inner_ip``: it starts and stops processes on the machine the
+    worker runs on. A host registered as ``10.0.0.5`` with it looks remote but is not, so say so.
+    """
+    if host.connector != LOCAL_CONNECTOR or ipaddress.ip_address(host.inner_ip).is_loopback:
+        return None
+    return (
+        f"host {host.name!r} has IP {host.inner_ip} but the local connector acts on this machine "
+        f"(processes under {host.agent_home}), not on {host.inner_ip}; use a loopback IP such as "
+        "127.0.0.1 for a local host"
+    )
+
+
 class HostInventory:
     """Typed access to the hosts of one database (thread-safe: every call is one transaction)."""
 
@@ -89,12 +116,16 @@ class HostInventory:
         inner_ip: str,
         agent_home: str,
         *,
-        connector: str = "local",
+        connector: str = LOCAL_CONNECTOR,
         status: HostStatus | str = HostStatus.ONLINE,
         agent_status: AgentStatus | str = AgentStatus.ONLINE,
     ) -> HostInfo:
         """Register a host; its name must be unique (else :class:`HostError`), ``inner_ip`` an
         IPv4 or IPv6 address (stored in canonical form; else :class:`ArgumentError`).
+
+        Registering checks nothing: ``agent_status`` is what the caller states. A caller that
+        has not looked at the agent passes :attr:`AgentStatus.UNKNOWN`, as ``dagtask hosts add``
+        does; a host operation then finds out and records the real status.
 
         A local host's ``agent_home`` is made absolute, because the workers that stop its agent
         may run in another directory than the caller.
@@ -104,7 +135,7 @@ class HostInventory:
         inner_ip = parse_inner_ip(inner_ip, name)
         if not agent_home.strip():
             raise ArgumentError(f"host {name!r} needs an agent home directory")
-        if connector == "local":
+        if connector == LOCAL_CONNECTOR:
             agent_home = str(Path(agent_home).expanduser().absolute())
         return sql.add_host(
             self.db,
