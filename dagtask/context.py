@@ -1,4 +1,4 @@
-"""The task context (SPEC §1): ``stringMap``, ``listMap``, ``parallel``, ``parallelIdx``.
+"""The task context (docs/templates.md): ``stringMap``, ``listMap``, ``parallel``, ``parallelIdx``.
 
 A root subtask's input is the task's context. A non-root subtask's input is the merge of its
 upstreams' output contexts (:func:`merge`): stringMap values that disagree are error 20002, except
@@ -23,7 +23,7 @@ from dagtask.errors import ContextError
 ENGINE_KEYS = frozenset(
     {"task_instance_id", "sub_task_instance_id", "task_operation", "latest_execution_start_time"}
 )
-"""stringMap keys the engine writes into the context a handler sees (SPEC §1)."""
+"""stringMap keys the engine writes into the context a handler sees (docs/templates.md)."""
 
 PROHIBIT_ROLLBACK = "prohibit_rollback"
 
@@ -138,7 +138,7 @@ class TaskContext(BaseModel):
         return self.model_copy(update={"string_map": clean})
 
     def get(self, key: str, list_key: str | None = None) -> str:
-        """This copy's argument (SPEC §5).
+        """This copy's argument (docs/templates.md).
 
         For a parallel copy: ``listMap[list_key][parallelIdx]`` (``list_key`` defaults to
         ``key + "s"``, so ``get("host_id")`` reads ``listMap.host_ids``); otherwise
@@ -167,7 +167,7 @@ class TaskContext(BaseModel):
 
 
 def merge(outputs: Iterable[TaskContext]) -> TaskContext:
-    """Merge upstream output contexts into a downstream input context (SPEC §1).
+    """Merge upstream output contexts into a downstream input context (docs/templates.md).
 
     Raises :class:`ContextError` (20002) when two upstreams give different values for one
     stringMap key that the engine does not own. ``parallel``/``parallelIdx`` are not inherited:

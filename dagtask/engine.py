@@ -15,6 +15,7 @@ workers are not running, works on that task in this process until it ends.
 from __future__ import annotations
 
 import builtins
+import difflib
 import getpass
 import re
 import socket
@@ -106,8 +107,11 @@ class Engine:
                         )
         if found is None:
             known = ", ".join(sorted({t.name for t in self._templates.values()}))
+            slugs = sorted({_slug(t.name) for t in self._templates.values()})
+            close = difflib.get_close_matches(_slug(name), slugs, n=1, cutoff=0.5)
+            guess = f"; did you mean {close[0]!r}?" if close else ""
             raise TemplateError(
-                f"no template named {name!r}; known templates: {known}; "
+                f"no template named {name!r}{guess}; known templates: {known}; "
                 "or pass a template file (FILE.yaml / FILE.json)"
             )
         return found
@@ -251,9 +255,13 @@ class Engine:
         host_id: int | None = None,
         types: Sequence[TaskType] = (),
         descending: bool = True,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        creator: str | None = None,
     ) -> TaskPage:
         """One page of tasks, newest first unless not ``descending`` (``page`` counts from 1,
-        ``size`` ≤ 2000); ``host_id`` also finds the batches that act on that host."""
+        ``size`` ≤ 2000); ``host_id`` also finds the batches that act on that host; ``since`` /
+        ``until`` bound the creation time; ``creator`` matches exactly."""
         if page < 1 or not 1 <= size <= 2000:
             raise ArgumentError("page counts from 1 and size must be between 1 and 2000")
         return self.store.list_tasks(
@@ -264,6 +272,9 @@ class Engine:
             host_id=host_id,
             types=types,
             descending=descending,
+            since=since,
+            until=until,
+            creator=creator,
         )
 
     def logs(self, task_id: int, subtask_id: int) -> str:
@@ -290,7 +301,7 @@ class Engine:
         self.store.task_status(task_id)
         return self.store.events(task_id, after_id)
 
-    # ---- operator actions (SPEC §4) ----------------------------------------------------------
+    # ---- operator actions (docs/actions.md) ------------------------------------------------------
 
     def retry(self, task_id: int, *, operator: str | None = None) -> TaskInfo:
         """Retry a FAILED task: every FAILED subtask runs again as RETRY (else error 20003)."""
@@ -393,6 +404,12 @@ class Engine:
         if self._pool is not None:
             self._pool.stop(timeout)
             self._pool = None
+
+    @property
+    def code_changed(self) -> bool:
+        """Whether the installed dagtask changed under this engine's running workers (an
+        upgrade): they claim nothing more, and the process should restart."""
+        return self._pool is not None and self._pool.code_changed
 
     def close(self) -> None:
         """Stop the workers and release the database."""

@@ -1,7 +1,8 @@
 """Every error a dagtask user can meet, with OCP's error codes where OCP has one.
 
 Each error says what was wrong and what to do about it. ``code`` is the OCP error code carried in
-the REST error envelope (``error.code``) and ``http_status`` the HTTP status it maps to (SPEC §7).
+the REST error envelope (``error.code``) and ``http_status`` the HTTP status it maps to
+(docs/api.md).
 """
 
 from __future__ import annotations
@@ -171,3 +172,8 @@ class ConcurrentChangeError(StoreError):
 
     code = 409
     http_status = 409
+
+
+class ConfigError(ArgumentError):
+    """A setting from the environment or a config file is malformed; the message names the
+    variable, or the file and key."""

@@ -5,7 +5,7 @@ Pure: no I/O, no ids. The store turns an :class:`ExpandedTask` into rows. Decisi
 * ``seriesId`` is the position in *reverse* topological order (sinks first), as in OCP's Stop OCP
   agent sample, with ties broken by template order. Ids are handed out in seriesId order, so ids
   grow the same way (the sample's sink also has the smallest id).
-* Fan-out (SPEC §5): a spec with ``split_key = K`` becomes one copy per element of
+* Fan-out (docs/templates.md): a spec with ``split_key = K`` becomes one copy per element of
   ``listMap[K]`` with ``parallel = true`` and ``parallelIdx = 0..n-1``. PARALLEL copies link to
   every copy of each neighbour; SERIAL copies form a chain, upstream links attach to the first
   copy and downstream links to the last. An empty or missing list is refused.

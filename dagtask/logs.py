@@ -1,4 +1,4 @@
-"""Subtask logs in OCP's format (SPEC §6), and capture of what handlers log.
+"""Subtask logs in OCP's format (docs/templates.md), and capture of what handlers log.
 
 Each attempt starts with ``############{OPERATION}{ISO timestamp}############``; each line after it
 is ``<date time.ms>  <LEVEL> <pid> --- [<thread>] <logger> : <message>``, as in OCP's sample;

@@ -1,4 +1,4 @@
-"""Pure decisions of the task engine (SPEC §3): no I/O, only statuses in and actions out.
+"""Pure decisions of the task engine (docs/actions.md): no I/O, only statuses in and actions out.
 
 The store asks the planner what an attempt's result means for the subtask, how many waiting
 subtasks may become READY, and what the task's status is once nothing is active; it then applies
@@ -103,7 +103,7 @@ def task_status_when_idle(
     return TaskStatus.FAILED if any_pending else TaskStatus.SUCCESSFUL
 
 
-# ---- operator actions (SPEC §4): when each is allowed --------------------------------------------
+# ---- operator actions (docs/actions.md): when each is allowed ------------------------------------
 #
 # Each function returns None when the action is allowed, else the reason it is refused; the store
 # turns a reason into OperationNotAllowedError (20003) or RollbackProhibitedError (20004).

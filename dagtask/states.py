@@ -1,4 +1,4 @@
-"""Statuses, operations and the one table of legal status changes (SPEC §2, §3, §4).
+"""Statuses, operations and the one table of legal status changes (docs/actions.md).
 
 The enum values are the database values and the JSON values. Every status change of a subtask or a
 task is checked against :data:`SUBTASK_TRANSITIONS` / :data:`TASK_TRANSITIONS` by

@@ -1,4 +1,5 @@
-"""Task templates: a named DAG of subtask specs, built in Python or loaded from YAML/JSON (SPEC §9).
+"""Task templates: a named DAG of subtask specs, built in Python or loaded from YAML/JSON
+(docs/templates.md).
 
 A template is validated as a whole when it is built: unique names, known upstreams, no self-links,
 no cycle (error 20001, naming the nodes on it), non-negative timeouts and retry counts.
@@ -81,7 +82,7 @@ Flag = Annotated[bool, Strict()]
 
 
 class SplitMethod(StrEnum):
-    """How fan-out copies of one spec relate (SPEC §5)."""
+    """How fan-out copies of one spec relate (docs/templates.md)."""
 
     PARALLEL = "PARALLEL"
     SERIAL = "SERIAL"
@@ -280,7 +281,7 @@ def _shown(text: str, limit: int = 60) -> str:
 
 
 def load_template(path: str | Path) -> TaskTemplate:
-    """Load a template from a ``.yaml``/``.yml``/``.json`` file (SPEC §9)."""
+    """Load a template from a ``.yaml``/``.yml``/``.json`` file (docs/templates.md)."""
     file = Path(path)
     try:
         text = file.read_text(encoding="utf-8")

@@ -50,7 +50,7 @@ USER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 
 
 class Role(StrEnum):
-    """What a user may do over HTTP (SPEC §7). Roles do not imply one another, except ADMIN."""
+    """What a user may do over HTTP (docs/api.md). Roles do not imply one another, except ADMIN."""
 
     TASK_VIEWER = "TASK_VIEWER"
     """Read tasks, subtasks and logs."""

@@ -172,10 +172,10 @@ class LogView(_View):
 
 
 class ErrorView(_View):
-    """The ``error`` object of a failed request (SPEC §7).
+    """The ``error`` object of a failed request (docs/api.md).
 
-    ``target`` is sent as ``null`` when there is none: SPEC §7 lists it as a member of every error,
-    so clients can rely on the key (OCP's one published sample, a 429, leaves it out).
+    ``target`` is sent as ``null`` when there is none: docs/api.md lists it as a member of every
+    error, so clients can rely on the key (OCP's one published sample, a 429, leaves it out).
     """
 
     code: int
@@ -189,7 +189,7 @@ class ErrorView(_View):
 
 
 class EnvelopeView(_View):
-    """The response envelope around every REST answer (SPEC §7)."""
+    """The response envelope around every REST answer (docs/api.md)."""
 
     data: Any = None
     duration: int
@@ -218,9 +218,9 @@ class EnvelopeView(_View):
 def _subtask_order(subtasks: list[SubtaskInfo]) -> list[SubtaskInfo]:
     """Subtasks by ``seriesId`` descending (then id).
 
-    The engine numbers subtasks in reverse topological order (SPEC §3), so the highest seriesId
-    is a root: this lists roots first and a chain in execution order, and puts the READY root
-    first as the golden sample ``stop-ocp-agent.json`` does (its own array order, 2, 0, 1,
+    The engine numbers subtasks in reverse topological order (docs/templates.md), so the highest
+    seriesId is a root: this lists roots first and a chain in execution order, and puts the READY
+    root first as the golden sample ``stop-ocp-agent.json`` does (its own array order, 2, 0, 1,
     follows no rule we could reproduce).
     """
     return sorted(subtasks, key=lambda sub: (-sub.series_id, sub.id))
@@ -347,7 +347,7 @@ def envelope(
     server: str,
     timestamp: datetime | None = None,
 ) -> dict[str, Any]:
-    """The SPEC §7 success envelope around ``data`` (left out when ``None``).
+    """The docs/api.md success envelope around ``data`` (left out when ``None``).
 
     ``data`` should already be JSON (e.g. from :func:`task_json`). ``timestamp`` defaults to now.
     """
@@ -372,7 +372,7 @@ def error_envelope(
     timestamp: datetime | None = None,
     sub_errors: Sequence[ErrorView] = (),
 ) -> dict[str, Any]:
-    """The SPEC §7 error envelope for ``exc``: ``error: {code, message, target, subErrors}``.
+    """The docs/api.md error envelope for ``exc``: ``error: {code, message, target, subErrors}``.
 
     A :class:`DagtaskError` gives its OCP ``code``, ``message`` and ``target``, and its
     ``http_status`` is the default ``status``; any other exception is an unexpected error (500).

@@ -1,7 +1,7 @@
 """Every answer of the REST API in OCP's envelope, errors included, and the errors of the API.
 
 :class:`EnvelopeRoute` wraps each endpoint: it gives the request its trace id and start time,
-turns any exception into OCP's error envelope (SPEC §7) and adds the ``X-Trace-Id`` and
+turns any exception into OCP's error envelope (docs/api.md) and adds the ``X-Trace-Id`` and
 ``RateLimit-*`` headers. Because the wrapping lives in the route class, a host application that
 only includes the router (``app.include_router``) gets the same answers as ``dagtask serve``;
 :func:`install_error_handlers` covers what happens outside a route (unknown path: 404, wrong

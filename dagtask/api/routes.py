@@ -1,4 +1,4 @@
-"""The endpoints of SPEC §7, as a FastAPI router around one :class:`~dagtask.Engine`.
+"""The endpoints of docs/api.md, as a FastAPI router around one :class:`~dagtask.Engine`.
 
 Every endpoint is a plain ``def``: the engine's calls block on SQL, so FastAPI runs them in its
 thread pool and the event loop never waits on the database. Answers are rendered by

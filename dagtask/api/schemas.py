@@ -107,7 +107,7 @@ class LogEnvelope(_Envelope):
 
 
 class ErrorEnvelope(_Envelope):
-    """A failed request: OCP's error envelope (SPEC §7)."""
+    """A failed request: OCP's error envelope (docs/api.md)."""
 
     error: views.ErrorView
     successful: Literal[False] = False

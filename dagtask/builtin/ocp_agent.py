@@ -1,4 +1,4 @@
-"""The handlers of the built-in OCP agent templates (SPEC §8), under OCP's class names.
+"""The handlers of the built-in OCP agent templates (docs/templates.md), under OCP's class names.
 
 Stop OCP agent: Prepare stop -> Stop all processes -> Finish. Restart OCP agent: Prepare restart
 -> Restart pos proxy -> Stop all processes -> Start all processes -> Finish. The batch templates

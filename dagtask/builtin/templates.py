@@ -1,4 +1,4 @@
-"""The built-in OCP agent templates (SPEC §8), shaped like OCP's own tasks.
+"""The built-in OCP agent templates (docs/templates.md), shaped like OCP's own tasks.
 
 Names, descriptions, timeouts and links follow OCP's published samples (``tests/data/ocp``). The
 single-host templates act on ``stringMap.host_id`` (the task's ``hostId``); the batch templates

@@ -5,11 +5,12 @@ Every command opens the database given by ``--db`` (else ``$DAGTASK_DB_URL``, el
 (rendered by :mod:`dagtask.cli.output`) or as OCP's JSON (``--json``). A user mistake (any
 :class:`~dagtask.errors.DagtaskError`) prints one line ``dagtask: error: ...`` (or
 ``dagtask: error 2000x: ...`` for OCP's task errors) and exits 2, like argparse's own usage
-errors. So does a database that cannot be used (unreachable, not answering within the timeouts,
-read-only, not a database, no dagtask schema for a command that only reads). A task that ends
-FAILED under ``--wait`` exits 1; Ctrl-C exits 130. Anything else is a bug: it prints one line
-naming the error and exits 3 (:data:`EXIT_INTERNAL`); ``--debug`` or ``DAGTASK_DEBUG=1`` prints
-the traceback too.
+errors, or 4 when the engine refused (not found 20000, not allowed 20003, rollback prohibited
+20004, host busy or name taken 409). A database that cannot be used (unreachable, not
+answering within the timeouts, read-only, not a database, no dagtask schema for a command that
+only reads) exits 2. A task that ends FAILED under ``--wait`` exits 1; Ctrl-C exits 130.
+Anything else is a bug: it prints one line naming the error and exits 3; ``--debug`` or
+``DAGTASK_DEBUG=1`` prints the traceback too.
 
 Commands that only read (``list``, ``show``, ``logs``, ``history``, ``export`` ...) never create
 the schema or the SQLite file: on a database without a dagtask schema they say so and exit 2.

@@ -33,7 +33,7 @@ from dagtask.errors import (
     StoreError,
 )
 from dagtask.hosts.connector import connector_for
-from dagtask.hosts.inventory import AgentStatus
+from dagtask.hosts.inventory import AgentStatus, connector_description, local_ip_mismatch
 from dagtask.store.db import (
     Database,
     database_problem,
@@ -47,10 +47,12 @@ from dagtask.worker import DEFAULT_LEASE_SECONDS
 
 
 _log = logging.getLogger("dagtask.cli")
+EXIT_UPGRADED = 75
+"""``dagtask worker``'s exit code when dagtask was upgraded under it (EX_TEMPFAIL: restart me)."""
 
 
 def cmd_templates(args: argparse.Namespace) -> int:
-    """List the built-in and registered templates."""
+    """List the templates `dagtask run` accepts: built-in, registered and stored, by slug."""
     try:
         with open_engine(args, read_only=True) as engine:
             templates = engine.templates()
@@ -67,14 +69,27 @@ def cmd_templates(args: argparse.Namespace) -> int:
 def cmd_hosts_add(args: argparse.Namespace) -> int:
     """Register a host (and start its agent with --start-agent)."""
     with open_engine(args) as engine:
+        # Nothing has looked at the agent yet: UNKNOWN, never a claimed ONLINE.
         host = engine.hosts.add(
-            name=args.name, inner_ip=args.ip, agent_home=args.agent_home, connector=args.connector
+            name=args.name,
+            inner_ip=args.ip,
+            agent_home=args.agent_home,
+            connector=args.connector,
+            agent_status=AgentStatus.UNKNOWN,
         )
-        print(f"host {host.id} added: {host.name} {host.inner_ip}, agent home {host.agent_home}")
+        print(f"host {host.id} added: {host.name} {host.inner_ip}, {connector_description(host)}")
+        mismatch = local_ip_mismatch(host)
+        if mismatch:
+            print(f"dagtask: warning: {mismatch}", file=sys.stderr)
         if args.start_agent:
             pids = connector_for(host).start_agent(host, log=agent_log)
             engine.hosts.set_agent_status(host.id, AgentStatus.ONLINE)
             print(f"OCP agent started (agent status ONLINE): pid {', '.join(map(str, pids))}")
+        else:
+            print(
+                f"agent status {host.agent_status}: not checked; --start-agent starts it, "
+                "a stop or restart task finds out"
+            )
     return 0
 
 
@@ -91,7 +106,7 @@ def cmd_hosts_list(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     """Run a worker in the foreground until SIGTERM or SIGINT, then stop gracefully."""
-    out.log_to_stderr(_log)
+    out.configure_logging(args.log_level, args.log_format)
     # Handlers named by dotted path import from the current folder, as under `python -m`.
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
@@ -108,6 +123,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         lease_seconds=args.lease,
         poll_interval=args.poll,
     )
+    code = 0
     with engine:
         previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
@@ -121,13 +137,21 @@ def cmd_worker(args: argparse.Namespace) -> int:
                 args.lease,
             )
             while not stop.wait(1.0):
-                pass
+                if engine.code_changed:
+                    _log.error(
+                        "worker %s: dagtask was upgraded under it; stopping so that it is "
+                        "restarted on the new code (exit %d)",
+                        engine.name,
+                        EXIT_UPGRADED,
+                    )
+                    code = EXIT_UPGRADED
+                    break
             engine.stop(args.stop_timeout)
             _log.info("worker %s stopped", engine.name)
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-    return 0
+    return code
 
 
 def cmd_workers(args: argparse.Namespace) -> int:
@@ -239,6 +263,19 @@ def add_commands(commands: Commands) -> None:
         metavar="S",
         help="when idle, look for READY subtasks every S seconds (PostgreSQL also wakes "
         "workers at once with LISTEN/NOTIFY) (default 0.25)",
+    )
+    worker.add_argument(
+        "--log-level",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        default="INFO",
+        type=str.upper,
+        help="the worker's own log (default INFO: one line per attempt started and ended)",
+    )
+    worker.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default="text",
+        help="text lines, or one JSON object per line for a log collector (default text)",
     )
     json_flag(commands.add("workers", cmd_workers), "the workers as JSON")
 

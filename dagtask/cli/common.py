@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 
@@ -204,6 +205,12 @@ class Commands:
             common.add_argument(
                 "--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP
             )
+            common.add_argument(
+                "--no-color",
+                action="store_true",
+                default=argparse.SUPPRESS,
+                help="no colour in the output (also: NO_COLOR=1)",
+            )
         self.common = common
 
     def add(self, name: str, command: Command | str, epilog: str | None = None) -> Parser:
@@ -227,6 +234,17 @@ Parser = argparse.ArgumentParser
 
 def json_flag(parser: Parser, what: str) -> None:
     parser.add_argument("--json", action="store_true", help=f"print {what}")
+
+
+def a_time(text: str) -> datetime:
+    """An ISO time on the command line; one without an offset is local time."""
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an ISO time, e.g. 2026-11-28T12:00:00 (local) or with +08:00"
+        ) from None
+    return when if when.tzinfo else when.astimezone()
 
 
 def task_id_arg(parser: Parser) -> None:
@@ -275,7 +293,7 @@ def action_command(
     """An operator action on a task (ID) or one of its subtasks (ID SUBTASK_ID)."""
     epilog = (
         "A refused action (error 20003: not allowed in this state, 20004: rollback prohibited) "
-        "prints one line on stderr and exits 2."
+        "prints one line on stderr and exits 4."
     )
     parser = commands.add(name, command, epilog=epilog)
     task_id_arg(parser)

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dagtask import history, views
 from dagtask.cli import output as out
 from dagtask.cli.common import (
+    a_time,
     check_wait,
     import_from,
     is_template_file,
@@ -30,6 +31,7 @@ from dagtask.cli.common import (
 )
 from dagtask.cli.tasks import RUN_HINT
 from dagtask.errors import ArgumentError, TemplateError
+from dagtask.history import timeline
 from dagtask.history import typed as ev
 from dagtask.states import TaskStatus
 from dagtask.template import TaskTemplate
@@ -118,16 +120,6 @@ def cmd_history(args: argparse.Namespace) -> int:
 # ---- replay --------------------------------------------------------------------------------------
 
 
-def _time_arg(text: str) -> datetime:
-    try:
-        when = datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not an ISO time, e.g. 2026-11-28T12:00:00 (local) or with +08:00"
-        ) from None
-    return when if when.tzinfo else when.astimezone()  # a time without offset is local
-
-
 def cmd_replay(args: argparse.Namespace) -> int:
     """Rebuild a task's state from its events alone: at the end, after step N or at a time."""
     if args.step is not None and args.at is not None:
@@ -135,6 +127,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     with open_engine(args, read_only=True) as engine:
         state = history.replay(engine, args.id, step=args.step, at=args.at)
         stored = history.snapshot(engine, args.id)
+        task = engine.get(args.id)
     at_end = state.step == stored.step
     problems = history.differences(state, stored) if at_end else []
     if args.json:
@@ -147,17 +140,20 @@ def cmd_replay(args: argparse.Namespace) -> int:
         else "-"
     )
     print(f"task {state.task_id} after step {state.step} of {stored.step} ({when}): {status}")
+    # In the order `dagtask show` uses, and named as it names them (fan-out copies with [idx]).
+    position = {sub.id: n for n, sub in enumerate(out.subtask_order(task.subtasks))}
+    labels = out.subtask_labels(task)
     rows = [
         [
             str(s.id),
-            s.name,
+            labels.get(s.id, s.name),
             s.status.value,
             s.operation.value,
             str(s.run_time),
             s.executor or "-",
             out.one_line(s.message, 60) or "-",
         ]
-        for s in state.subtasks
+        for s in sorted(state.subtasks, key=lambda s: (position.get(s.id, len(position)), s.id))
     ]
     headers = ["ID", "NAME", "STATUS", "OPERATION", "RUNTIME", "EXECUTOR", "MESSAGE"]
     print(out.table(headers, rows, indent="  "))
@@ -255,7 +251,8 @@ def cmd_rerun(args: argparse.Namespace) -> int:
         task = history.rerun(engine, args.id, from_subtask=args.from_subtask, creator=creator)
         reused = sum(1 for s in task.subtasks if s.status.value == "SUCCESSFUL")
         if not args.json:
-            note = f", {reused} subtasks reuse its outputs" if args.from_subtask else ""
+            reuse = f", {out.counted(reused, 'subtask')} reuse its outputs"
+            note = reuse if args.from_subtask else ""
             print(f"task {task.id} {task.name}: rerun of task {args.id}{note}")
         if not args.wait:
             if args.json:
@@ -263,9 +260,12 @@ def cmd_rerun(args: argparse.Namespace) -> int:
             else:
                 print(f"  {RUN_HINT.format(id=task.id)}")
             return 0
-        final = out.run_to_end(engine, task.id, args.timeout, progress=not args.json)
-        out.show_task(final, views.task_json if args.json else None)
-        return 1 if final.status is TaskStatus.FAILED else 0
+        no_color = bool(getattr(args, "no_color", False))
+        waited = out.run_to_end(
+            engine, task.id, args.timeout, progress=not args.json, no_color=no_color
+        )
+        out.print_end(waited, views.task_json if args.json else None, no_color=no_color)
+        return 1 if waited.task.status is TaskStatus.FAILED else 0
 
 
 # ---- timeline ------------------------------------------------------------------------------------
@@ -279,8 +279,10 @@ def cmd_timeline(args: argparse.Namespace) -> int:
             Path(args.html).write_text(page, encoding="utf-8")
             print(f"timeline of task {args.id} written to {args.html}")
             return 0
-        colour = sys.stdout.isatty() and not args.no_colour
-        print(history.timeline_text(engine, args.id, width=args.width, colour=colour))
+        plain = args.no_colour or getattr(args, "no_color", False) or os.environ.get("NO_COLOR")
+        colour = sys.stdout.isatty() and not plain
+        width = args.width or timeline.terminal_width()
+        print(history.timeline_text(engine, args.id, width=width, colour=colour))
     return 0
 
 
@@ -369,7 +371,7 @@ def add_commands(commands: Commands) -> None:
     )
     replay.add_argument(
         "--at",
-        type=_time_arg,
+        type=a_time,
         metavar="TIME",
         help="the state at TIME (ISO, e.g. 2026-11-28T12:00:00: local time unless it has an "
         "offset such as +08:00)",
@@ -417,9 +419,17 @@ def add_commands(commands: Commands) -> None:
         "--html", metavar="FILE", help="write a self-contained HTML page with a Gantt chart"
     )
     tl.add_argument(
-        "--width", type=positive(int), default=60, metavar="N", help="columns (default 60)"
+        "--width",
+        type=positive(int),
+        metavar="N",
+        help="line width in columns (default: the terminal's width, or COLUMNS)",
     )
-    tl.add_argument("--no-colour", action="store_true", help="no ANSI colours in the terminal")
+    tl.add_argument(
+        "--no-colour",
+        dest="no_colour",
+        action="store_true",
+        help="the same as --no-color: no ANSI colours (also when NO_COLOR is set)",
+    )
 
     compat = commands.add(
         "compat",

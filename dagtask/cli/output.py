@@ -6,18 +6,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
 import sys
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
 
-from dagtask import views
+from dagtask import live, views
 from dagtask.engine import Engine
 from dagtask.errors import DagtaskError
 from dagtask.hosts.connector import AgentProcess
@@ -31,7 +31,7 @@ from dagtask.models import (
     TaskPage,
 )
 from dagtask.secrets import mask_values, secret_values
-from dagtask.states import SubtaskStatus, TaskStatus
+from dagtask.states import SubtaskStatus
 from dagtask.template import TaskTemplate
 
 _CODED = re.compile(r"error \d+: ")
@@ -61,6 +61,43 @@ def log_to_stderr(log: logging.Logger) -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         log.addHandler(handler)
         log.setLevel(logging.INFO)
+        log.propagate = False
+
+
+class JsonLines(logging.Formatter):
+    """One JSON object per record: time (UTC, ISO 8601), level, logger, message."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The record as one line of JSON."""
+        data = {
+            "time": datetime.fromtimestamp(record.created, tz=UTC).isoformat(
+                timespec="milliseconds"
+            ),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            data["exception"] = self.formatException(record.exc_info)
+        return json.dumps(data, ensure_ascii=False)
+
+
+def configure_logging(level: str = "INFO", form: str = "text") -> None:
+    """Show the CLI's and the workers' own log on stderr (``dagtask worker``), as text lines
+    with their time or as JSON lines. Handlers' logs are not touched: they go to the subtask
+    logs."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        JsonLines()
+        if form == "json"
+        else logging.Formatter("%(asctime)s %(levelname)s %(message)s")
+    )
+    for name in ("dagtask.cli", "dagtask.worker"):
+        log = logging.getLogger(name)
+        for old in list(log.handlers):
+            log.removeHandler(old)
+        log.addHandler(handler)
+        log.setLevel(getattr(logging, level))
         log.propagate = False
 
 
@@ -194,16 +231,6 @@ def print_submitted(task: TaskInfo, *, as_json: bool) -> None:
         print(f"  run it with `dagtask worker`, follow it with `dagtask show {task.id}`")
 
 
-def print_failures(task: TaskInfo) -> None:
-    """For each FAILED subtask: why (secrets masked), and how to read its log."""
-    secrets = secret_values(task)
-    for sub in task.subtasks:
-        if sub.status is SubtaskStatus.FAILED:
-            why = one_line(mask_values(sub.message or "", secrets))
-            print(f"  subtask {sub.id} {sub.name} failed: {why}")
-            print(f"  see its log with `dagtask logs {task.id} {sub.id}`")
-
-
 def print_page(page: TaskPage) -> None:
     """One page of tasks as a table, then where the page is."""
     if not page.tasks:
@@ -226,13 +253,31 @@ def print_page(page: TaskPage) -> None:
             )
         headers = ["ID", "NAME", "STATUS", "OPERATION", "DONE", "CREATOR", "STARTED", "FINISHED"]
         print(table(headers, rows))
-    print(f"page {page.number} of {max(page.total_pages, 1)}, {page.total_elements} tasks")
+    print(
+        f"page {page.number} of {max(page.total_pages, 1)}, {counted(page.total_elements, 'task')}"
+    )
+
+
+def template_slug(name: str) -> str:
+    """The slug ``dagtask run`` accepts for a template name: ``Stop OCP agent`` is
+    ``stop-ocp-agent`` (the engine's rule for names given by slug)."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
 def print_templates(templates: Sequence[TaskTemplate]) -> None:
-    """The templates as a table."""
-    rows = [[t.name, str(len(t.subtasks)), one_line(t.description) or "-"] for t in templates]
-    print(table(["NAME", "SUBTASKS", "DESCRIPTION"], rows))
+    """The templates as a table, with the slug to give ``dagtask run`` (no quotes needed)."""
+    rows = [
+        [template_slug(t.name), t.name, str(len(t.subtasks)), one_line(t.description) or "-"]
+        for t in templates
+    ]
+    print(table(["SLUG", "NAME", "SUBTASKS", "DESCRIPTION"], rows))
+    if templates:
+        print(f"run one with `dagtask run {template_slug(templates[0].name)} --set KEY=VALUE`")
+
+
+def subtask_order(subtasks: Sequence[SubtaskInfo]) -> list[SubtaskInfo]:
+    """Subtasks in the order ``dagtask show`` lists them (the OCP JSON's: roots first)."""
+    return sorted(subtasks, key=lambda sub: (-sub.series_id, sub.id))
 
 
 def print_hosts(hosts: Sequence[HostInfo]) -> None:
@@ -245,6 +290,11 @@ def print_hosts(hosts: Sequence[HostInfo]) -> None:
         for h in hosts
     ]
     print(table(["ID", "NAME", "IP", "STATUS", "AGENT", "CONNECTOR", "AGENT HOME"], rows))
+    # The connector decides where a stop really acts; say it where an IP could suggest otherwise.
+    if any(h.connector == "local" for h in hosts):
+        print("connector local: the agent runs as processes on this machine, whatever the IP says")
+    if any(h.agent_status == "UNKNOWN" for h in hosts):
+        print("agent UNKNOWN: not checked since the host was added")
 
 
 def print_agent_running(processes: Sequence[AgentProcess]) -> None:
@@ -255,14 +305,12 @@ def print_agent_running(processes: Sequence[AgentProcess]) -> None:
             print(f"  {process.name} pid={process.pid}")
 
 
-def print_demo_outcome(task: TaskInfo, pids: Sequence[int], alive: Sequence[int]) -> None:
-    """Whether the demo's agent processes are gone, and why the task failed if it did."""
+def print_demo_outcome(pids: Sequence[int], alive: Sequence[int]) -> None:
+    """Whether the demo's agent processes are gone (the summary says why the task failed)."""
     if alive:
-        print(f"Agent processes still running: pid {', '.join(map(str, alive))}")
+        print(f"Agent processes still running: pid {', '.join(map(str, alive))}", flush=True)
     else:
         print(f"Agent processes gone: pid {', '.join(map(str, pids))} no longer running")
-    if task.status is not TaskStatus.SUCCESSFUL:
-        print_failures(task)
 
 
 def write_log(text: str) -> None:
@@ -343,42 +391,62 @@ def print_plan(plan: RollbackPlan) -> None:
 # ---- running a task in this process --------------------------------------------------------------
 
 
+@dataclasses.dataclass(frozen=True)
+class Waited:
+    """A task run here to its end, and how it was shown meanwhile."""
+
+    task: TaskInfo
+    mode: live.Mode
+    seconds: float
+
+
 def run_to_end(
-    engine: Engine, task_id: int, timeout: float | None, *, progress: bool, after: int = 0
-) -> TaskInfo:
-    """Work on the task here until it ends; with ``progress``, print each status change live
-    (the history events after event id ``after``)."""
-    if not progress:
-        return engine.run_task(task_id, timeout)
-    task = engine.get(task_id)
-    labels = subtask_labels(task)
-    secrets = secret_values(task)
-    done = threading.Event()
+    engine: Engine,
+    task_id: int,
+    timeout: float | None,
+    *,
+    progress: bool,
+    after: int = 0,
+    no_color: bool = False,
+) -> Waited:
+    """Work on the task here until it ends. With ``progress``: a live view on a terminal, else
+    one timestamped line per status change (the history events after event id ``after``).
+    Ctrl-C stops this process's work on the task and says what then (KeyboardInterrupt)."""
+    mode = live.choose_mode(progress)
+    labels: dict[int, str] = {}
+    secrets: list[str] = []
+    if mode == "plain":
+        task = engine.get(task_id)
+        labels, secrets = subtask_labels(task), secret_values(task)
+    watch = live.Watch(
+        engine,
+        task_id,
+        timeout,
+        mode=mode,
+        console=live.make_console(no_color=no_color),
+        after=after,
+        event_line=lambda event: event_line(event, labels, secrets),
+    )
+    final = watch.run()
+    return Waited(final, mode, watch.elapsed)
 
-    def show() -> None:
-        try:
-            for event in engine.follow(task_id):
-                if done.is_set():
-                    return
-                if event.id > after:
-                    print(event_line(event, labels, secrets), flush=True)
-        except Exception:
-            # Once the main thread gave up (timeout, Ctrl-C) it reports why and closes the
-            # database under us; anything before that is a real fault and must surface.
-            if not done.is_set():
-                raise
 
-    follower = threading.Thread(target=show, name="dagtask-follow", daemon=True)
-    follower.start()
-    try:
-        task = engine.run_task(task_id, timeout)
-    except BaseException:
-        done.set()
-        raise
-    # follow() returns by itself once it has yielded the events up to the end of the task.
-    follower.join(timeout=10)
-    done.set()
-    return task
+def print_end(
+    waited: Waited,
+    as_json: Callable[[TaskInfo], dict[str, Any]] | None = None,
+    *,
+    no_color: bool = False,
+    also: Sequence[live.Next] = (),
+) -> None:
+    """After a wait: the JSON rendered by ``as_json``, else the task (unless the live view's
+    last frame shows it already), how it ended and what to run next (``also``: more ideas)."""
+    if as_json is not None:
+        print_json(as_json(waited.task))
+        return
+    if waited.mode != "live":
+        print_task(waited.task)
+    console = live.make_console(no_color=no_color)
+    console.print(live.summary(waited.task, waited.seconds, also=also), soft_wrap=True)
 
 
 def last_event_id(engine: Engine, task_id: int) -> int:

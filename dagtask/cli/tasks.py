@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dagtask import views
+from dagtask import live, views
 from dagtask.cli import output as out
 from dagtask.cli.common import (
     DEMO_DIR,
@@ -17,8 +18,10 @@ from dagtask.cli.common import (
     MAX_PAGE,
     MAX_PAGE_SIZE,
     Commands,
+    a_time,
     action_command,
     agent_log,
+    an_id,
     check_wait,
     import_from,
     is_template_file,
@@ -30,7 +33,6 @@ from dagtask.cli.common import (
     parse_pairs,
     parse_statuses,
     positive,
-    subtask_id_arg,
     task_id_arg,
     wait_options,
 )
@@ -39,10 +41,11 @@ from dagtask.errors import (
     ArgumentError,
     HostNotFoundError,
 )
+from dagtask.history.rerun import find_subtask
 from dagtask.hosts.connector import connector_for
 from dagtask.hosts.inventory import AgentStatus
 from dagtask.models import HostInfo, TaskInfo
-from dagtask.states import TaskStatus
+from dagtask.states import TaskStatus, TaskType
 from dagtask.store.db import (
     resolve_url,
 )
@@ -84,29 +87,53 @@ def _remove_demo_home(host: HostInfo) -> None:
 def cmd_demo(args: argparse.Namespace) -> int:
     """Start a local demo agent, stop it with the built-in "Stop OCP agent" task, show the task."""
     url = resolve_url(args.db)
+    no_color = no_color_of(args)
+    # With --json, stdout carries the task's JSON alone; what the demo says goes to stderr.
+    human = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
     with Engine(url, workers=2) as engine:
-        print(f"Database: {out.safe_url(url)}")
-        host = _demo_host(engine)
-        print(f"Demo host {host.id} ({host.name}, {host.inner_ip}), agent home {host.agent_home}")
-        connector = connector_for(host)
-        pids = connector.start_agent(host, log=agent_log)
-        engine.hosts.set_agent_status(host.id, AgentStatus.ONLINE)
-        out.print_agent_running(connector.agent_processes(host))
+        with human:
+            print(f"Database: {out.safe_url(url)}")
+            host = _demo_host(engine)
+            where = f"{host.name}, {host.inner_ip}"
+            print(f"Demo host {host.id} ({where}), agent home {host.agent_home}")
+            connector = connector_for(host)
+            pids = connector.start_agent(host, log=agent_log)
+            engine.hosts.set_agent_status(host.id, AgentStatus.ONLINE)
+            out.print_agent_running(connector.agent_processes(host))
 
-        task = engine.submit("Stop OCP agent", args={"host_id": str(host.id)})
-        print(f"Submitted task {task.id} ({task.name}); running it in this process:")
-        final = out.run_to_end(engine, task.id, None, progress=True)
-        print(f"Task {final.id} {final.name}: {final.status.value}")
+            task = engine.submit("Stop OCP agent", args={"host_id": str(host.id)})
+            print(f"Submitted task {task.id} ({task.name}); running it in this process:")
+            waited = out.run_to_end(engine, task.id, None, progress=True, no_color=no_color)
+            final = waited.task
 
-        alive = [p.pid for p in connector.agent_processes(host) if p.alive]
-        alive += [pid for pid in pids if pid not in alive and _pid_is_agent(pid, host.agent_home)]
-        out.print_demo_outcome(final, pids, alive)
-        ok = final.status is TaskStatus.SUCCESSFUL and not alive
-        if ok and not args.keep_agent_home:
-            _remove_demo_home(host)
-        print(f"Task id: {final.id}")
-        out.print_json(views.task_json(final))
+            alive = [p.pid for p in connector.agent_processes(host) if p.alive]
+            alive += [
+                pid for pid in pids if pid not in alive and _pid_is_agent(pid, host.agent_home)
+            ]
+            out.print_demo_outcome(pids, alive)
+            ok = final.status is TaskStatus.SUCCESSFUL and not alive
+            if ok and not args.keep_agent_home:
+                _remove_demo_home(host)
+            out.print_end(waited, no_color=no_color, also=_demo_ideas(final))
+        if args.json:
+            out.print_json(views.task_json(final))
         return 0 if ok else 1
+
+
+def _demo_ideas(task: TaskInfo) -> list[live.Next]:
+    """What to try after the demo, beyond the commands that fit any ended task."""
+    stop = next((s for s in task.subtasks if s.name == "Stop all OCP agent processes"), None)
+    ideas = []
+    if stop is not None and task.status is TaskStatus.SUCCESSFUL:
+        ideas.append(live.Next(f"dagtask logs {task.id} {stop.id}", "how the agent was stopped"))
+    ideas.append(live.Next("dagtask templates", "the other built-in tasks"))
+    ideas.append(live.Next("dagtask demo --keep-agent-home", "keep the agent's pid files and logs"))
+    return ideas
+
+
+def no_color_of(args: argparse.Namespace) -> bool:
+    """``--no-color`` (the NO_COLOR variable is read where the console is made)."""
+    return bool(getattr(args, "no_color", False))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -124,9 +151,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             return 0
         if not args.json:
             print(f"task {task.id} submitted: {task.name}; running it in this process")
-        final = out.run_to_end(engine, task.id, args.timeout, progress=not args.json)
-        out.show_task(final, views.task_json if args.json else None)
-        return 1 if final.status is TaskStatus.FAILED else 0
+        no_color = no_color_of(args)
+        waited = out.run_to_end(
+            engine, task.id, args.timeout, progress=not args.json, no_color=no_color
+        )
+        out.print_end(waited, views.task_json if args.json else None, no_color=no_color)
+        return 1 if waited.task.status is TaskStatus.FAILED else 0
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -140,8 +170,19 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     """List tasks, newest first, one page at a time."""
     statuses = parse_statuses(args.status)
+    types = _task_types(args.type)
     with open_engine(args, read_only=True) as engine:
-        page = engine.list(page=args.page, size=args.size, name=args.name, statuses=statuses)
+        page = engine.list(
+            page=args.page,
+            size=args.size,
+            name=args.name,
+            statuses=statuses,
+            host_id=args.host,
+            types=types,
+            since=args.since,
+            until=args.until,
+            creator=args.creator,
+        )
     if args.json:
         out.print_json(views.task_list_json(page))
     else:
@@ -149,16 +190,44 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _task_types(text: str | None) -> list[TaskType]:
+    """``--type MANUAL,SCHEDULED`` as task types (ArgumentError naming the allowed ones)."""
+    result = []
+    for part in (text or "").split(","):
+        if not part.strip():
+            continue
+        try:
+            result.append(TaskType(part.strip().upper()))
+        except ValueError:
+            allowed = ", ".join(t.value for t in TaskType)
+            raise ArgumentError(
+                f"--type {part.strip()!r} is not a task type; use one or more of {allowed}"
+            ) from None
+    return result
+
+
+def _subtask_arg(text: str) -> int | str:
+    """An argparse type: a subtask id (checked as ids are), else a subtask name."""
+    return an_id(text.strip()) if text.strip().isdigit() else text
+
+
+def _subtask_ref(engine: Engine, task_id: int, ref: int | str) -> int:
+    """A subtask of the task by id, or by name as `rerun --from` takes it (``name[idx]`` for a
+    fan-out copy)."""
+    return ref if isinstance(ref, int) else find_subtask(engine.get(task_id), ref).id
+
+
 def cmd_logs(args: argparse.Namespace) -> int:
     """Print the log of every attempt of one subtask (with --follow, as it grows)."""
     if args.follow and args.json:
         raise ArgumentError("--follow prints the log as it grows; it cannot be used with --json")
     with open_engine(args, read_only=True) as engine:
+        subtask_id = _subtask_ref(engine, args.id, args.subtask)
         if args.follow:
-            for chunk in engine.follow_log(args.id, args.subtask_id):
+            for chunk in engine.follow_log(args.id, subtask_id):
                 out.write_log(chunk)
             return 0
-        text = engine.logs(args.id, args.subtask_id)
+        text = engine.logs(args.id, subtask_id)
     if args.json:
         out.print_json(views.log_json(text))
     else:
@@ -166,7 +235,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
     return 0
 
 
-# ---- operator actions (SPEC §4) ------------------------------------------------------------------
+# ---- operator actions (docs/actions.md) ----------------------------------------------------------
 
 RUN_HINT = "run it with `dagtask worker` (or add --wait here); follow it with `dagtask show {id}`"
 CANCEL_HINT = "the worker running it stops it; follow it with `dagtask show {id}`"
@@ -212,9 +281,12 @@ def _act(
             else:
                 print("  " + hint.format(id=task.id))
             return 0
-        final = out.run_to_end(engine, args.id, args.timeout, progress=progress, after=after)
-        out.show_task(final, as_json if args.json else None)
-        return 1 if final.status is TaskStatus.FAILED else 0
+        no_color = no_color_of(args)
+        waited = out.run_to_end(
+            engine, args.id, args.timeout, progress=progress, after=after, no_color=no_color
+        )
+        out.print_end(waited, as_json if args.json else None, no_color=no_color)
+        return 1 if waited.task.status is TaskStatus.FAILED else 0
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
@@ -262,6 +334,7 @@ def add_commands(commands: Commands) -> None:
     demo = commands.add("demo", cmd_demo)
     keep = f"keep ./{DEMO_DIR}/{DEMO_HOST} (the demo agent's pid files and logs) afterwards"
     demo.add_argument("--keep-agent-home", action="store_true", help=keep)
+    json_flag(demo, "the task as OCP JSON at the end (alone on stdout; the rest goes to stderr)")
 
     run = commands.add("run", cmd_run)
     run.add_argument(
@@ -305,11 +378,32 @@ def add_commands(commands: Commands) -> None:
         "--status", metavar="S,...", help="only these statuses: RUNNING, FAILED, SUCCESSFUL"
     )
     lst.add_argument("--name", metavar="TEXT", help="only tasks whose name contains TEXT")
+    lst.add_argument(
+        "--host",
+        type=an_id,
+        metavar="HOST_ID",
+        help="only tasks on this host (single-host tasks and batches that include it)",
+    )
+    lst.add_argument(
+        "--type", metavar="T,...", help="only these task types: MANUAL, SCHEDULED, SYS_ONCE ..."
+    )
+    lst.add_argument(
+        "--since", type=a_time, metavar="TIME", help="only tasks created at or after TIME (ISO)"
+    )
+    lst.add_argument(
+        "--until", type=a_time, metavar="TIME", help="only tasks created at or before TIME (ISO)"
+    )
+    lst.add_argument("--creator", metavar="NAME", help="only tasks this user created")
     json_flag(lst, "the page as OCP JSON")
 
     logs = commands.add("logs", cmd_logs)
     task_id_arg(logs)
-    subtask_id_arg(logs)
+    logs.add_argument(
+        "subtask",
+        type=_subtask_arg,
+        metavar="SUBTASK",
+        help="the subtask id or name (`name[idx]`: a copy of a fan-out); see `dagtask show ID`",
+    )
     logs.add_argument(
         "--follow",
         "-f",

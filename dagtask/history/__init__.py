@@ -192,9 +192,9 @@ def timeline_html(source: Engine | Store, task_id: int) -> str:
 
 
 def timeline_text(
-    source: Engine | Store, task_id: int, *, width: int = 60, colour: bool = False
+    source: Engine | Store, task_id: int, *, width: int | None = None, colour: bool = False
 ) -> str:
-    """The task's timeline for a terminal."""
+    """The task's timeline for a terminal ``width`` columns wide (default: the terminal's)."""
     info, _ = load(source, task_id)
     return timeline.terminal(info, events(source, task_id), width=width, colour=colour)
 

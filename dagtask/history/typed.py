@@ -36,7 +36,7 @@ S = SubtaskStatus
 
 
 class Action(StrEnum):
-    """An operator action (SPEC §4, and the task cancel beyond OCP)."""
+    """An operator action (docs/actions.md, and the task cancel beyond OCP)."""
 
     RETRY_TASK = "retry task"
     ROLLBACK_TASK = "roll back task"

@@ -1,4 +1,4 @@
-"""Operator actions (SPEC §4): retry, rollback, skip and cancel, one transaction each.
+"""Operator actions (docs/actions.md): retry, rollback, skip and cancel, one transaction each.
 
 Each locks the task row, asks :mod:`dagtask.planner` whether the action is allowed (20003 /
 20004 otherwise) and applies its changes through :mod:`.changes`. The subtasks it changes are
@@ -63,7 +63,8 @@ class ActionStore:
         self._act(task_id, body)
 
     def rollback_task(self, task_id: int, operator: str) -> None:
-        """Start (or resume) rolling the task back in reverse topological order (SPEC §4)."""
+        """Start (or resume) rolling the task back in reverse topological order (see
+        docs/actions.md)."""
 
         def body(conn: sa.Connection) -> None:
             row, now, events = self._lock_for_action(conn, task_id)
@@ -177,7 +178,7 @@ class ActionStore:
         self._act(task_id, body)
 
     def cancel_subtask(self, task_id: int, subtask_id: int, operator: str) -> None:
-        """A RUNNING subtask → CANCELING; the worker running it interrupts it (SPEC §4)."""
+        """A RUNNING subtask → CANCELING; the worker running it interrupts it (docs/actions.md)."""
 
         def body(conn: sa.Connection) -> None:
             _row, now, events = self._lock_for_action(conn, task_id)

@@ -315,7 +315,7 @@ def settle_task(
     now: datetime,
     events: list[dict[str, Any]],
 ) -> TaskStatus | None:
-    """Nothing of the task is active: set its final status (SPEC §3)."""
+    """Nothing of the task is active: set its final status (docs/actions.md)."""
 
     def has(status: SubtaskStatus) -> bool:
         found = conn.execute(q.has_status, {"task_id": task_id, "st": status.value}).first()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -97,11 +98,16 @@ class StoreReads:
         host_id: int | None = None,
         types: Sequence[states.TaskType] = (),
         descending: bool = True,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        creator: str | None = None,
     ) -> TaskPage:
         """One page of tasks (newest first by default), with their subtasks, from one snapshot.
 
         ``name`` matches a part of the name, literally (``%`` and ``_`` are not wildcards);
-        ``host_id`` matches single-host tasks and batches that act on that host.
+        ``host_id`` matches single-host tasks and batches that act on that host; ``since`` /
+        ``until`` bound the creation time (aware times are converted to UTC; naive ones are
+        taken as UTC, as stored); ``creator`` matches exactly.
 
         A page holds what a list shows, in three queries whatever its size (the count, the
         tasks, their subtasks): its subtasks carry no links (``upstreams``/``downstreams`` are
@@ -121,6 +127,12 @@ class StoreReads:
                     task.c.recorded_status.in_(wanted),
                 )
             )
+        if since is not None:
+            where.append(task.c.create_time >= _naive_utc(since))
+        if until is not None:
+            where.append(task.c.create_time <= _naive_utc(until))
+        if creator is not None:
+            where.append(task.c.creator == creator)
         if host_id is not None:
             batches = sa.select(task_host.c.task_id).where(task_host.c.host_id == host_id)
             where.append(sa.or_(task.c.host_id == host_id, task.c.id.in_(batches)))
@@ -332,3 +344,10 @@ def _task_info(
         historical=row.historical,
         origin=None if listed or not row.origin else dict(row.origin),
     )
+
+
+def _naive_utc(moment: datetime) -> datetime:
+    """``moment`` as the naive UTC time the tables store."""
+    if moment.tzinfo is None:
+        return moment
+    return moment.astimezone(UTC).replace(tzinfo=None)

@@ -276,7 +276,7 @@ rollback_runnable = (
     .order_by(subtask.c.id)
     .limit(sa.bindparam("limit"))
 )
-"""SUCCESSFUL subtasks waiting to roll back whose downstreams are all PENDING (SPEC §4)."""
+"""SUCCESSFUL subtasks waiting to roll back whose downstreams are all PENDING (docs/actions.md)."""
 
 adjust_downstreams = (
     subtask.update()

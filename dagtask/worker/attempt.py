@@ -10,6 +10,7 @@ its recovery policy instead.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from dagtask import handlers, logs
@@ -31,6 +32,8 @@ class Attempt:
     only under the pool's lock."""
     fenced: bool = False
     """It was stopped without a result: its subtask is handed back, never finished."""
+    started: float = field(default_factory=time.monotonic)
+    """When this process took it (monotonic), for the duration its end is logged with."""
 
     @property
     def key(self) -> tuple[int, int]:

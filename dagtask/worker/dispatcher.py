@@ -29,7 +29,8 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from dagtask.store.sql import Report
+from dagtask.states import SubtaskStatus
+from dagtask.store.sql import FinishOutcome, Report
 from dagtask.worker.attempt import End
 from dagtask.worker.lease import RETRY_DELAYS
 
@@ -199,6 +200,7 @@ class Dispatcher:
         promoted = 0
         for end, outcome in zip(pending, batch.outcomes, strict=True):
             promoted += outcome.promoted
+            _log_end(end, outcome)
             if pool.on_finish is not None:
                 pool.on_finish(end.attempt.claim, outcome)
         if promoted > len(batch.claims):
@@ -280,3 +282,32 @@ class Dispatcher:
         if lost:
             _log.warning("recovered the subtasks of lost workers: %s", ", ".join(lost))
             pool.wake(pool.size)
+
+
+_attempts_log = logging.getLogger("dagtask.worker.attempts")
+
+
+def _log_end(end: End, outcome: FinishOutcome) -> None:
+    """One line for an attempt's recorded end: INFO when it succeeded (or goes on as a retry),
+    WARNING with the reason when it failed, DEBUG when the result was stale."""
+    claim = end.attempt.claim
+    took = time.monotonic() - end.attempt.started
+    what = f"subtask {claim.subtask_id} {claim.name!r} of task {claim.task_id}"
+    if not outcome.applied:
+        _attempts_log.debug("end %s: result discarded (the attempt had ended already)", what)
+    elif outcome.status is SubtaskStatus.FAILED:
+        _attempts_log.warning(
+            "end %s: FAILED after %.2f s: %s", what, took, end.result.message or "failed"
+        )
+    elif end.result.ok:
+        _attempts_log.info(
+            "end %s: %s after %.2f s", what, outcome.status.value if outcome.status else "", took
+        )
+    else:  # failed, but it goes on (an automatic retry)
+        _attempts_log.warning(
+            "end %s: failed after %.2f s (%s); %s",
+            what,
+            took,
+            end.result.message or "failed",
+            "retrying" if outcome.status is SubtaskStatus.READY else "recorded",
+        )

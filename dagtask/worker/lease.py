@@ -108,6 +108,7 @@ class LeaseKeeper:
         pool = self.pool
         every = max(0.2, pool.lease_seconds / 3)
         while not self._stopped.wait(every if not pool.outage.down else min(every, 1.0)):
+            pool.check_code()
             sent = time.monotonic()  # before the statement: the server's time is later
             try:
                 alive = pool.store.heartbeat(pool.name)

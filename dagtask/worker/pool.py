@@ -31,6 +31,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from dagtask import handlers, logs
 from dagtask.context import TaskContext
@@ -44,6 +45,8 @@ from dagtask.worker.runner import run_attempt
 from dagtask.worker.watchdog import Watchdog, interrupt
 
 _log = logging.getLogger("dagtask.worker")
+_attempts_log = logging.getLogger("dagtask.worker.attempts")
+"""One line when an attempt starts and one when it ends (``dagtask worker`` shows them)."""
 
 DEFAULT_LEASE_SECONDS = 30
 FENCE_FRACTION = 0.8
@@ -72,6 +75,22 @@ def _release(name: str) -> None:
 
 
 FinishListener = Callable[[Claim, FinishOutcome], None]
+
+
+CODE_FILES = ("__init__.py", "worker/pool.py", "store/attempts.py", "store/changes.py")
+"""Files of the installed dagtask whose change means the package was upgraded under a worker."""
+
+
+def code_stamp() -> tuple[int, ...]:
+    """The modification times of :data:`CODE_FILES` (-1 for a missing one)."""
+    root = Path(__file__).resolve().parent.parent
+    stamps = []
+    for name in CODE_FILES:
+        try:
+            stamps.append(os.stat(root / name).st_mtime_ns)
+        except OSError:
+            stamps.append(-1)
+    return tuple(stamps)
 
 
 def default_worker_name() -> str:
@@ -120,6 +139,9 @@ class WorkerPool:
         self.signals = 0
         self.stopping = False
         self.rejoin_needed = False
+        self.code_changed = False
+        """The installed dagtask changed under this pool (an upgrade): it claims nothing more."""
+        self._code = code_stamp()
         self.closed = False
         """Set when :meth:`stop` gave up on the dispatcher: it ends at its next turn."""
         self._started = False
@@ -222,12 +244,27 @@ class WorkerPool:
         """Whether new work may be claimed: not stopping, lease fresh, not declared lost."""
         return (
             not self.stopping
+            and not self.code_changed
             and not self.rejoin_needed
             and self._fence_reason is None
             and self.fence_reason() is None
         )
 
     # ---- the lease and the fence -------------------------------------------------------------
+
+    def check_code(self) -> bool:
+        """Whether the installed dagtask changed since this pool started (checked by the lease
+        keeper). Its modules are half old and half new now: it stops claiming, so that what it
+        runs finishes and a restart (``dagtask worker`` exits for its service manager) picks up
+        the new code."""
+        if not self.code_changed and code_stamp() != self._code:
+            self.code_changed = True
+            _log.error(
+                "worker %s: the installed dagtask changed under it (an upgrade?); it claims "
+                "nothing more: restart it to run the new code (`dagtask worker` stops by itself)",
+                self.name,
+            )
+        return self.code_changed
 
     def renewed(self, sent: float) -> None:
         """The lease was renewed by a statement sent at monotonic time ``sent``."""
@@ -310,6 +347,14 @@ class WorkerPool:
         """Hand newly claimed subtasks to runners (the dispatcher, after a claim)."""
         for claim in claims:
             attempt = Attempt(claim, token=handlers.CancellationToken(self._fence_check))
+            _attempts_log.info(
+                "start subtask %d %r of task %d: %s, attempt %d",
+                claim.subtask_id,
+                claim.name,
+                claim.task_id,
+                claim.operation.value,
+                claim.run_time,
+            )
             with self.cond:
                 self.open += 1
                 self.live[claim.subtask_id] = attempt

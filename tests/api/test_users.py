@@ -186,7 +186,8 @@ def test_users_mistakes_are_one_line_errors(
     message: str,
 ) -> None:
     code, _, err = dagtask(db, capsys, monkeypatch, *args, stdin=stdin)
-    assert code == 2 and err.startswith("dagtask: error") and message in err, err
+    refused = message == "no user named"  # the store refused (404): exit 4; a mistake: 2
+    assert code == (4 if refused else 2) and err.startswith("dagtask: error") and message in err
 
 
 def test_a_taken_name_is_refused_before_a_password_is_asked(
@@ -195,7 +196,7 @@ def test_a_taken_name_is_refused_before_a_password_is_asked(
     args = ("users", "add", "dave", "--role", "ADMIN", "--password-stdin")
     assert dagtask(db, capsys, monkeypatch, *args, stdin="password1\n")[0] == 0
     code, _, err = dagtask(db, capsys, monkeypatch, *args, stdin="")
-    assert code == 2 and "already exists" in err
+    assert code == 4 and "already exists" in err  # refused (409), not a usage mistake
 
 
 def test_passwords_cannot_be_given_on_the_command_line(

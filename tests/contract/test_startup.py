@@ -217,7 +217,8 @@ def test_a_bad_timeout_setting_is_one_line(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert done.stderr.strip() == (
-        "dagtask: error: DAGTASK_CONNECT_TIMEOUT='soon' is not a number of seconds; "
-        "e.g. DAGTASK_CONNECT_TIMEOUT=10 (0: no limit)"
+        "dagtask: error: environment variable DAGTASK_CONNECT_TIMEOUT='soon': 'soon' is not a "
+        "number of seconds; set it right or unset it (`dagtask config` shows each setting and "
+        "its default)"
     )
     assert not (tmp_path / "x.db").exists()

@@ -86,27 +86,25 @@ def add_host(dt: Callable[..., tuple[int, str, str]], tmp_path: Path, name: str 
 # ---- demo ----------------------------------------------------------------------------------------
 
 
-def parse_demo(stdout: str) -> tuple[list[int], int, dict[str, Any]]:
-    """The agent pids, the task id and the task JSON the demo printed."""
-    pids = [int(pid) for pid in re.findall(r"^\s+ocp_\w+ pid=(\d+)$", stdout, re.M)]
-    _, sep, body = stdout.partition("Task id: ")
-    assert sep, stdout
-    task_id, _, document = body.partition("\n")
-    return pids, int(task_id), json.loads(document)
+def parse_demo(result: subprocess.CompletedProcess[str]) -> tuple[list[int], int, dict[str, Any]]:
+    """The agent pids (on stderr with --json), the task id and the task JSON (stdout)."""
+    pids = [int(pid) for pid in re.findall(r"^\s+ocp_\w+ pid=(\d+)$", result.stderr, re.M)]
+    task = json.loads(result.stdout)
+    return pids, int(task["id"]), task
 
 
 def test_demo_stops_a_real_agent_and_can_run_again(
     cli: Callable[..., subprocess.CompletedProcess[str]], tmp_path: Path
 ) -> None:
-    first = cli("demo")
+    first = cli("demo", "--json")
     assert first.returncode == 0, first.stdout + first.stderr
     assert "Traceback" not in first.stderr
-    pids, task_id, task = parse_demo(first.stdout)
+    pids, task_id, task = parse_demo(first)
     assert len(pids) == 3
     assert not [pid for pid in pids if pid_alive(pid)]
-    assert "Agent processes gone" in first.stdout
+    assert "Agent processes gone" in first.stderr
     # Live progress: one line per subtask status change, in execution order.
-    progress = re.findall(r"^  \[\d\d:\d\d:\d\d\.\d{3}\] (.+)$", first.stdout, re.M)
+    progress = re.findall(r"^  \[\d\d:\d\d:\d\d\.\d{3}\] (.+)$", first.stderr, re.M)
     expected = [
         "Prepare stop OCP agent: READY -> RUNNING",
         "Prepare stop OCP agent: RUNNING -> SUCCESSFUL",
@@ -116,16 +114,16 @@ def test_demo_stops_a_real_agent_and_can_run_again(
     ]
     positions = [progress.index(line) for line in expected]
     assert positions == sorted(positions), progress
-    assert f"Task {task_id} Stop OCP agent: SUCCESSFUL" in first.stdout
+    assert f"Task {task_id} Stop OCP agent: SUCCESSFUL" in first.stderr
     assert task["id"] == task_id
     assert task["status"] == "SUCCESSFUL"
     assert [sub["status"] for sub in task["subtasks"]] == ["SUCCESSFUL"] * 3
     # By default the demo cleans up its agent home.
     assert not (tmp_path / "dagtask-demo" / "demo-host").exists()
 
-    second = cli("demo", "--keep-agent-home")
+    second = cli("demo", "--keep-agent-home", "--json")
     assert second.returncode == 0, second.stdout + second.stderr
-    pids2, task_id2, task2 = parse_demo(second.stdout)
+    pids2, task_id2, task2 = parse_demo(second)
     assert task_id2 == task_id + 1
     assert task2["hostId"] == task["hostId"]  # the demo host is reused
     assert set(pids2).isdisjoint(pids)
@@ -254,7 +252,7 @@ def test_run_without_wait_returns_a_running_task(
 
     # One host operation per host at a time: a second one is refused, naming the running task.
     code, out, err = dt("run", "Restart OCP agent", "--set", f"host_id={host_id}")
-    assert code == 2, out
+    assert code == 4, out  # refused by the engine (409)
     assert f"host {host_id} already has a running host operation: task {submitted['id']}" in err
     assert json_out(dt("list", "--json"))["page"]["totalElements"] == 1
 
@@ -307,7 +305,7 @@ def test_list_pages_filters_and_renders(
 def test_templates(dt: Callable[..., tuple[int, str, str]]) -> None:
     code, out, _ = dt("templates")
     assert code == 0
-    assert re.search(r"^Stop OCP agent\s+3\s+Stop the OCP agent", out, re.M)
+    assert re.search(r"^stop-ocp-agent\s+Stop OCP agent\s+3\s+Stop the OCP agent", out, re.M)
     listed = json_out(dt("templates", "--json"))
     stop = next(t for t in listed if t["name"] == "Stop OCP agent")
     assert [sub["name"] for sub in stop["subtasks"]] == [
@@ -347,7 +345,7 @@ def test_hosts_add_with_agent_and_list(
     assert re.search(r"^1\s+db-1\s+10\.0\.0\.7\s+ONLINE\s+ONLINE\s+local\s+/", table.stdout, re.M)
 
     again = cli("hosts", "add", "--name", "db-1", "--ip", "10.0.0.8", "--agent-home", "x")
-    assert again.returncode == 2
+    assert again.returncode == 4  # refused by the engine (the name is taken)
     assert again.stderr.startswith("dagtask: error: a host named 'db-1' already exists")
     assert "Traceback" not in again.stderr
 
@@ -355,9 +353,9 @@ def test_hosts_add_with_agent_and_list(
 # ---- errors --------------------------------------------------------------------------------------
 
 
-def one_error_line(result: tuple[int, str, str]) -> str:
-    code, out, err = result
-    assert code == 2, out + err
+def one_error_line(result: tuple[int, str, str], code: int = 2) -> str:
+    got, out, err = result
+    assert got == code, out + err
     # "dagtask: error: ...", or "dagtask: error 2000x: ..." for OCP's coded task errors.
     assert re.match(r"dagtask: error( \d+)?: ", err), err
     assert "error: error" not in err
@@ -369,8 +367,8 @@ def test_user_mistakes_are_one_line_and_exit_2(
     dt: Callable[..., tuple[int, str, str]], tmp_path: Path
 ) -> None:
     assert "no template named 'no-such-flow'" in one_error_line(dt("run", "no-such-flow"))
-    assert "20000" in one_error_line(dt("show", "999"))
-    assert "20000" in one_error_line(dt("logs", "999", "1"))
+    assert "20000" in one_error_line(dt("show", "999"), code=4)  # refusals by the engine: 4
+    assert "20000" in one_error_line(dt("logs", "999", "1"), code=4)
     assert "KEY=VALUE" in one_error_line(dt("run", "stop-ocp-agent", "--set", "host_id"))
     assert "KEY=VALUE" in one_error_line(dt("run", "stop-ocp-agent", "--list", "=a,b"))
     assert "--timeout" in one_error_line(dt("run", "stop-ocp-agent", "--timeout", "5"))
@@ -390,7 +388,7 @@ def test_user_mistakes_are_one_line_and_exit_2(
     assert "20001" in one_error_line(dt("run", str(cycle)))
     assert "cannot read" in one_error_line(dt("run", "missing.yaml"))
 
-    err = one_error_line(dt("run", "stop-ocp-agent", "--set", "host_id=42"))
+    err = one_error_line(dt("run", "stop-ocp-agent", "--set", "host_id=42"), code=4)
     assert "host 42 does not exist" in err
     assert "no task was created" in err
     assert json_out(dt("list", "--json"))["page"]["totalElements"] == 0
@@ -410,7 +408,7 @@ def test_errors_from_a_real_process_have_no_traceback(
 ) -> None:
     assert cli("db", "upgrade").returncode == 0
     result = cli("show", "12345")
-    assert result.returncode == 2
+    assert result.returncode == 4  # refused by the engine: not found
     assert result.stderr == (
         "dagtask: error 20000: task 12345 does not exist; list tasks with `dagtask list`\n"
     )

@@ -201,9 +201,10 @@ def parsed(result: tuple[int, str, str], code: int) -> Any:
     return json.loads(out)
 
 
-def one_error_line(result: tuple[int, str, str], starts: str) -> str:
-    code, out, err = result
-    assert code == 2, out + err
+def one_error_line(result: tuple[int, str, str], starts: str, code: int = 4) -> str:
+    """The one error line of a refusal by the engine (exit 4), or of a usage mistake (2)."""
+    got, out, err = result
+    assert got == code, out + err
     assert err.startswith(starts), err
     assert err.count("\n") == 1, err
     assert "Traceback" not in err
@@ -342,7 +343,7 @@ def test_rollback_plan_then_rollback(dt: Run, tmp_path: Path) -> None:
     assert "refused: it is SUCCESSFUL; only a FAILED task can be rolled back" in out
 
 
-def test_refused_actions_print_one_line_and_exit_2(dt: Run, cli: Cli) -> None:
+def test_refused_actions_print_one_line_and_exit_4(dt: Run, cli: Cli) -> None:
     task = parsed(dt("run", "diamond.yaml", "--wait", "--json"), 0)
     task_id = str(task["id"])
     a = subtasks_of(task)["a"]
@@ -373,11 +374,17 @@ def test_refused_actions_print_one_line_and_exit_2(dt: Run, cli: Cli) -> None:
     assert task_of(dt, int(pid))["status"] == "FAILED"  # nothing changed
 
     # Mistakes in the command line itself.
-    assert "--wait" in one_error_line(dt("retry", pid, "--timeout", "5"), "dagtask: error: ")
-    assert "--plan" in one_error_line(dt("rollback", pid, "--plan", "--wait"), "dagtask: error: ")
-    assert "--operator" in one_error_line(dt("retry", pid, "--operator", " "), "dagtask: error: ")
+    assert "--wait" in one_error_line(
+        dt("retry", pid, "--timeout", "5"), "dagtask: error: ", code=2
+    )
+    assert "--plan" in one_error_line(
+        dt("rollback", pid, "--plan", "--wait"), "dagtask: error: ", code=2
+    )
+    assert "--operator" in one_error_line(
+        dt("retry", pid, "--operator", " "), "dagtask: error: ", code=2
+    )
     assert "--json" in one_error_line(
-        dt("logs", pid, str(a["id"]), "--follow", "--json"), "dagtask: error: "
+        dt("logs", pid, str(a["id"]), "--follow", "--json"), "dagtask: error: ", code=2
     )
 
 
