@@ -147,3 +147,29 @@ def _fresh_journals() -> None:
 
     handlers.JOURNAL.clear()
     handlers.ROLLED_BACK.clear()
+
+
+def require_tool(name: str) -> str:
+    """The path of the program ``name``; skip without it, or fail under
+    ``DAGTASK_REQUIRE_SERVERS=1`` (CI installs it: .ci/run)."""
+    import shutil
+
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} is not installed (apt-get install {name})"
+        if REQUIRE_SERVERS:
+            pytest.fail(f"{message}; DAGTASK_REQUIRE_SERVERS=1 forbids skipping", pytrace=False)
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture
+def tmux_installed() -> str:
+    """tmux, for tests that look at a real terminal screen."""
+    return require_tool("tmux")
+
+
+@pytest.fixture
+def chromium_installed() -> str:
+    """Debian's chromium, for tests that render a page headless."""
+    return require_tool("chromium")

@@ -354,7 +354,7 @@ def chromium(url: str, *options: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="needs chromium (apt-get install chromium)")
+@pytest.mark.usefixtures("chromium_installed")
 @pytest.mark.parametrize(
     ("page", "shown"),
     [

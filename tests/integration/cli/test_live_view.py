@@ -12,7 +12,6 @@ import json
 import os
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 import time
@@ -86,7 +85,7 @@ COLOUR = re.compile(r"\x1b\[(?:[0-9;]*;)?(?:3[0-8]|4[0-8]|9[0-7]|10[0-7])(?:;[0-
 colour, which tmux writes everywhere, are not colours)."""
 ESCAPE = "\x1b"
 
-needs_tmux = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+needs_tmux = pytest.mark.usefixtures("tmux_installed")
 
 
 # ---- the rendering, on a fixed snapshot ----------------------------------------------------------
