@@ -22,6 +22,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 import uuid
@@ -77,7 +78,127 @@ class Workload:
     run: Callable[[Engine, str], tuple[Figures, Params]]
     targets: tuple[Target, ...]
     workers: int | None = None
-    """Fixed worker thread count, or None to use ``--workers``."""
+    """Fixed worker thread count, or None to use ``--workers``. With ``--pool processes`` it is
+    the total over the processes, split between them."""
+    default: bool = True
+    """Whether it runs when no ``--workload`` is given."""
+
+
+# ---- statement and transaction counts (in the child process) -----------------------------------
+
+
+class DbCalls:
+    """Statements and transactions of this process's database engines, counted while active.
+
+    SQLAlchemy event hooks: ``before_cursor_execute`` for statements (one ``executemany`` is one
+    statement; on SQLite the explicit ``BEGIN [IMMEDIATE]`` is one too; a DBAPI ``commit()`` is
+    not), ``begin`` for transactions (read-only ones included), ``commit`` and ``rollback``. Each
+    engine object is hooked once, even when the Database uses it in two roles. Each thread
+    counts into its own dict, so no increment is lost and none waits for a lock; the
+    workload's own thread (submit and wait) is told apart from the others (the workers).
+    """
+
+    KINDS = ("statements", "begin_statements", "transactions", "commits", "rollbacks")
+
+    def __init__(self) -> None:
+        self.active = False
+        self.main = threading.get_ident()
+        self._local = threading.local()
+        self._tallies: list[tuple[int, dict[tuple[str, str], int]]] = []
+        self._guard = threading.Lock()
+        self.engines: list[str] = []
+
+    def attach(self, database: Any) -> None:
+        """Hook every distinct SQLAlchemy engine of ``database`` (a dagtask ``Database``)."""
+        import sqlalchemy as sa
+
+        found: dict[int, tuple[sa.Engine, list[str]]] = {}
+        roles = ["engine", "hot_engine", "read_engine"]
+        roles += [k for k, v in vars(database).items() if isinstance(v, sa.Engine) and k not in roles]
+        for role in roles:
+            engine = getattr(database, role, None)
+            if isinstance(engine, sa.Engine):
+                found.setdefault(id(engine), (engine, []))[1].append(role)
+        for engine, names in found.values():
+            label = "+".join(names)
+            self.engines.append(label)
+            sa.event.listen(engine, "before_cursor_execute", self._on_statement(label))
+            for kind, event in (("transactions", "begin"), ("commits", "commit"), ("rollbacks", "rollback")):
+                sa.event.listen(engine, event, self._on_event(kind, label))
+
+    def _tally(self) -> dict[tuple[str, str], int] | None:
+        if not self.active or getattr(self._local, "paused", False):
+            return None
+        tally: dict[tuple[str, str], int] | None = getattr(self._local, "tally", None)
+        if tally is None:
+            tally = self._local.tally = {}
+            with self._guard:
+                self._tallies.append((threading.get_ident(), tally))
+        return tally
+
+    def _on_statement(self, label: str) -> Callable[..., None]:
+        def hook(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+            tally = self._tally()
+            if tally is not None:
+                key = ("statements", label)
+                tally[key] = tally.get(key, 0) + 1
+                if statement[:5].upper() == "BEGIN":
+                    key = ("begin_statements", label)
+                    tally[key] = tally.get(key, 0) + 1
+
+        return hook
+
+    def _on_event(self, kind: str, label: str) -> Callable[..., None]:
+        def hook(*_: Any) -> None:
+            tally = self._tally()
+            if tally is not None:
+                tally[kind, label] = tally.get((kind, label), 0) + 1
+
+        return hook
+
+    @contextmanager
+    def measuring(self) -> Iterator[None]:
+        """Count inside this block (the workload's measured run) only."""
+        self.active = True
+        try:
+            yield
+        finally:
+            self.active = False
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Do not count this thread's statements here (the runner's own stall probe)."""
+        self._local.paused = True
+        try:
+            yield
+        finally:
+            self._local.paused = False
+
+    def total(self, kind: str) -> int:
+        with self._guard:
+            tallies = [tally for _, tally in self._tallies]
+        return sum(n for tally in tallies for (k, _), n in tally.items() if k == kind)
+
+    def summary(self) -> dict[str, Any]:
+        """Totals, and per kind the split by thread (workload thread / others) and by engine."""
+        with self._guard:
+            tallies = list(self._tallies)
+        out: dict[str, Any] = {"engines_hooked": self.engines}
+        for kind in self.KINDS:
+            by_thread = {"workload_thread": 0, "other_threads": 0}
+            by_engine: dict[str, int] = {}
+            for ident, tally in tallies:
+                for (k, label), n in tally.items():
+                    if k == kind:
+                        where = "workload_thread" if ident == self.main else "other_threads"
+                        by_thread[where] += n
+                        by_engine[label] = by_engine.get(label, 0) + n
+            out[kind] = {"total": sum(by_thread.values()), **by_thread, "by_engine": by_engine}
+        return out
+
+
+CALLS = DbCalls()
+"""This process's counter (hooked to the Engine's database by the child process)."""
 
 
 # ---- helpers (run in the child process) --------------------------------------------------------

@@ -21,7 +21,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
@@ -154,6 +154,35 @@ class Engine:
         :class:`ArgumentError` (or the context's 20002, or the host's 404 / 409) and stores
         nothing, not even the template.
         """
+        task_id, wake = self._store_task(template, args, lists, creator)
+        # Read before waking this process's workers: the answer is the task as submitted (its
+        # roots READY), as OCP returns it, not a moment later.
+        task = self.store.get_task(task_id)
+        wake()
+        return task
+
+    def submit_id(
+        self,
+        template: TaskTemplate | str,
+        *,
+        args: Mapping[str, str] | None = None,
+        lists: Mapping[str, Sequence[str]] | None = None,
+        creator: str | None = None,
+    ) -> int:
+        """:meth:`submit`, checked and stored the same way, returning only the new task's id
+        (no read of the task back): the cheap call for a caller that submits many tasks."""
+        task_id, wake = self._store_task(template, args, lists, creator)
+        wake()
+        return task_id
+
+    def _store_task(
+        self,
+        template: TaskTemplate | str,
+        args: Mapping[str, str] | None,
+        lists: Mapping[str, Sequence[str]] | None,
+        creator: str | None,
+    ) -> tuple[int, Callable[[], None]]:
+        """Validate, expand and store a task; its id, and how to wake this process's workers."""
         tpl = self.template(template) if isinstance(template, str) else template
         if not isinstance(tpl, TaskTemplate):
             raise ArgumentError(
@@ -189,12 +218,14 @@ class Engine:
             host_id=host_id,
             hosts=hosts,
         )
-        # Read before waking this process's workers: the answer is the task as submitted (its
-        # roots READY), as OCP returns it, not a moment later.
-        task = self.store.get_task(task_id)
-        if self._pool is not None:
-            self._pool.wake(min(tpl.concurrency, len(expanded.subtasks)))
-        return task
+        pool = self._pool
+        room = min(tpl.concurrency, len(expanded.subtasks))
+
+        def wake() -> None:
+            if pool is not None:
+                pool.wake(room)
+
+        return task_id, wake
 
     def _check_host(self, tpl: TaskTemplate, strings: Mapping[str, str]) -> int:
         key = tpl.host_arg or "host_id"
@@ -456,11 +487,18 @@ class Engine:
 
     def wait(self, task_id: int, timeout: float | None = None) -> TaskInfo:
         """Block until the task is no longer RUNNING; return it (TaskTimeoutError on timeout)."""
+        self.wait_status(task_id, timeout)
+        return self.get(task_id)
+
+    def wait_status(self, task_id: int, timeout: float | None = None) -> TaskStatus:
+        """Block until the task is no longer RUNNING; return only its status (one small read
+        per wake-up, and none of the task's subtasks: the cheap wait)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             seen = self._generation  # read before the status, so no ending is missed
-            if self.store.task_status(task_id) is not TaskStatus.RUNNING:
-                return self.get(task_id)
+            status = self.store.task_status(task_id)
+            if status is not TaskStatus.RUNNING:
+                return status
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 raise TaskTimeoutError(
@@ -491,8 +529,8 @@ class Engine:
         timeout: float | None = None,
     ) -> TaskInfo:
         """Submit a task and return it once it has ended."""
-        task = self.submit(template, args=args, lists=lists, creator=creator)
-        return self.run_task(task.id, timeout)
+        task_id = self.submit_id(template, args=args, lists=lists, creator=creator)
+        return self.run_task(task_id, timeout)
 
     def follow(self, task_id: int, *, poll: float = 0.1) -> Iterator[TaskEvent]:
         """Yield the task's history events as they are written, until the task has ended."""

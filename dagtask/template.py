@@ -23,7 +23,7 @@ import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Self
 
 import yaml
 from pydantic import (
@@ -31,6 +31,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     Strict,
     ValidationError,
     field_validator,
@@ -152,6 +153,8 @@ class TaskTemplate(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    _digest: str | None = PrivateAttr(default=None)
+
     name: Text = Field(min_length=1, max_length=MAX_NAME)
     subtasks: tuple[SubtaskSpec, ...] = Field(min_length=1)
     prohibit_rollback: Flag = False
@@ -207,10 +210,20 @@ class TaskTemplate(BaseModel):
         """The template as the plain JSON-able document a file would hold."""
         return self.model_dump(mode="json", exclude_defaults=False)
 
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """A copy (with ``update`` applied); a changed copy computes its own digest."""
+        copy = super().model_copy(update=update, deep=deep)
+        if update:
+            copy._digest = None
+        return copy
+
     def digest(self) -> str:
-        """A stable hash of :meth:`definition`, used to version stored templates."""
-        body = json.dumps(self.definition(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(body.encode()).hexdigest()
+        """A stable hash of :meth:`definition`, used to version stored templates (computed once:
+        a template is immutable, and every submit asks for it)."""
+        if self._digest is None:
+            body = json.dumps(self.definition(), sort_keys=True, separators=(",", ":"))
+            self._digest = hashlib.sha256(body.encode()).hexdigest()
+        return self._digest
 
     @classmethod
     def parse(cls, data: Mapping[str, Any], *, source: str = "template") -> TaskTemplate:

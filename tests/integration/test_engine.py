@@ -226,3 +226,29 @@ def test_a_template_once_submitted_can_be_run_by_name_later(tmp_path: Path) -> N
         assert "Nightly cleanup" in [x.name for x in later.templates()]
         done = later.run("nightly-cleanup", timeout=30)
     assert done.status is TaskStatus.SUCCESSFUL and done.template_id is not None
+
+
+def test_the_cheap_submit_and_wait_read_no_task_back(tmp_path: Path) -> None:
+    """submit_id stores the task like submit but reads nothing of it back; wait_status waits
+    on the status alone: what a caller submitting many tasks uses."""
+    from tests.faults import Faults
+
+    t = TemplateBuilder("cheap")
+    first = t.add("first", "dagtask.builtin.noop")
+    t.add("second", "dagtask.builtin.noop", after=[first])
+    with Engine(f"sqlite:///{tmp_path}/cheap.db", workers=2) as engine:
+        template = t.build()
+        with Faults(engine.database) as faults:
+            task_id = engine.submit_id(template, args={})
+            reads_of_links = faults.count("FROM dagtask_subtask_edge")
+        assert isinstance(task_id, int)
+        assert reads_of_links == 0  # submit() reads the task, links and all, back
+        statuses = {s.name: s.status for s in engine.get(task_id).subtasks}
+        assert statuses == {"first": SubtaskStatus.READY, "second": SubtaskStatus.PENDING}
+        with pytest.raises(TaskTimeoutError):
+            engine.wait_status(task_id, timeout=0.2)  # no worker runs yet
+        engine.start()
+        assert engine.wait_status(task_id, timeout=30) is TaskStatus.SUCCESSFUL
+        with Faults(engine.database) as faults:
+            assert engine.submit(template, args={}).status is TaskStatus.RUNNING
+            assert faults.count("FROM dagtask_subtask_edge") >= 1
