@@ -40,6 +40,8 @@ SLEEP = "benchmarks.handlers.sleep_50ms"
 SLEEP_SECONDS = 0.05
 WAIT_TIMEOUT = 600.0
 """A guard against a hung engine, not a target: a workload that takes this long is an error."""
+BIG_WAIT_TIMEOUT = 1800.0
+"""The same guard for big100k (114 s when it was added; use the shell's timeout to stop sooner)."""
 SETTLE_SECONDS = 0.5
 STALL_CHECK_SECONDS = 10.0
 STALL_SECONDS = 30.0
@@ -114,7 +116,9 @@ class DbCalls:
 
         found: dict[int, tuple[sa.Engine, list[str]]] = {}
         roles = ["engine", "hot_engine", "read_engine"]
-        roles += [k for k, v in vars(database).items() if isinstance(v, sa.Engine) and k not in roles]
+        roles += [
+            k for k, v in vars(database).items() if isinstance(v, sa.Engine) and k not in roles
+        ]
         for role in roles:
             engine = getattr(database, role, None)
             if isinstance(engine, sa.Engine):
@@ -123,7 +127,11 @@ class DbCalls:
             label = "+".join(names)
             self.engines.append(label)
             sa.event.listen(engine, "before_cursor_execute", self._on_statement(label))
-            for kind, event in (("transactions", "begin"), ("commits", "commit"), ("rollbacks", "rollback")):
+            for kind, event in (
+                ("transactions", "begin"),
+                ("commits", "commit"),
+                ("rollbacks", "rollback"),
+            ):
                 sa.event.listen(engine, event, self._on_event(kind, label))
 
     def _tally(self) -> dict[tuple[str, str], int] | None:
@@ -180,20 +188,20 @@ class DbCalls:
         return sum(n for tally in tallies for (k, _), n in tally.items() if k == kind)
 
     def summary(self) -> dict[str, Any]:
-        """Totals, and per kind the split by thread (workload thread / others) and by engine."""
+        """Per kind: the total, and its split by thread (the workload's own thread, which
+        submits and waits, or the others: the workers) and engine, e.g. ``other_threads
+        read_engine``."""
         with self._guard:
             tallies = list(self._tallies)
         out: dict[str, Any] = {"engines_hooked": self.engines}
         for kind in self.KINDS:
-            by_thread = {"workload_thread": 0, "other_threads": 0}
-            by_engine: dict[str, int] = {}
+            split: dict[str, int] = {}
             for ident, tally in tallies:
+                who = "workload_thread" if ident == self.main else "other_threads"
                 for (k, label), n in tally.items():
                     if k == kind:
-                        where = "workload_thread" if ident == self.main else "other_threads"
-                        by_thread[where] += n
-                        by_engine[label] = by_engine.get(label, 0) + n
-            out[kind] = {"total": sum(by_thread.values()), **by_thread, "by_engine": by_engine}
+                        split[f"{who} {label}"] = split.get(f"{who} {label}", 0) + n
+            out[kind] = {"total": sum(split.values()), **dict(sorted(split.items()))}
         return out
 
 
@@ -225,16 +233,32 @@ def _finish(engine: Engine, task_id: int, pool: str, guard: float = WAIT_TIMEOUT
         except TaskTimeoutError:
             if time.monotonic() >= deadline:
                 raise
-        # Only reached when the task is slow: reading its new events is then cheap enough.
-        events = engine.events(task_id, last_event)
-        if events:
-            last_event, last_progress = events[-1].id, time.monotonic()
+        # Only reached when the task is slow: one probe per STALL_CHECK_SECONDS, not counted.
+        with CALLS.paused():
+            newest = _newest_event(engine, task_id, last_event)
+        if newest > last_event:
+            last_event, last_progress = newest, time.monotonic()
         elif time.monotonic() - last_progress > STALL_SECONDS:
             counts = Counter(sub.status.value for sub in engine.get(task_id).subtasks)
             raise RuntimeError(
                 f"task {task_id} stalled: no status change for {STALL_SECONDS:.0f} s; "
                 f"its subtasks are {dict(counts)}"
             )
+
+
+def _newest_event(engine: Engine, task_id: int, after: int) -> int:
+    """The id of the task's newest history event (one indexed read, not the whole history)."""
+    try:
+        import sqlalchemy as sa
+
+        from dagtask.store.schema import task_event
+
+        query = sa.select(sa.func.max(task_event.c.id)).where(task_event.c.task_id == task_id)
+        with engine.database.read() as conn:
+            return int(conn.execute(query).scalar() or 0)
+    except (ImportError, AttributeError):  # the store's layout changed: read the new events
+        events = engine.events(task_id, after)
+        return events[-1].id if events else after
 
 
 def _start_and_settle(engine: Engine) -> None:
@@ -283,12 +307,13 @@ def _timed_run(engine: Engine, template: TaskTemplate, pool: str) -> tuple[float
 
     Returns (submit seconds, run seconds, subtask count).
     """
-    t0 = time.perf_counter()
-    task = engine.submit(template)
-    submit_s = time.perf_counter() - t0
-    t1 = time.perf_counter()
-    done = _finish(engine, task.id, pool)
-    run_s = time.perf_counter() - t1
+    with CALLS.measuring():
+        t0 = time.perf_counter()
+        task = engine.submit(template)
+        submit_s = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        done = _finish(engine, task.id, pool)
+        run_s = time.perf_counter() - t1
     _check(done)
     if pool == "processes":
         # The workers were running all along: the run is what the store recorded, from the
@@ -321,13 +346,14 @@ def ocp3(engine: Engine, pool: str) -> tuple[Figures, Params]:
         _start_and_settle(engine)
     latencies: list[float] = []
     done: list[TaskInfo] = []
-    start = time.perf_counter()
-    for _ in range(OCP3_TASKS):
-        t0 = time.perf_counter()
-        task = engine.submit(template)
-        done.append(_finish(engine, task.id, pool, guard=60))
-        latencies.append((time.perf_counter() - t0) * 1000)
-    total = time.perf_counter() - start
+    with CALLS.measuring():
+        start = time.perf_counter()
+        for _ in range(OCP3_TASKS):
+            t0 = time.perf_counter()
+            task = engine.submit(template)
+            done.append(_finish(engine, task.id, pool, guard=60))
+            latencies.append((time.perf_counter() - t0) * 1000)
+        total = time.perf_counter() - start
     recorded: list[float] = []
     for task in done:
         _check(task)
@@ -343,6 +369,7 @@ def ocp3(engine: Engine, pool: str) -> tuple[Figures, Params]:
     }
     params = {
         "tasks": OCP3_TASKS,
+        "subtasks": OCP3_TASKS * len(OCP3_STEPS),
         "subtasks_per_task": len(OCP3_STEPS),
         "chain": [name for name, _ in OCP3_STEPS],
         "timeouts_s": [timeout for _, timeout in OCP3_STEPS],
@@ -404,20 +431,27 @@ WIDTH = 100
 LATTICE_SEED = 42
 
 
-def lattice10k(engine: Engine, pool: str) -> tuple[Figures, Params]:
-    """100 layers x 100 no-op subtasks, each linked to 2 random subtasks of the layer above."""
+def _lattice(name: str, layers: int) -> tuple[TaskTemplate, float]:
+    """``layers`` x WIDTH no-op subtasks, each below the first layer linked to 2 distinct
+    subtasks of the layer above drawn with ``random.Random(42)``; and the seconds it took."""
     from dagtask import TemplateBuilder
 
     rng = random.Random(LATTICE_SEED)
-    builder = TemplateBuilder("benchmark lattice10k", concurrency=WIDTH)
+    digits = len(str(layers - 1))
+    builder = TemplateBuilder(name, concurrency=WIDTH)
     t0 = time.perf_counter()
-    for layer in range(LAYERS):
+    for layer in range(layers):
         for i in range(WIDTH):
             ups = rng.sample(range(WIDTH), 2) if layer else []
-            after = [f"n{layer - 1:02d}-{u:02d}" for u in ups]
-            builder.add(f"n{layer:02d}-{i:02d}", NOOP, after=after)
+            after = [f"n{layer - 1:0{digits}d}-{u:02d}" for u in ups]
+            builder.add(f"n{layer:0{digits}d}-{i:02d}", NOOP, after=after)
     template = builder.build()
-    build_s = time.perf_counter() - t0
+    return template, time.perf_counter() - t0
+
+
+def lattice10k(engine: Engine, pool: str) -> tuple[Figures, Params]:
+    """100 layers x 100 no-op subtasks, each linked to 2 random subtasks of the layer above."""
+    template, build_s = _lattice("benchmark lattice10k", LAYERS)
     submit_s, run_s, count = _timed_run(engine, template, pool)
     figures = {
         "submit_s": submit_s,
@@ -440,6 +474,48 @@ def lattice10k(engine: Engine, pool: str) -> tuple[Figures, Params]:
     return figures, params
 
 
+BIG_LAYERS = 1000
+
+
+def big100k(engine: Engine, pool: str) -> tuple[Figures, Params]:
+    """1,000 layers x 100 no-op subtasks (lattice10k's shape, ten times deeper), submit to done.
+
+    The workers run before the submit, as in an application; ``run_s`` is submit to done.
+    """
+    template, build_s = _lattice("benchmark big100k", BIG_LAYERS)
+    if pool == "shared":
+        _start_and_settle(engine)
+    with CALLS.measuring():
+        t0 = time.perf_counter()
+        task = engine.submit(template)
+        submit_s = time.perf_counter() - t0
+        done = _finish(engine, task.id, pool, guard=BIG_WAIT_TIMEOUT)
+        run_s = time.perf_counter() - t0
+    _check(done)
+    count = len(done.subtasks)
+    figures = {
+        "submit_s": submit_s,
+        "run_s": run_s,
+        "peak_rss_mb": _rss_mb(),
+        "subtasks_per_s": count / run_s,
+        "template_build_s": build_s,
+    }
+    params = {
+        "subtasks": count,
+        "edges": len(template.edges()),
+        "layers": BIG_LAYERS,
+        "width": WIDTH,
+        "upstreams_per_subtask": 2,
+        "seed": LATTICE_SEED,
+        "concurrency": WIDTH,
+        "handler": NOOP,
+        "workers_started": _started(pool),
+        "submit": "engine.submit() of the built template (build timed apart as template_build_s)",
+        "run": "perf_counter from before submit() to wait() returning (submit included)",
+    }
+    return figures, params
+
+
 SLEEP_JOBS = 100
 SLEEP_WORKERS = 16
 
@@ -454,11 +530,13 @@ def sleep100(engine: Engine, pool: str) -> tuple[Figures, Params]:
     template = builder.build()
     if pool == "shared":
         _start_and_settle(engine)
-    t0 = time.perf_counter()
-    task = engine.submit(template)
-    done = _finish(engine, task.id, pool)
-    wall = time.perf_counter() - t0
+    with CALLS.measuring():
+        t0 = time.perf_counter()
+        task = engine.submit(template)
+        done = _finish(engine, task.id, pool)
+        wall = time.perf_counter() - t0
     _check(done)
+    assert done.finish_time is not None
     ideal = SLEEP_JOBS * SLEEP_SECONDS / SLEEP_WORKERS
     waves = math.ceil(SLEEP_JOBS / SLEEP_WORKERS)
     figures = {
@@ -466,6 +544,7 @@ def sleep100(engine: Engine, pool: str) -> tuple[Figures, Params]:
         "wall_s": wall,
         "best_possible_wall_s": waves * SLEEP_SECONDS,
         "best_possible_efficiency": ideal / (waves * SLEEP_SECONDS),
+        "recorded_wall_s": (done.finish_time - done.create_time).total_seconds(),
     }
     params = {
         "subtasks": SLEEP_JOBS,
@@ -473,7 +552,8 @@ def sleep100(engine: Engine, pool: str) -> tuple[Figures, Params]:
         "concurrency": SLEEP_JOBS,
         "handler": SLEEP,
         "workers_started": _started(pool),
-        "efficiency": "(100 x 0.05 s / 16) / wall, wall = submit() to wait() returning",
+        "efficiency": "(100 x 0.05 s / 16) / wall, wall = submit() to wait() returning; "
+        "recorded_wall_s = the task's stored finish_time - create_time",
     }
     return figures, params
 
@@ -494,16 +574,28 @@ WORKLOADS = {
             ),
         ),
         Workload("sleep100", sleep100, (Target("efficiency", ">=", 0.9),), workers=SLEEP_WORKERS),
+        Workload(
+            "big100k",
+            big100k,
+            (
+                Target("submit_s", "<=", 3),
+                Target("run_s", "<=", 15),
+                Target("peak_rss_mb", "<=", 400),
+            ),
+            default=False,
+        ),
     )
 }
+DEFAULT_WORKLOADS = [w.name for w in WORKLOADS.values() if w.default]
 
 
 # ---- child: one workload in this process ---------------------------------------------------------
 
 
 @contextmanager
-def _worker_processes(engine: Engine, url: str, count: int, concurrency: int) -> Iterator[None]:
-    """``count`` `dagtask worker` processes on ``url``, registered before this yields."""
+def _worker_processes(engine: Engine, url: str, slots: Sequence[int]) -> Iterator[None]:
+    """One `dagtask worker` process on ``url`` per item of ``slots`` (its concurrency), all
+    registered before this yields."""
     env = dict(os.environ, DAGTASK_DB_URL=url)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     procs = [
@@ -516,8 +608,9 @@ def _worker_processes(engine: Engine, url: str, count: int, concurrency: int) ->
             env=env,
             stderr=subprocess.DEVNULL,
         )
-        for i in range(count)
+        for i, concurrency in enumerate(slots)
     ]
+    count = len(procs)
     try:
         deadline = time.monotonic() + 60
         while sum(w.status == "ACTIVE" for w in engine.store.workers()) < count:
@@ -536,20 +629,32 @@ def _worker_processes(engine: Engine, url: str, count: int, concurrency: int) ->
                 proc.kill()
 
 
+def _split(total: int, parts: int) -> list[int]:
+    """``total`` slots over ``parts`` processes, as evenly as possible (16 over 3: 6, 5, 5)."""
+    return [total // parts + (i < total % parts) for i in range(parts)]
+
+
 def _child(name: str, url: str, workers: int, pool: str, processes: int) -> dict[str, Any]:
     """Run one workload and return its result (figures, parameters, database)."""
     from dagtask import Engine
 
     workload = WORKLOADS[name]
+    # --workers is per process; a workload's fixed count (sleep100's 16) is the total.
+    slots = _split(workers, processes) if workload.workers else [workers] * processes
+    if min(slots) < 1:
+        raise ValueError(
+            f"{name} has {workers} worker slots in all: use at most that many processes"
+        )
     rss_start = _rss_mb()
     engine = Engine(url, workers=0 if pool == "processes" else workers)
+    CALLS.attach(engine.database)
     try:
         dialect = engine.database.dialect
         version = engine.database.engine.dialect.server_version_info or ()
         db = {"dialect": dialect, "server_version": ".".join(str(v) for v in version)}
         cpu = time.process_time()
         if pool == "processes":
-            with _worker_processes(engine, url, processes, workers):
+            with _worker_processes(engine, url, slots):
                 figures, params = workload.run(engine, pool)
         else:
             figures, params = workload.run(engine, pool)
@@ -557,9 +662,18 @@ def _child(name: str, url: str, workers: int, pool: str, processes: int) -> dict
     finally:
         engine.close()
     figures.setdefault("peak_rss_mb", _rss_mb())
-    params.update(workers=workers, pool=pool, rss_at_start_mb=round(rss_start, 1))
+    subtasks = params["subtasks"]
+    figures["statements_per_subtask"] = CALLS.total("statements") / subtasks
+    figures["transactions_per_subtask"] = CALLS.total("transactions") / subtasks
+    calls = CALLS.summary()
+    calls["counted"] = (
+        "this process only (submit and wait): the worker processes' statements are not counted"
+        if pool == "processes"
+        else "this process (submit, wait and the worker threads) during the measured run"
+    )
+    params.update(workers=workers, pool=pool, rss_at_start_mb=round(rss_start, 1), db_calls=calls)
     if pool == "processes":
-        params.update(worker_processes=processes, concurrency_per_process=workers)
+        params.update(worker_processes=processes, concurrency_per_process=slots)
     return {"figures": figures, "params": params, "db": db}
 
 
@@ -681,17 +795,29 @@ def _combine(workload: Workload, runs: list[dict[str, Any]], workers: int) -> di
 
 
 def _table(lines: list[dict[str, Any]]) -> str:
-    rows = [("workload", "figure", "measured", "target", "")]
+    """Each target's figure and verdict; statements and transactions per subtask on the
+    workload's first row (``*``: the submitting process only, with ``--pool processes``)."""
+    rows = [("workload", "figure", "measured", "target", "", "stmts/subtask", "txns/subtask")]
     for line in lines:
         workload = WORKLOADS[line["workload"]]
+        calls = ("-", "-")
+        if "error" not in line:
+            mark = "*" if line["params"].get("pool") == "processes" else ""
+            figures = line["figures"]
+            calls = (
+                f"{figures['statements_per_subtask']:.3g}{mark}",
+                f"{figures['transactions_per_subtask']:.3g}{mark}",
+            )
         for target in workload.targets:
             if "error" in line:
-                rows.append((workload.name, target.figure, "error", str(target), "-"))
-                continue
-            value = line["figures"][target.figure]
-            verdict = "PASS" if target.met(value) else "MISS"
-            rows.append((workload.name, target.figure, f"{value:.4g}", str(target), verdict))
-    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+                rows.append((workload.name, target.figure, "error", str(target), "-", *calls))
+            else:
+                value = line["figures"][target.figure]
+                verdict = "PASS" if target.met(value) else "MISS"
+                row = (workload.name, target.figure, f"{value:.4g}", str(target), verdict)
+                rows.append((*row, *calls))
+            calls = ("", "")
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     text = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
     return "\n".join(t.rstrip() for t in text)
 
@@ -716,12 +842,17 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         "--workload",
         nargs="+",
         choices=list(WORKLOADS),
-        default=list(WORKLOADS),
+        default=DEFAULT_WORKLOADS,
         metavar="NAME",
-        help=f"workloads to run (default: all of {', '.join(WORKLOADS)})",
+        help=f"workloads to run (default: {' '.join(DEFAULT_WORKLOADS)}; also: "
+        f"{' '.join(w for w in WORKLOADS if w not in DEFAULT_WORKLOADS)}, which takes minutes)",
     )
     parser.add_argument(
-        "--workers", type=int, default=2, help="worker threads (default 2; sleep100 always 16)"
+        "--workers",
+        type=int,
+        default=2,
+        help="worker threads (default 2; per process with --pool processes); sleep100 always "
+        "uses 16 in all, split over the processes with --pool processes",
     )
     parser.add_argument(
         "--repeat", type=int, default=1, help="runs per workload; figures are their median"
