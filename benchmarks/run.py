@@ -850,8 +850,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--workers",
         type=int,
-        default=2,
-        help="worker threads (default 2; per process with --pool processes); sleep100 always "
+        default=8,
+        help="worker threads (default 8; per process with --pool processes); sleep100 always "
         "uses 16 in all, split over the processes with --pool processes",
     )
     parser.add_argument(

@@ -52,7 +52,7 @@ class Engine:
         self,
         db: str | None = None,
         *,
-        workers: int = 4,
+        workers: int = 8,
         name: str | None = None,
         templates: Iterable[TaskTemplate] = (),
         poll_interval: float = 0.25,

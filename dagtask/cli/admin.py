@@ -232,9 +232,9 @@ def add_commands(commands: Commands) -> None:
     worker.add_argument(
         "--concurrency",
         type=positive(int, MAX_THREADS),
-        default=4,
+        default=8,
         metavar="N",
-        help="subtasks run at a time (default 4)",
+        help="subtasks run at a time (default 8)",
     )
     worker.add_argument(
         "--name",

@@ -202,9 +202,9 @@ def add_commands(commands: Commands) -> None:
     serve.add_argument(
         "--workers-in-process",
         type=_count,
-        default=4,
+        default=8,
         metavar="N",
-        help="worker threads running tasks in this process (default 4; 0: none, run "
+        help="worker threads running tasks in this process (default 8; 0: none, run "
         "`dagtask worker` processes instead)",
     )
     serve.add_argument(

@@ -269,9 +269,9 @@ def wait_options(parser: Parser, wait: str) -> None:
     parser.add_argument(
         "--workers",
         type=positive(int, MAX_THREADS),
-        default=4,
+        default=8,
         metavar="N",
-        help="with --wait: worker threads (default 4)",
+        help="with --wait: worker threads (default 8)",
     )
 
 
