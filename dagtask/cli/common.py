@@ -11,6 +11,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import TypeVar
 
@@ -19,7 +20,6 @@ from dagtask.errors import (
     ArgumentError,
     TemplateError,
 )
-from dagtask.states import TaskStatus
 from dagtask.store.db import (
     DEFAULT_URL,
     ENV_VAR,
@@ -93,19 +93,29 @@ def parse_lists(items: Sequence[str]) -> dict[str, list[str]]:
     }
 
 
-def parse_statuses(text: str | None) -> list[TaskStatus]:
-    if not text:
-        return []
+_E = TypeVar("_E", bound=StrEnum)
+
+
+def parse_enums(text: str | None, kind: type[_E], option: str, noun: str) -> list[_E]:
+    """``--status RUNNING,failed``: the members of ``kind`` a comma list names (any case),
+    else one ArgumentError naming the allowed values."""
     result = []
-    for part in text.split(","):
+    for part in (text or "").split(","):
+        if not part.strip():
+            continue
         try:
-            result.append(TaskStatus(part.strip().upper()))
+            result.append(kind(part.strip().upper()))
         except ValueError:
-            allowed = ", ".join(s.value for s in TaskStatus)
+            allowed = ", ".join(m.value for m in kind)
             raise ArgumentError(
-                f"--status {part.strip()!r} is not a task status; use one or more of {allowed}"
+                f"{option} {part.strip()!r} is not a {noun}; use one or more of {allowed}"
             ) from None
     return result
+
+
+def no_color_of(args: argparse.Namespace) -> bool:
+    """``--no-color`` (the NO_COLOR variable is read where the console is made)."""
+    return bool(getattr(args, "no_color", False))
 
 
 def positive(kind: type[_N], maximum: _N | None = None) -> Callable[[str], _N]:

@@ -23,6 +23,7 @@ from dagtask.cli.common import (
     is_template_file,
     json_flag,
     load_file,
+    no_color_of,
     open_engine,
     operator_of,
     positive,
@@ -33,7 +34,6 @@ from dagtask.cli.tasks import RUN_HINT
 from dagtask.errors import ArgumentError, TemplateError
 from dagtask.history import timeline
 from dagtask.history import typed as ev
-from dagtask.states import TaskStatus
 from dagtask.template import TaskTemplate
 
 if TYPE_CHECKING:
@@ -260,12 +260,13 @@ def cmd_rerun(args: argparse.Namespace) -> int:
             else:
                 print(f"  {RUN_HINT.format(id=task.id)}")
             return 0
-        no_color = bool(getattr(args, "no_color", False))
-        waited = out.run_to_end(
-            engine, task.id, args.timeout, progress=not args.json, no_color=no_color
+        return out.wait_here(
+            engine,
+            task.id,
+            args.timeout,
+            as_json=views.task_json if args.json else None,
+            no_color=no_color_of(args),
         )
-        out.print_end(waited, views.task_json if args.json else None, no_color=no_color)
-        return 1 if waited.task.status is TaskStatus.FAILED else 0
 
 
 # ---- timeline ------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from dagtask.models import (
     TaskPage,
 )
 from dagtask.secrets import mask_values, secret_values
-from dagtask.states import SubtaskStatus
+from dagtask.states import SubtaskStatus, TaskStatus
 from dagtask.template import TaskTemplate
 
 _CODED = re.compile(r"error \d+: ")
@@ -429,6 +429,24 @@ def run_to_end(
     )
     final = watch.run()
     return Waited(final, mode, watch.elapsed)
+
+
+def wait_here(
+    engine: Engine,
+    task_id: int,
+    timeout: float | None,
+    *,
+    as_json: Callable[[TaskInfo], dict[str, Any]] | None,
+    after: int = 0,
+    no_color: bool = False,
+) -> int:
+    """``--wait``: run the task here to its end (:func:`run_to_end`, shown unless ``as_json``),
+    print how it ended (:func:`print_end`), and return the exit code: 1 if it ended FAILED."""
+    waited = run_to_end(
+        engine, task_id, timeout, progress=as_json is None, after=after, no_color=no_color
+    )
+    print_end(waited, as_json, no_color=no_color)
+    return 1 if waited.task.status is TaskStatus.FAILED else 0
 
 
 def print_end(

@@ -27,11 +27,12 @@ from dagtask.cli.common import (
     is_template_file,
     json_flag,
     load_file,
+    no_color_of,
     open_engine,
     operator_of,
+    parse_enums,
     parse_lists,
     parse_pairs,
-    parse_statuses,
     positive,
     task_id_arg,
     wait_options,
@@ -131,11 +132,6 @@ def _demo_ideas(task: TaskInfo) -> list[live.Next]:
     return ideas
 
 
-def no_color_of(args: argparse.Namespace) -> bool:
-    """``--no-color`` (the NO_COLOR variable is read where the console is made)."""
-    return bool(getattr(args, "no_color", False))
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     """Submit a task from a template (name or file); with --wait, run it here to its end."""
     strings = parse_pairs(args.set, "--set")
@@ -151,12 +147,13 @@ def cmd_run(args: argparse.Namespace) -> int:
             return 0
         if not args.json:
             print(f"task {task.id} submitted: {task.name}; running it in this process")
-        no_color = no_color_of(args)
-        waited = out.run_to_end(
-            engine, task.id, args.timeout, progress=not args.json, no_color=no_color
+        return out.wait_here(
+            engine,
+            task.id,
+            args.timeout,
+            as_json=views.task_json if args.json else None,
+            no_color=no_color_of(args),
         )
-        out.print_end(waited, views.task_json if args.json else None, no_color=no_color)
-        return 1 if waited.task.status is TaskStatus.FAILED else 0
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -169,8 +166,8 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     """List tasks, newest first, one page at a time."""
-    statuses = parse_statuses(args.status)
-    types = _task_types(args.type)
+    statuses = parse_enums(args.status, TaskStatus, "--status", "task status")
+    types = parse_enums(args.type, TaskType, "--type", "task type")
     with open_engine(args, read_only=True) as engine:
         page = engine.list(
             page=args.page,
@@ -188,22 +185,6 @@ def cmd_list(args: argparse.Namespace) -> int:
     else:
         out.print_page(page)
     return 0
-
-
-def _task_types(text: str | None) -> list[TaskType]:
-    """``--type MANUAL,SCHEDULED`` as task types (ArgumentError naming the allowed ones)."""
-    result = []
-    for part in (text or "").split(","):
-        if not part.strip():
-            continue
-        try:
-            result.append(TaskType(part.strip().upper()))
-        except ValueError:
-            allowed = ", ".join(t.value for t in TaskType)
-            raise ArgumentError(
-                f"--type {part.strip()!r} is not a task type; use one or more of {allowed}"
-            ) from None
-    return result
 
 
 def _subtask_arg(text: str) -> int | str:
@@ -281,12 +262,14 @@ def _act(
             else:
                 print("  " + hint.format(id=task.id))
             return 0
-        no_color = no_color_of(args)
-        waited = out.run_to_end(
-            engine, args.id, args.timeout, progress=progress, after=after, no_color=no_color
+        return out.wait_here(
+            engine,
+            args.id,
+            args.timeout,
+            as_json=as_json if args.json else None,
+            after=after,
+            no_color=no_color_of(args),
         )
-        out.print_end(waited, as_json if args.json else None, no_color=no_color)
-        return 1 if waited.task.status is TaskStatus.FAILED else 0
 
 
 def cmd_retry(args: argparse.Namespace) -> int:

@@ -362,8 +362,3 @@ class AttemptStore:
                 count, task_status = settled.pop(task_id)
                 outcomes[index] = replace(outcomes[index], promoted=count, task_status=task_status)
         return Batch(outcomes, claims)
-
-    def append_log(self, subtask_id: int, run_time: int, text: str) -> None:
-        """Append to an attempt's log (used to flush a long-running handler's log)."""
-        with self.db.begin() as conn:
-            changes.insert_log(conn, subtask_id, run_time, text, utcnow())

@@ -33,6 +33,7 @@ from dagtask.states import SubtaskStatus, TaskStatus
 from dagtask.store.db import Database
 from dagtask.store.schema import subtask, subtask_edge, subtask_log, task, task_event
 from dagtask.store.schema import task_template as template_table
+from dagtask.store.submit import stored_template_id
 
 S = SubtaskStatus
 
@@ -226,28 +227,14 @@ def insert_tasks(db: Database, imports: Sequence[Import], now: datetime) -> list
 
 
 def _template_id(conn: sa.Connection, template: TemplateRecord, now: datetime) -> int:
-    found = conn.execute(
-        sa.select(template_table.c.id).where(template_table.c.digest == template.digest)
-    ).scalar()
-    if found is not None:
-        return int(found)
-    latest = conn.execute(
-        sa.select(sa.func.max(template_table.c.version)).where(
-            template_table.c.name == template.name
-        )
-    ).scalar()
-    version = template.version if latest is None or template.version > latest else latest + 1
-    result = conn.execute(
-        template_table.insert().values(
-            name=template.name,
-            version=version,
-            digest=template.digest,
-            definition=template.definition,
-            create_time=now,
-        )
+    return stored_template_id(
+        conn,
+        name=template.name,
+        digest=template.digest,
+        definition=template.definition,
+        now=now,
+        version=template.version,
     )
-    assert result.inserted_primary_key is not None
-    return int(result.inserted_primary_key[0])
 
 
 def _insert_one(

@@ -41,10 +41,13 @@ class StoreReads:
 
     db: Database
 
-    def any_ready(self) -> bool:
-        """Whether any subtask is READY (a cheap check before trying to claim)."""
+    def any_ready(self, task_id: int | None = None) -> bool:
+        """Whether any subtask (of ``task_id``, if given) is READY: the cheap read an idle worker
+        makes instead of a claim, so that idling writes nothing."""
         with self.db.read() as conn:
-            return conn.execute(q.any_ready).first() is not None
+            if task_id is None:
+                return conn.execute(q.any_ready).first() is not None
+            return conn.execute(q.any_ready_of_task, {"task_id": task_id}).first() is not None
 
     def task_status(self, task_id: int) -> TaskStatus:
         """The task's status (raises TaskNotFoundError)."""

@@ -58,26 +58,9 @@ class SubmitStore:
         known = self._template_ids.get(digest)
         if known is not None:
             return known
-        by_digest = sa.select(template_table.c.id).where(template_table.c.digest == digest)
-        found = conn.execute(by_digest).scalar()
-        if found is not None:
-            return int(found)
-        latest = conn.execute(
-            sa.select(sa.func.max(template_table.c.version)).where(
-                template_table.c.name == template.name
-            )
-        ).scalar()
-        result = conn.execute(
-            template_table.insert().values(
-                name=template.name,
-                version=(latest or 0) + 1,
-                digest=digest,
-                definition=template.definition(),
-                create_time=utcnow(),
-            )
+        return stored_template_id(
+            conn, name=template.name, digest=digest, definition=template.definition(), now=utcnow()
         )
-        assert result.inserted_primary_key is not None
-        return int(result.inserted_primary_key[0])
 
     @staticmethod
     def _allocate(conn: sa.Connection, sequence: str, count: int) -> int:
@@ -267,3 +250,34 @@ class SubmitStore:
         if promoted:
             changes.notify_ready(conn)
         return task_id
+
+
+def stored_template_id(
+    conn: sa.Connection,
+    *,
+    name: str,
+    digest: str,
+    definition: Mapping[str, Any],
+    now: datetime,
+    version: int | None = None,
+) -> int:
+    """The id of the stored definition with ``digest``, inserted (caller's transaction) if it is
+    new, as ``name``'s next version, or as ``version`` when that is newer than any stored (an
+    imported task keeps the version it was recorded with)."""
+    found = conn.execute(
+        sa.select(template_table.c.id).where(template_table.c.digest == digest)
+    ).scalar()
+    if found is not None:
+        return int(found)
+    latest = conn.execute(
+        sa.select(sa.func.max(template_table.c.version)).where(template_table.c.name == name)
+    ).scalar()
+    if version is None or (latest is not None and version <= latest):
+        version = (latest or 0) + 1
+    result = conn.execute(
+        template_table.insert().values(
+            name=name, version=version, digest=digest, definition=dict(definition), create_time=now
+        )
+    )
+    assert result.inserted_primary_key is not None
+    return int(result.inserted_primary_key[0])

@@ -129,14 +129,6 @@ class WorkerStore:
                 continue  # another process inserted the same name first: look again
         raise ArgumentError(f"could not register worker {name!r}; is another one starting?")
 
-    def ready_exists(self, task_id: int | None = None) -> bool:
-        """Whether a subtask (of ``task_id``, if given) is READY: the read an idle worker makes
-        instead of a claim, so that idling writes nothing."""
-        with self.db.read() as conn:
-            if task_id is None:
-                return conn.execute(q.any_ready).first() is not None
-            return conn.execute(q.any_ready_of_task, {"task_id": task_id}).first() is not None
-
     def append_logs(self, parts: Sequence[tuple[int, int, str]]) -> None:
         """Append ``(subtask id, runTime, text)`` to running attempts' logs, in one
         transaction (a worker's periodic flush)."""

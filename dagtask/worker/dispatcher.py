@@ -161,7 +161,7 @@ class Dispatcher:
         pool = self.pool
         if polled:
             self._next_poll = time.monotonic() + self._poll
-            if not woken and not self.store.ready_exists(pool.task_id):
+            if not woken and not self.store.any_ready(pool.task_id):
                 # Idle: nothing to claim, so no write transaction; poll less often.
                 self._poll = min(self._poll * 2, max(pool.poll_interval, self.MAX_IDLE_POLL))
                 return

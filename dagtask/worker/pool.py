@@ -340,13 +340,10 @@ class WorkerPool:
 
     # ---- attempts ------------------------------------------------------------------------------
 
-    def _fence_check(self) -> str | None:
-        return self.fence_reason()
-
     def start_attempts(self, claims: list[Claim]) -> None:
         """Hand newly claimed subtasks to runners (the dispatcher, after a claim)."""
         for claim in claims:
-            attempt = Attempt(claim, token=handlers.CancellationToken(self._fence_check))
+            attempt = Attempt(claim, token=handlers.CancellationToken(self.fence_reason))
             _attempts_log.info(
                 "start subtask %d %r of task %d: %s, attempt %d",
                 claim.subtask_id,
