@@ -114,6 +114,8 @@ class DbCalls:
         """Hook every distinct SQLAlchemy engine of ``database`` (a dagtask ``Database``)."""
         import sqlalchemy as sa
 
+        from dagtask.store.prepared import observe_statements
+
         found: dict[int, tuple[sa.Engine, list[str]]] = {}
         roles = ["engine", "hot_engine", "read_engine"]
         roles += [
@@ -126,7 +128,8 @@ class DbCalls:
         for engine, names in found.values():
             label = "+".join(names)
             self.engines.append(label)
-            sa.event.listen(engine, "before_cursor_execute", self._on_statement(label))
+            # Counted without taking the hot path off the driver (dagtask.store.prepared).
+            observe_statements(engine, self._on_statement(label))
             for kind, event in (
                 ("transactions", "begin"),
                 ("commits", "commit"),

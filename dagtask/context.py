@@ -128,6 +128,14 @@ class TaskContext(BaseModel):
         """Parse OCP's JSON object (or ``None`` for an empty context)."""
         return cls.model_validate(dict(data or {}))
 
+    @classmethod
+    def from_stored(cls, data: str | bytes | Mapping[str, Any] | None) -> TaskContext:
+        """Parse a stored context as a driver returns it: JSON text (parsed straight into the
+        model) or, from drivers that decode JSON themselves, a mapping."""
+        if isinstance(data, str | bytes):
+            return cls() if data in ("null", b"null") else cls.model_validate_json(data)
+        return cls.from_json(data)
+
     def with_strings(self, updates: Mapping[str, str]) -> TaskContext:
         """A copy with ``updates`` written into the stringMap."""
         return self.model_copy(update={"string_map": {**self.string_map, **updates}})

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 
 from dagtask.clock import aware, utcnow
 
@@ -20,9 +20,26 @@ HANDLER_LOGGER = "dagtask.handler"
 logging.getLogger(HANDLER_LOGGER).setLevel(logging.DEBUG)
 
 
+_zone: tuple[int, tzinfo | None] = (-1, None)
+"""(minute since the epoch, the local zone's fixed offset then): finding the local offset costs
+a ``localtime()`` call, and it can change only on a minute boundary (DST, a new TZ)."""
+
+
+def _local(value: datetime) -> datetime:
+    """A stored (naive UTC) or aware datetime in local time."""
+    global _zone
+    moment = aware(value)
+    minute = int(moment.timestamp()) // 60
+    found_minute, zone = _zone
+    if minute != found_minute or zone is None:
+        zone = moment.astimezone().tzinfo
+        _zone = (minute, zone)
+    return moment.astimezone(zone)
+
+
 def iso_ms(value: datetime) -> str:
     """ISO-8601 in local time with milliseconds and offset, e.g. 2021-09-03T14:27:59.687+08:00."""
-    return aware(value).astimezone().isoformat(timespec="milliseconds")
+    return _local(value).isoformat(timespec="milliseconds")
 
 
 def separator(operation: str, when: datetime) -> str:
@@ -39,7 +56,11 @@ def line(
     when: datetime | None = None,
 ) -> str:
     """One log line in OCP's layout."""
-    stamp = aware(when or utcnow()).astimezone().strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+    t = _local(when or utcnow())
+    stamp = (
+        f"{t.year:04d}-{t.month:02d}-{t.day:02d} "
+        f"{t.hour:02d}:{t.minute:02d}:{t.second:02d}.{t.microsecond // 1000:03d}"
+    )
     thread = thread or threading.current_thread().name
     return f"{stamp} {level:>5} {os.getpid()} --- [{thread}] {logger} : {message}\n"
 

@@ -28,6 +28,7 @@ from dagtask.states import Operation, SubtaskStatus, TaskStatus
 from dagtask.store import changes
 from dagtask.store import statements as q
 from dagtask.store.db import Database, retrying
+from dagtask.store.prepared import execute as run
 
 S = SubtaskStatus
 _BACKWARD = {Operation.ROLLBACK.value, Operation.ROLLBACK_SKIP.value}
@@ -110,10 +111,10 @@ class AttemptStore:
 
         def attempt() -> list[Claim]:
             events: list[dict[str, Any]] = []
-            with self.db.begin(hot=True) as conn:
+            with self.db.hot() as conn:
                 claims = self._claim_in(conn, executor, limit, task_id, utcnow(), events)
                 if events:
-                    conn.execute(q.insert_event, events)
+                    run(conn, q.insert_event, events)
             return claims
 
         return retrying(attempt)
@@ -134,23 +135,25 @@ class AttemptStore:
             params["only_task"] = task_id
         if self.db.is_sqlite:  # one writer at a time: one statement is atomic and enough
             stmt = q.claim_returning if task_id is None else q.claim_returning_of_task
-            rows = conn.execute(stmt, params).all()
+            rows = run(conn, stmt, params).all()
         elif self._returning:
             pick = q.claim_candidates if task_id is None else q.claim_candidates_of_task
-            candidates = conn.execute(pick, params).scalars().all()
+            candidates = run(conn, pick, params).scalars().all()
             rows = (
-                conn.execute(
-                    q.claim_ids_returning, {"ids": candidates, "executor": executor, "now": now}
+                run(
+                    conn,
+                    q.claim_ids_returning,
+                    {"ids": candidates, "executor": executor, "now": now},
                 ).all()
                 if candidates
                 else []
             )
         else:  # MySQL/MariaDB: the candidates are row-locked, so one plain UPDATE wins them all
             pick = q.claim_candidates if task_id is None else q.claim_candidates_of_task
-            candidates = conn.execute(pick, params).scalars().all()
+            candidates = run(conn, pick, params).scalars().all()
             if candidates:
-                conn.execute(q.claim_ids, {"ids": candidates, "executor": executor, "now": now})
-            rows = conn.execute(q.claimed_rows, {"ids": candidates}).all() if candidates else []
+                run(conn, q.claim_ids, {"ids": candidates, "executor": executor, "now": now})
+            rows = run(conn, q.claimed_rows, {"ids": candidates}).all() if candidates else []
         changes.claimed(rows, now, executor, events)
         return self._claims(conn, rows, now)
 
@@ -167,7 +170,7 @@ class AttemptStore:
                 run_time=row.run_time,
                 timeout=row.timeout,
                 retry_count=row.retry_count,
-                parallel=row.parallel,
+                parallel=bool(row.parallel),
                 parallel_idx=row.parallel_idx,
                 start_time=now,
                 **contexts[row.id],
@@ -183,32 +186,30 @@ class AttemptStore:
         found: dict[int, dict[str, Any]] = {}
         forward = []
         for row in rows:
-            if row.operation in _BACKWARD and row.output_context:
+            if row.operation in _BACKWARD and row.output_context not in (None, "null", b"null"):
+                # (a JSON column read as text: no output is NULL or, stored as JSON, 'null')
                 # A rollback undoes what this subtask's execute recorded in its own output.
-                found[row.id] = {"context": TaskContext.from_json(row.output_context)}
+                found[row.id] = {"context": TaskContext.from_stored(row.output_context)}
             else:
                 forward.append(row)
         upstreams: dict[int, list[int]] = {}
         parsed: dict[int, TaskContext] = {}
         if forward:
             links = (
-                conn.execute(q.upstream_outputs_of_one, {"sid": forward[0].id})
+                run(conn, q.upstream_outputs_of_one, {"sid": forward[0].id})
                 if len(forward) == 1
-                else conn.execute(q.upstream_outputs_of, {"ids": [r.id for r in forward]})
+                else run(conn, q.upstream_outputs_of, {"ids": [r.id for r in forward]})
             )
             for link in links:
                 upstreams.setdefault(link.downstream_id, []).append(link.id)
                 if link.id not in parsed:
-                    parsed[link.id] = TaskContext.from_json(link.output_context)
+                    parsed[link.id] = TaskContext.from_stored(link.output_context)
         roots = sorted({row.task_id for row in forward if row.id not in upstreams})
-        task_contexts = (
-            {
-                t.id: TaskContext.from_json(t.context)
-                for t in conn.execute(q.task_contexts, {"ids": roots})
-            }
-            if roots
-            else {}
-        )
+        if len(roots) == 1:
+            found_tasks = run(conn, q.task_context_of_one, {"task_id": roots[0]})
+        else:
+            found_tasks = run(conn, q.task_contexts, {"ids": roots}) if roots else []
+        task_contexts = {t.id: TaskContext.from_stored(t.context) for t in found_tasks}
         for row in forward:
             ups = upstreams.get(row.id)
             if ups is None:
@@ -219,7 +220,7 @@ class AttemptStore:
             except ContextError as exc:
                 found[row.id] = {"context": TaskContext(), "context_error": str(exc)}
         for row in rows:
-            copy = {"parallel": row.parallel, "parallel_idx": row.parallel_idx}
+            copy = {"parallel": bool(row.parallel), "parallel_idx": row.parallel_idx}
             found[row.id]["context"] = found[row.id]["context"].model_copy(update=copy)
         return found
 
@@ -313,12 +314,12 @@ class AttemptStore:
         now = utcnow()
         events: list[dict[str, Any]] = []
         claims: list[Claim] = []
-        with self.db.begin(hot=True) as conn:
+        with self.db.hot() as conn:
             task_ids = sorted({r.claim.task_id for r in reports})
             locked = (
-                conn.execute(q.lock_one_task, {"task_id": task_ids[0]})
+                run(conn, q.lock_one_task, {"task_id": task_ids[0]})
                 if len(task_ids) == 1
-                else conn.execute(q.lock_tasks, {"ids": task_ids})
+                else run(conn, q.lock_tasks, {"ids": task_ids})
             )
             tasks = {row.id: row for row in locked.all()}
             ended = changes.finish_attempts(conn, reports, now, executor, events)
@@ -328,7 +329,7 @@ class AttemptStore:
             ]
             logs_rows, crossing = ended.log_rows, ended.crossing
             if logs_rows:
-                conn.execute(q.insert_log, logs_rows)
+                run(conn, q.insert_log, logs_rows)
             changes.successful_crossing(conn, crossing, S.RUNNING, S.SUCCESSFUL)
             promoted = 0
             take = (
@@ -354,7 +355,7 @@ class AttemptStore:
             if promoted > len(claims):
                 changes.notify_ready(conn)
             if events:
-                conn.execute(q.insert_event, events)
+                run(conn, q.insert_event, events)
         # Each task's promotions and new status go with its last applied report.
         for index in range(len(reports) - 1, -1, -1):
             task_id = reports[index].claim.task_id

@@ -22,6 +22,7 @@ from dagtask.planner import AttemptResult
 from dagtask.states import Operation, SubtaskStatus, TaskStatus
 from dagtask.store import host_locks
 from dagtask.store import statements as q
+from dagtask.store.prepared import execute as run
 
 if TYPE_CHECKING:
     from dagtask.store.attempts import Report
@@ -85,7 +86,7 @@ def change_subtasks(
             }
             for sid in subtask_ids
         ]
-        result = conn.execute(q.set_subtask, params)
+        result = run(conn, q.set_subtask, params)
         if result.rowcount != len(subtask_ids):
             raise ConcurrentChangeError(
                 f"subtasks {list(subtask_ids)} of task {task_id} changed while this action ran "
@@ -121,9 +122,9 @@ def successful_crossing(
     if len(subtask_ids) > 1 and (
         conn.dialect.name != "sqlite" or sqlite3.sqlite_version_info >= (3, 33)
     ):
-        conn.execute(q.adjust_downstreams_of, {"ids": list(subtask_ids), "sign": delta})
+        run(conn, q.adjust_downstreams_of, {"ids": list(subtask_ids), "sign": delta})
         return
-    conn.execute(q.adjust_downstreams, [{"sid": sid, "delta": delta} for sid in subtask_ids])
+    run(conn, q.adjust_downstreams, [{"sid": sid, "delta": delta} for sid in subtask_ids])
 
 
 def progress(
@@ -147,15 +148,15 @@ def progress(
     promoted = 0
     if may_promote and operation is not Operation.ROLLBACK:
         # The active count and the runnable subtasks in one round trip.
-        rows = conn.execute(
-            q.active_and_runnable, {"task_id": task_id, "limit": task_row.concurrency}
+        rows = run(
+            conn, q.active_and_runnable, {"task_id": task_id, "limit": task_row.concurrency}
         ).all()
         active = rows[0].n
         room = planner.promotable(task_row.concurrency, active)
         runnable = [row for row in rows if row.id is not None][:room]
         promoted = make_ready(conn, task_id, operation, S.PENDING, runnable, now, events, take)
     else:
-        active = conn.execute(q.count_active, {"task_id": task_id}).scalar_one()
+        active = run(conn, q.count_active, {"task_id": task_id}).scalar_one()
         room = planner.promotable(task_row.concurrency, active)
         if may_promote and room:
             promoted = promote(conn, task_id, operation, room, now, events, take)
@@ -180,7 +181,7 @@ def promote(
     succeeded; in a rollback, SUCCESSFUL ones whose downstreams are all PENDING."""
     rollback = operation is Operation.ROLLBACK
     stmt = q.rollback_runnable if rollback else q.runnable
-    rows = conn.execute(stmt, {"task_id": task_id, "limit": room}).all()
+    rows = run(conn, stmt, {"task_id": task_id, "limit": room}).all()
     old = S.SUCCESSFUL if rollback else S.PENDING
     return make_ready(conn, task_id, operation, old, rows, now, events, take)
 
@@ -267,10 +268,10 @@ def _take(
     else:
         stmt = q.promote_and_claim_returning if take.returning else q.promote_and_claim
     if take.returning:
-        rows = conn.execute(stmt, params).all()
+        rows = run(conn, stmt, params).all()
     else:
-        conn.execute(stmt, params)
-        rows = conn.execute(q.claimed_rows, {"ids": ids}).all()
+        run(conn, stmt, params)
+        rows = run(conn, q.claimed_rows, {"ids": ids}).all()
     if len(rows) != len(ids):
         raise ConcurrentChangeError(
             f"subtasks {ids} of task {task_id} changed concurrently (not all {old.value})"
@@ -318,7 +319,7 @@ def settle_task(
     """Nothing of the task is active: set its final status (docs/actions.md)."""
 
     def has(status: SubtaskStatus) -> bool:
-        found = conn.execute(q.has_status, {"task_id": task_id, "st": status.value}).first()
+        found = run(conn, q.has_status, {"task_id": task_id, "st": status.value}).first()
         return found is not None
 
     new = planner.task_status_when_idle(
@@ -347,8 +348,9 @@ def change_task(
     states.check_task_transition(old, new)
     finished = new is not TaskStatus.RUNNING
     if finished:
-        conn.execute(q.release_host_locks, {"task_id": task_id})
-    conn.execute(
+        run(conn, q.release_host_locks, {"task_id": task_id})
+    run(
+        conn,
         q.set_task,
         {"task_id": task_id, "status": new.value, "finish_time": now if finished else None},
     )
@@ -385,9 +387,10 @@ def restart_task(
     """
     states.check_task_transition(old, TaskStatus.RUNNING)
     if old is not TaskStatus.RUNNING:
-        hosts = conn.execute(q.hosts_of_task, {"task_id": task_id}).scalars().all()
+        hosts = run(conn, q.hosts_of_task, {"task_id": task_id}).scalars().all()
         host_locks.lock_hosts(conn, task_id, hosts, now)
-    conn.execute(
+    run(
+        conn,
         q.set_task_operation,
         {
             "task_id": task_id,
@@ -418,17 +421,18 @@ def notify_ready(conn: sa.Connection) -> None:
     """Wake idle workers in other processes: subtasks became READY (PostgreSQL NOTIFY, sent at
     commit; elsewhere idle workers poll)."""
     if conn.dialect.name == "postgresql":
-        conn.execute(q.notify_ready)
+        run(conn, q.notify_ready)
 
 
 def relock_task(conn: sa.Connection, task_id: int) -> Any:
     """The task's row, locked (again) in the caller's transaction."""
-    return conn.execute(q.lock_task, {"task_id": task_id}).one()
+    return run(conn, q.lock_task, {"task_id": task_id}).one()
 
 
 def insert_log(conn: sa.Connection, sid: int, run_time: int, text: str, now: datetime) -> None:
     """Append ``text`` to the log of attempt ``run_time`` of subtask ``sid``."""
-    conn.execute(
+    run(
+        conn,
         q.insert_log,
         {"subtask_id": sid, "run_time": run_time, "text": text, "create_time": now},
     )
@@ -496,7 +500,7 @@ def _apply(conn: sa.Connection, plans: Sequence[_Plan | None]) -> int:
         params = [p.params for p in plans if p is not None and p.keep_output is keep_output]
         if params:
             stmt = q.finish_subtask_keep_output if keep_output else q.finish_subtask
-            matched += conn.execute(stmt, params).rowcount
+            matched += run(conn, stmt, params).rowcount
     return matched
 
 
@@ -508,7 +512,7 @@ def _replan(
     one else wrote them), and for the others decide from the row as it is now (CANCELING: a
     cancel; anything else: stale)."""
     ids = [r.claim.subtask_id for r in reports]
-    rows = {row.id: row for row in conn.execute(q.lock_subtasks_done, {"ids": ids}).all()}
+    rows = {row.id: row for row in run(conn, q.lock_subtasks_done, {"ids": ids}).all()}
     again: list[_Plan | None] = []
     for report, plan in zip(reports, plans, strict=True):
         row = rows.get(report.claim.subtask_id)

@@ -39,13 +39,12 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 from dagtask.errors import (
     ConcurrentChangeError,
@@ -53,6 +52,7 @@ from dagtask.errors import (
     SchemaOutdatedError,
     StoreError,
 )
+from dagtask.store import prepared
 
 DEFAULT_URL = "sqlite:///dagtask.db"
 ENV_VAR = "DAGTASK_DB_URL"
@@ -152,7 +152,7 @@ def _sqlite_engine(url: sa.URL, *, immediate: bool, busy_ms: int) -> sa.Engine:
 
     @sa.event.listens_for(engine, "begin")
     def _on_begin(conn: sa.Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        prepared.execute_text(conn, "BEGIN IMMEDIATE" if immediate else "BEGIN")
 
     return engine
 
@@ -213,6 +213,8 @@ class Database:
         parsed = _parse_url(url)
         self.dialect = parsed.get_backend_name()
         self._write_lock: threading.Lock | None = None
+        self._held: dict[int, sa.Connection | None] = {}
+        self._held_lock = threading.Lock()
         if self.dialect == "sqlite":
             database = parsed.database or ""
             if database in ("", ":memory:"):
@@ -336,13 +338,68 @@ class Database:
             yield conn
 
     @contextmanager
+    def hot(self) -> Iterator[sa.Connection]:
+        """A worker's claim or finish: a write transaction as :meth:`begin` with ``hot``, on
+        the connection this thread keeps if it called :meth:`keep_hot_connection` (a pool's
+        dispatcher does), so the hot path never checks one out of the pool; on PostgreSQL its
+        statements are pipelined (:func:`prepared.pipelined`). Any error closes the kept
+        connection (a dropped one is never reused); the next transaction opens a new one.
+        """
+        ident = threading.get_ident()
+        if ident not in self._held:
+            with self.begin(hot=True) as conn:
+                yield conn
+            return
+        kept = self._held[ident]
+        if kept is None or kept.closed or kept.invalidated:
+            kept = self.hot_engine.connect()
+            with self._held_lock:
+                self._held[ident] = kept
+        conn = kept
+        try:
+            if self._write_lock is None:
+                with prepared.pipelined(conn), conn.begin():
+                    yield conn
+            else:
+                with self._write_lock, conn.begin():
+                    yield conn
+        except BaseException:
+            self._close_held(ident, keep=True)
+            raise
+
+    def keep_hot_connection(self) -> None:
+        """From now on this thread's :meth:`hot` transactions share one connection, until
+        :meth:`release_hot`."""
+        with self._held_lock:
+            self._held.setdefault(threading.get_ident(), None)
+
+    def release_hot(self) -> None:
+        """Close this thread's kept hot connection and stop keeping one."""
+        self._close_held(threading.get_ident(), keep=False)
+
+    def _close_held(self, ident: int, *, keep: bool) -> None:
+        with self._held_lock:
+            conn = self._held.pop(ident, None)
+            if keep:
+                self._held[ident] = None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    @contextmanager
     def read(self) -> Iterator[sa.Connection]:
         """A read-only transaction."""
         with self.read_engine.begin() as conn:
             yield conn
 
     def dispose(self) -> None:
-        """Close every pooled connection."""
+        """Close every pooled connection (and the hot ones threads keep)."""
+        with self._held_lock:
+            held = [conn for conn in self._held.values() if conn is not None]
+            self._held = dict.fromkeys(self._held)
+        for conn in held:
+            with contextlib.suppress(Exception):
+                conn.close()
         self.engine.dispose()
         if self.hot_engine is not self.engine:
             self.hot_engine.dispose()
@@ -350,8 +407,16 @@ class Database:
             self.read_engine.dispose()
 
 
+SCHEMA_HEAD = "0004"
+"""The newest schema revision this version of dagtask ships (``migrations/versions``; a test
+checks it against Alembic's own view). Opening a database compares with it without importing
+Alembic, which only migrations need."""
+
+
 def alembic_config(url: str) -> Config:
     """An Alembic configuration for the migrations shipped inside the package."""
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
@@ -360,19 +425,35 @@ def alembic_config(url: str) -> Config:
 
 def head_revision() -> str:
     """The newest schema revision this version of dagtask ships."""
-    head = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
-    assert head is not None
-    return head
+    return SCHEMA_HEAD
+
+
+def shipped_revisions() -> list[str]:
+    """Every revision the shipped migrations know, newest first (read from the scripts)."""
+    from alembic.script import ScriptDirectory
+
+    scripts = ScriptDirectory.from_config(alembic_config("sqlite://"))
+    return [rev.revision for rev in scripts.walk_revisions()]
 
 
 def current_revision(db: Database) -> str | None:
     """The revision the database is at, or None for an empty database."""
     with db.engine.connect() as conn:
-        return MigrationContext.configure(conn).get_current_revision()
+        return _revision(conn)
 
 
 def _revision(conn: sa.Connection) -> str | None:
-    return MigrationContext.configure(conn).get_current_revision()
+    """What Alembic's ``get_current_revision`` answers (its ``alembic_version`` table), read
+    with one query."""
+    if not sa.inspect(conn).has_table("alembic_version"):
+        return None
+    versions = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalars().all()
+    if len(versions) > 1:
+        raise SchemaOutdatedError(
+            f"database {_safe(str(conn.engine.url))} has several schema revisions "
+            f"({', '.join(sorted(versions))}); it was not created by dagtask"
+        )
+    return versions[0] if versions else None
 
 
 def _has_dagtask_tables(conn: sa.Connection) -> bool:
@@ -428,6 +509,8 @@ def _schema_lock(db: Database) -> Iterator[sa.Connection]:
 
 
 def _upgrade_on(conn: sa.Connection, url: str) -> None:
+    from alembic import command
+
     config = alembic_config(url)
     config.attributes["connection"] = conn
     command.upgrade(config, "head")
@@ -505,10 +588,7 @@ def open_database(
         db.dispose()
         raise
     db.dispose()
-    known = {
-        rev.revision for rev in ScriptDirectory.from_config(alembic_config(db.url)).walk_revisions()
-    }
-    if current not in known:
+    if current not in shipped_revisions():
         raise SchemaOutdatedError(
             f"database {_safe(db.url)} is at schema revision {current}, which this version of "
             "dagtask does not know (it was written by a newer dagtask); upgrade dagtask"

@@ -28,7 +28,16 @@ from dagtask.store.schema import (
 )
 
 S = SubtaskStatus
-ACTIVE = [s.value for s in states.ACTIVE_SUBTASK_STATUSES]
+
+
+def _among(values: list[str]) -> list[sa.BindParameter[str]]:
+    """Fixed values for ``IN``, one bound parameter each: a literal list would be an expanding
+    parameter, rendered again on every execution (see :mod:`dagtask.store.prepared`)."""
+    return [sa.literal(value) for value in values]
+
+
+ACTIVE = _among([s.value for s in states.ACTIVE_SUBTASK_STATUSES])
+HELD = _among([S.RUNNING.value, S.CANCELING.value])
 
 
 lock_task = (
@@ -105,6 +114,9 @@ finish_subtask_keep_output = _finish_statement(keep_output=True)
 """The same, for a rollback: the subtask keeps the output its execute recorded."""
 insert_event = task_event.insert()
 insert_log = subtask_log.insert()
+insert_task = task.insert()
+insert_subtasks = subtask.insert()
+insert_edges = subtask_edge.insert()
 count_active = sa.select(sa.func.count()).where(
     subtask.c.task_id == sa.bindparam("task_id"), subtask.c.status.in_(ACTIVE)
 )
@@ -153,9 +165,24 @@ claim_candidates_of_task = (
     .limit(sa.bindparam("limit"))
     .with_for_update(skip_locked=True)
 )
+
+
+def _as_text(column: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
+    """A JSON column as the driver returns it (text, or on PostgreSQL maybe parsed), so the
+    statement can run on the driver directly; readers use ``TaskContext.from_stored``."""
+    return sa.type_coerce(column, sa.Text).label(column.name)
+
+
+def _as_int(column: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
+    """A boolean column as the driver returns it (0/1 on SQLite and MariaDB), so the
+    statement can run on the driver directly (:mod:`dagtask.store.prepared`); readers apply
+    ``bool()``."""
+    return sa.type_coerce(column, sa.Integer).label(column.name)
+
+
 CLAIM_COLUMNS = (
     subtask.c.id,
-    subtask.c.output_context,
+    _as_text(subtask.c.output_context),
     subtask.c.task_id,
     subtask.c.name,
     subtask.c.class_name,
@@ -163,7 +190,7 @@ CLAIM_COLUMNS = (
     subtask.c.run_time,
     subtask.c.timeout,
     subtask.c.retry_count,
-    subtask.c.parallel,
+    _as_int(subtask.c.parallel),
     subtask.c.parallel_idx,
 )
 claim_returning = (
@@ -232,21 +259,25 @@ claimed_rows = sa.select(*CLAIM_COLUMNS).where(
 )
 task_context = sa.select(task.c.context).where(task.c.id == sa.bindparam("task_id"))
 upstream_outputs_of = (
-    sa.select(subtask_edge.c.downstream_id, subtask.c.id, subtask.c.output_context)
+    sa.select(subtask_edge.c.downstream_id, subtask.c.id, _as_text(subtask.c.output_context))
     .join(subtask, subtask_edge.c.upstream_id == subtask.c.id)
     .where(subtask_edge.c.downstream_id.in_(sa.bindparam("ids", expanding=True)))
     .order_by(subtask_edge.c.downstream_id, subtask.c.id)
 )
 """The upstream outputs of a batch of claimed subtasks, in upstream id order per subtask."""
 upstream_outputs_of_one = (
-    sa.select(subtask_edge.c.downstream_id, subtask.c.id, subtask.c.output_context)
+    sa.select(subtask_edge.c.downstream_id, subtask.c.id, _as_text(subtask.c.output_context))
     .join(subtask, subtask_edge.c.upstream_id == subtask.c.id)
     .where(subtask_edge.c.downstream_id == sa.bindparam("sid"))
     .order_by(subtask.c.id)
 )
-task_contexts = sa.select(task.c.id, task.c.context).where(
+task_contexts = sa.select(task.c.id, _as_text(task.c.context)).where(
     task.c.id.in_(sa.bindparam("ids", expanding=True))
 )
+task_context_of_one = sa.select(task.c.id, _as_text(task.c.context)).where(
+    task.c.id == sa.bindparam("task_id")
+)
+"""The same for one task (a claim of a root subtask): no expanding parameter."""
 any_ready = sa.select(subtask.c.id).where(subtask.c.status == S.READY.value).limit(1)
 task_status = sa.select(task.c.status).where(task.c.id == sa.bindparam("task_id"))
 next_ids = (
@@ -437,11 +468,7 @@ all_workers = sa.select(worker).order_by(worker.c.name)
 silent_workers = sa.select(
     worker.c.name, worker.c.heartbeat_at, worker.c.lease_seconds, utc_now().label("now")
 ).where(worker.c.status != "ACTIVE")
-holders = (
-    sa.select(subtask.c.executor)
-    .where(subtask.c.status.in_([S.RUNNING.value, S.CANCELING.value]))
-    .distinct()
-)
+holders = sa.select(subtask.c.executor).where(subtask.c.status.in_(HELD)).distinct()
 """The workers that hold subtasks now (a read of the claim index's RUNNING/CANCELING range)."""
 any_ready_of_task = (
     sa.select(subtask.c.id)
@@ -459,7 +486,7 @@ held_by = (
         subtask.c.lost_count,
     )
     .where(
-        subtask.c.status.in_([S.RUNNING.value, S.CANCELING.value]),
+        subtask.c.status.in_(HELD),
         subtask.c.executor == sa.bindparam("executor"),
     )
     .order_by(subtask.c.task_id, subtask.c.id)
@@ -475,7 +502,11 @@ lock_tasks = (
 """Several tasks locked in one statement, in id order (the order every locker uses)."""
 lock_one_task = (
     sa.select(
-        task.c.id, task.c.status, task.c.operation, task.c.concurrency, task.c.cancel_requested
+        task.c.id,
+        task.c.status,
+        task.c.operation,
+        task.c.concurrency,
+        _as_int(task.c.cancel_requested),
     )
     .where(task.c.id == sa.bindparam("task_id"))
     .with_for_update()

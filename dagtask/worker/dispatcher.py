@@ -75,6 +75,13 @@ class Dispatcher:
     # ---- the loop --------------------------------------------------------------------------
 
     def _loop(self) -> None:
+        self.store.db.keep_hot_connection()
+        try:
+            self._turns()
+        finally:
+            self.store.db.release_hot()
+
+    def _turns(self) -> None:
         pool = self.pool
         delays = iter(RETRY_DELAYS)
         while True:

@@ -82,3 +82,31 @@ def test_licence_urls_classifiers_and_changelog() -> None:
         rf"^## \[{re.escape(dagtask.__version__)}\] - \d{{4}}-\d\d-\d\d$", changelog, re.M
     )
     assert f"[{dagtask.__version__}]: https://github.com/dagtask/dagtask/" in changelog
+
+
+def test_the_schema_head_constant_is_the_newest_shipped_migration() -> None:
+    """Opening a database compares with ``SCHEMA_HEAD`` without importing Alembic: it must be
+    what the shipped migration scripts say is newest."""
+    from alembic.script import ScriptDirectory
+
+    from dagtask.store import db as dbmod
+
+    scripts = ScriptDirectory.from_config(dbmod.alembic_config("sqlite://"))
+    assert scripts.get_current_head() == dbmod.SCHEMA_HEAD == dbmod.shipped_revisions()[0]
+
+
+def test_opening_a_database_imports_no_alembic(tmp_path: Path) -> None:
+    """An Engine on an existing SQLite database is ready without loading the migration
+    machinery (start-up time), and so is a fresh one once created."""
+    url = f"sqlite:///{tmp_path}/fresh.db"
+    code = (
+        "import sys\n"
+        "from dagtask import Engine\n"
+        f"Engine({url!r}, workers=0).close()\n"  # creates the schema (Alembic)
+        "for name in [m for m in sys.modules if m.split('.')[0] == 'alembic']:\n"
+        "    del sys.modules[name]\n"
+        f"Engine({url!r}, workers=0).close()\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'alembic'))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

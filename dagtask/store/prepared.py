@@ -1,0 +1,384 @@
+"""The workers' hot path on the driver: statements compiled once, run on the DBAPI cursor.
+
+``conn.execute(core_statement, params)`` pays, on every call, for a cache-key walk over the
+whole statement, a compiled-cache lookup, bind processing and typed result metadata; on SQLite
+that is several times what the statement itself costs. :func:`execute` compiles a Core
+statement once per dialect and parameter set and then runs its SQL string directly on the
+connection's DBAPI cursor, inside the caller's SQLAlchemy transaction (which still begins,
+commits and rolls back as usual).
+
+**Observed connections keep SQLAlchemy's path.** When anything listens to the engine's
+statements (``before_cursor_execute``, ``after_cursor_execute`` or ``handle_error``: a tracer,
+an SQL logger, the tests' fault injection), the same SQL string goes through
+``Connection.exec_driver_sql`` instead, so every listener sees every statement, exactly as with
+``conn.execute``. A listener that only counts can say so with :func:`observe_statements`: the
+driver path calls it itself and stays fast (the benchmarks count statements this way).
+
+**Errors look the same on both paths.** A driver error is wrapped as SQLAlchemy wraps it
+(:meth:`sqlalchemy.exc.DBAPIError.instance`, so ``OperationalError``, ``IntegrityError``... with
+``.orig``); when the dialect calls it a disconnect, the connection is invalidated and the error
+has ``connection_invalidated`` set, and the caller's transaction then ends without touching the
+dead connection. Anything else raised mid-statement (``KeyboardInterrupt``) invalidates the
+connection too, since its state is unknown.
+
+What this path cannot do, it does not do silently wrong. A statement goes through
+``conn.execute`` when it needs what only the Core path gives:
+
+* an expanding ``IN`` list of more than :data:`MAX_EXPANDED` values (a shorter one is compiled
+  once per length, as SQLAlchemy renders it);
+* a returned column whose type converts what the driver gives (a ``DateTime`` or ``Boolean`` on
+  SQLite, a ``JSON`` column): hot statements select such columns through ``type_coerce`` (see
+  ``statements._as_int`` / ``_as_text``), and their readers convert.
+
+Parameters go through their types' bind processors (a ``DateTime`` becomes SQLite's string, a
+JSON value its text), so what is stored is byte for byte what ``conn.execute`` stores.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections import namedtuple
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+Params = Mapping[str, Any]
+Observer = Callable[[sa.Connection, Any, str, Any, Any, bool], None]
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    sql: str
+    names: tuple[str, ...]
+    """Bind names in the order the SQL wants them (positional drivers), or every name (named)."""
+    positional: bool
+    defaults: dict[str, Any]
+    processors: dict[str, Callable[[Any], Any]]
+    expanding: tuple[str, ...] = ()
+    """Names of ``IN`` lists, bound element by element as ``name_1``, ``name_2``..."""
+
+
+_FALLBACK = object()
+_cache: dict[tuple[sa.Executable, str, tuple[str, ...], tuple[int, ...]], Any] = {}
+"""Keyed by the statement object itself: hot statements are module constants (statements.py)."""
+_observers: dict[sa.Engine, list[Observer]] = {}
+_observers_lock = threading.Lock()
+
+
+def observe_statements(engine: sa.Engine, observer: Observer) -> None:
+    """Call ``observer(conn, cursor, sql, params, context, executemany)`` before each statement
+    on ``engine``, as a ``before_cursor_execute`` listener would be, without taking the hot path
+    off the driver: it must only look (count, time), never change or fail a statement."""
+    with _observers_lock:
+        _observers.setdefault(engine, []).append(observer)
+    sa.event.listen(engine, "before_cursor_execute", observer)
+
+
+def stop_observing(engine: sa.Engine, observer: Observer) -> None:
+    """Undo :func:`observe_statements`."""
+    with _observers_lock:
+        found = _observers.get(engine, [])
+        if observer in found:
+            found.remove(observer)
+    sa.event.remove(engine, "before_cursor_execute", observer)
+
+
+def _on_driver(conn: sa.Connection) -> list[Observer] | None:
+    """The observers to call on the driver path, or None if something else listens (then
+    SQLAlchemy's path must run the statement)."""
+    dispatch = conn.dispatch
+    if dispatch.after_cursor_execute or conn.dialect.dispatch.handle_error:
+        return None
+    listening = len(dispatch.before_cursor_execute)
+    if not listening:
+        return []
+    passive = _observers.get(conn.engine, [])
+    return passive if len(passive) == listening else None
+
+
+MAX_EXPANDED = 64
+"""An ``IN`` list longer than this goes through ``conn.execute`` (one compiled form per length
+is kept, so the cache stays small)."""
+
+
+def _compile(stmt: Any, dialect: sa.Dialect, keys: tuple[str, ...], first: Params) -> Any:
+    compiled = stmt.compile(dialect=dialect, column_keys=list(keys))
+    returned = getattr(stmt, "_returning", ()) or ()
+    selected = stmt.selected_columns if isinstance(stmt, sa.Select) else ()
+    for column in (*returned, *selected):
+        if column.type.dialect_impl(dialect).result_processor(dialect, None) is not None:
+            return _FALLBACK
+    expanding = tuple(name for name, bind in compiled.binds.items() if bind.expanding)
+    sql, positiontup = compiled.string, compiled.positiontup
+    if expanding:
+        # This list length's SQL: ``IN (?, ?, ?)``, the values bound as ids_1, ids_2, ...
+        if any(len(first[name]) > MAX_EXPANDED for name in expanding):
+            return _FALLBACK
+        state = compiled.construct_expanded_state(dict(first))
+        sql, positiontup = state.statement, state.positiontup
+    defaults: dict[str, Any] = {}
+    processors: dict[str, Callable[[Any], Any]] = {}
+    for name, bind in compiled.binds.items():
+        if not bind.required and not bind.expanding:
+            defaults[name] = bind.effective_value
+        processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
+        if processor is not None:
+            if bind.expanding:
+                for i in range(len(first[name])):
+                    processors[f"{name}_{i + 1}"] = processor
+            else:
+                processors[name] = processor
+    positional = bool(compiled.positional)
+    if positional:
+        names = tuple(positiontup or ())
+    else:
+        names = tuple(n for n in compiled.binds if n not in expanding) + tuple(
+            f"{name}_{i + 1}" for name in expanding for i in range(len(first[name]))
+        )
+    return _Compiled(sql, names, positional, defaults, processors, expanding)
+
+
+def _values(entry: _Compiled, params: Params, memo: dict[Any, Any] | None = None) -> Any:
+    """The driver's parameters for one row. ``memo`` (one per executemany) keeps processed
+    values that repeat from row to row (the transaction's timestamp, a NULL)."""
+    merged: Mapping[str, Any] = {**entry.defaults, **params} if entry.defaults else params
+    if entry.expanding:
+        merged = dict(merged)
+        for name in entry.expanding:
+            for i, value in enumerate(merged[name]):
+                merged[f"{name}_{i + 1}"] = value
+    if entry.processors:
+        merged = dict(merged)
+        for name, processor in entry.processors.items():
+            if name in merged:
+                value = merged[name]
+                if memo is not None and (value is None or isinstance(value, datetime)):
+                    key = (processor, value)
+                    if key not in memo:
+                        memo[key] = processor(value)
+                    merged[name] = memo[key]
+                else:
+                    merged[name] = processor(value)
+    if entry.positional:
+        return tuple([merged[name] for name in entry.names])
+    return {name: merged[name] for name in entry.names}
+
+
+def execute(
+    conn: sa.Connection,
+    stmt: sa.Executable,
+    params: Params | list[dict[str, Any]] | None = None,
+) -> Any:
+    """Run ``stmt`` with ``params`` (one mapping, or a list for executemany) in ``conn``'s
+    transaction, as ``conn.execute`` would. Returns a result with the parts of
+    :class:`~sqlalchemy.engine.CursorResult` the store uses (``all``, ``one``, ``first``,
+    ``scalar_one``, ``scalars``, ``rowcount``, iteration; rows with attribute access)."""
+    if isinstance(params, list):
+        if not params:
+            return conn.execute(stmt, params)
+        many, first = len(params) > 1, params[0]  # one row: a plain execute is cheaper
+    else:
+        many, first = False, dict(params or {})
+    shape = tuple(first)
+    lengths = tuple(len(v) for v in first.values() if isinstance(v, list | tuple))
+    key = (stmt, conn.dialect.name, shape, lengths)
+    entry = _cache.get(key)
+    if entry is None:
+        entry = _cache[key] = _compile(stmt, conn.dialect, shape, first)
+    if entry is _FALLBACK:
+        return conn.execute(stmt, params)
+    if many and isinstance(params, list):
+        memo: dict[Any, Any] = {}
+        values: Any = [_values(entry, p, memo) for p in params]
+    else:
+        values = _values(entry, first)
+    observers = _on_driver(conn)
+    if observers is None:
+        return conn.exec_driver_sql(entry.sql, values)
+    return _run(conn, entry.sql, values, many, observers)
+
+
+def execute_text(conn: sa.Connection, sql: str) -> None:
+    """Run a statement without parameters or rows (``BEGIN IMMEDIATE``) the same way."""
+    observers = _on_driver(conn)
+    if observers is None:
+        conn.exec_driver_sql(sql)
+    else:
+        _run(conn, sql, None, False, observers)
+
+
+_row_types: dict[tuple[str, ...], Any] = {}
+"""A namedtuple class per column list (rows read as ``row.name``)."""
+
+
+@contextlib.contextmanager
+def _translated(
+    conn: sa.Connection, dbapi_connection: Any, cursor: Any, sql: str, values: Any, many: bool
+) -> Iterator[None]:
+    """Driver errors raised in the block, as SQLAlchemy raises them (see the module docs)."""
+    try:
+        yield
+    except conn.dialect.loaded_dbapi.Error as exc:
+        disconnect = conn.dialect.is_disconnect(exc, dbapi_connection, cursor)
+        wrapped = sa.exc.DBAPIError.instance(
+            sql,
+            values,
+            exc,
+            conn.dialect.loaded_dbapi.Error,
+            connection_invalidated=disconnect,
+            dialect=conn.dialect,
+            ismulti=many,
+        )
+        if disconnect:
+            conn.invalidate(exc)
+        raise wrapped from exc
+    except BaseException as exc:
+        if not isinstance(exc, Exception):
+            conn.invalidate(exc)  # interrupted mid-statement: its state is unknown
+        raise
+
+
+def _rows_of(cursor: Any) -> list[Any]:
+    description = cursor.description
+    if not description:
+        return []
+    names = tuple(column[0] for column in description)
+    row_type: Any = _row_types.get(names)
+    if row_type is None:
+        row_type = _row_types[names] = namedtuple("Row", names, rename=True)
+    return [row_type._make(row) for row in cursor.fetchall()]
+
+
+def _run(
+    conn: sa.Connection, sql: str, values: Any, many: bool, observers: list[Observer]
+) -> DriverResult:
+    dbapi_connection = conn.connection.dbapi_connection
+    assert dbapi_connection is not None
+    cursor = dbapi_connection.cursor()
+    pipe = conn.info.get(_PIPELINE)
+    closing = pipe is None
+    try:
+        with _translated(conn, dbapi_connection, cursor, sql, values, many):
+            for observer in observers:
+                observer(conn, cursor, sql, values, None, many)
+            if many:
+                cursor.executemany(sql, values)
+            elif values is None:
+                cursor.execute(sql)
+            else:
+                cursor.execute(sql, values)
+            if pipe is not None:  # sent, not waited for: read when (if ever) it is needed
+                return DriverResult(pending=(conn, pipe, cursor, sql, values, many))
+            return DriverResult(_rows_of(cursor), cursor.rowcount)
+    finally:
+        if closing:
+            with contextlib.suppress(conn.dialect.loaded_dbapi.Error):
+                cursor.close()
+
+
+_PIPELINE = "dagtask.pipeline"
+"""``conn.info`` key of the psycopg pipeline a hot transaction runs in (see :func:`pipelined`)."""
+
+
+@contextlib.contextmanager
+def pipelined(conn: sa.Connection) -> Iterator[None]:
+    """PostgreSQL (psycopg) on the driver path: the block's statements go out in pipeline mode,
+    each without waiting for the one before; a statement's result is waited for only when it
+    is read (its rows, its row count), so the writes whose results nobody reads (logs, events,
+    counters) ride with the next read or with the COMMIT. The server still runs them in order,
+    in the caller's transaction; an error surfaces at the next read or at the commit, as the
+    same SQLAlchemy exception as without the pipeline, and rolls the transaction back.
+
+    The block must be the whole transaction (``with pipelined(conn), conn.begin(): ...``), so
+    its COMMIT is pipelined too. Elsewhere (other drivers, an observed engine) it does nothing.
+    """
+    if conn.dialect.driver != "psycopg" or _on_driver(conn) is None or _PIPELINE in conn.info:
+        yield
+        return
+    dbapi_connection = conn.connection.dbapi_connection
+    assert dbapi_connection is not None
+    with (
+        _translated(conn, dbapi_connection, None, "(pipeline)", None, False),
+        dbapi_connection.pipeline() as pipe,
+    ):
+        conn.info[_PIPELINE] = pipe
+        try:
+            yield
+            if dbapi_connection.pgconn.transaction_status == 0:
+                # Nothing was read back yet, so the driver does not know it is in a
+                # transaction and would skip the COMMIT: learn it first.
+                pipe.sync()
+        finally:
+            conn.info.pop(_PIPELINE, None)
+
+
+class DriverResult:
+    """A statement's rows and row count, read as the store reads a
+    :class:`~sqlalchemy.engine.CursorResult`. In a pipeline they are fetched on first use."""
+
+    __slots__ = ("_pending", "_rowcount", "_rows")
+
+    def __init__(
+        self,
+        rows: list[Any] | None = None,
+        rowcount: int = -1,
+        *,
+        pending: tuple[sa.Connection, Any, Any, str, Any, bool] | None = None,
+    ) -> None:
+        self._rows = rows or []
+        self._rowcount = rowcount
+        self._pending = pending
+
+    def _fetch(self) -> None:
+        if self._pending is None:
+            return
+        conn, pipe, cursor, sql, values, many = self._pending
+        self._pending = None
+        dbapi_connection = conn.connection.dbapi_connection
+        try:
+            with _translated(conn, dbapi_connection, cursor, sql, values, many):
+                if cursor.pgresult is None:
+                    pipe.sync()
+                self._rows = _rows_of(cursor)
+                self._rowcount = cursor.rowcount
+        finally:
+            with contextlib.suppress(conn.dialect.loaded_dbapi.Error):
+                cursor.close()
+
+    @property
+    def rowcount(self) -> int:
+        self._fetch()
+        return self._rowcount
+
+    def __iter__(self) -> Iterator[Any]:
+        self._fetch()
+        return iter(self._rows)
+
+    def all(self) -> list[Any]:
+        self._fetch()
+        return self._rows
+
+    def first(self) -> Any:
+        rows = self.all()
+        return rows[0] if rows else None
+
+    def one(self) -> Any:
+        rows = self.all()
+        if len(rows) != 1:
+            raise sa.exc.NoResultFound() if not rows else sa.exc.MultipleResultsFound()
+        return rows[0]
+
+    def scalar_one(self) -> Any:
+        return self.one()[0]
+
+    def scalar(self) -> Any:
+        rows = self.all()
+        return rows[0][0] if rows else None
+
+    def scalars(self) -> DriverResult:
+        rows = self.all()
+        return DriverResult([row[0] for row in rows], self._rowcount)
