@@ -34,6 +34,7 @@ import contextlib
 import math
 import os
 import random
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -131,6 +132,22 @@ def _seconds(value: float | None, variable: str, default: float) -> float:
     return value
 
 
+def _set_wal(cursor: Any, busy_ms: int) -> None:
+    """``PRAGMA journal_mode=WAL``, tried again while another connection is switching the same
+    new file: two connections converting it at once get "database is locked" at once, without
+    SQLite's busy handler (each holds the shared lock the other needs to give up), so two
+    processes starting on a fresh database would see one of them fail."""
+    deadline = time.monotonic() + busy_ms / 1000
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(random.uniform(0.002, 0.02))
+
+
 def _sqlite_engine(url: sa.URL, *, immediate: bool, busy_ms: int) -> sa.Engine:
     engine = sa.create_engine(
         url,
@@ -144,7 +161,7 @@ def _sqlite_engine(url: sa.URL, *, immediate: bool, busy_ms: int) -> sa.Engine:
         # Let SQLAlchemy's "begin" event below decide how transactions start.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
+        _set_wal(cursor, busy_ms)
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
