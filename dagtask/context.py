@@ -96,6 +96,12 @@ def _shown(text: str, limit: int = 40) -> str:
     return repr(text) if len(text) <= limit else repr(text[:limit]) + "..."
 
 
+def stored_is_empty(data: object) -> bool:
+    """Whether a stored context, as a driver returns it, is no context: SQL NULL, or JSON
+    ``null`` (what a JSON column keeps for ``None``) read as text."""
+    return data is None or data in ("null", b"null")
+
+
 class TaskContext(BaseModel):
     """OCP's ``Context``: string arguments, list arguments and the parallel copy index."""
 
@@ -132,8 +138,10 @@ class TaskContext(BaseModel):
     def from_stored(cls, data: str | bytes | Mapping[str, Any] | None) -> TaskContext:
         """Parse a stored context as a driver returns it: JSON text (parsed straight into the
         model) or, from drivers that decode JSON themselves, a mapping."""
+        if stored_is_empty(data):
+            return cls()
         if isinstance(data, str | bytes):
-            return cls() if data in ("null", b"null") else cls.model_validate_json(data)
+            return cls.model_validate_json(data)
         return cls.from_json(data)
 
     def with_strings(self, updates: Mapping[str, str]) -> TaskContext:

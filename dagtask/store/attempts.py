@@ -186,8 +186,7 @@ class AttemptStore:
         found: dict[int, dict[str, Any]] = {}
         forward = []
         for row in rows:
-            if row.operation in _BACKWARD and row.output_context not in (None, "null", b"null"):
-                # (a JSON column read as text: no output is NULL or, stored as JSON, 'null')
+            if row.operation in _BACKWARD and not context.stored_is_empty(row.output_context):
                 # A rollback undoes what this subtask's execute recorded in its own output.
                 found[row.id] = {"context": TaskContext.from_stored(row.output_context)}
             else:
@@ -205,10 +204,7 @@ class AttemptStore:
                 if link.id not in parsed:
                     parsed[link.id] = TaskContext.from_stored(link.output_context)
         roots = sorted({row.task_id for row in forward if row.id not in upstreams})
-        if len(roots) == 1:
-            found_tasks = run(conn, q.task_context_of_one, {"task_id": roots[0]})
-        else:
-            found_tasks = run(conn, q.task_contexts, {"ids": roots}) if roots else []
+        found_tasks = run(conn, q.task_contexts, {"ids": roots}) if roots else []
         task_contexts = {t.id: TaskContext.from_stored(t.context) for t in found_tasks}
         for row in forward:
             ups = upstreams.get(row.id)

@@ -177,12 +177,13 @@ def execute(
     transaction, as ``conn.execute`` would. Returns a result with the parts of
     :class:`~sqlalchemy.engine.CursorResult` the store uses (``all``, ``one``, ``first``,
     ``scalar_one``, ``scalars``, ``rowcount``, iteration; rows with attribute access)."""
+    first: Params
     if isinstance(params, list):
         if not params:
             return conn.execute(stmt, params)
         many, first = len(params) > 1, params[0]  # one row: a plain execute is cheaper
     else:
-        many, first = False, dict(params or {})
+        many, first = False, params or {}
     shape = tuple(first)
     lengths = tuple(len(v) for v in first.values() if isinstance(v, list | tuple))
     key = (stmt, conn.dialect.name, shape, lengths)

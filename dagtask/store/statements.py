@@ -274,10 +274,6 @@ upstream_outputs_of_one = (
 task_contexts = sa.select(task.c.id, _as_text(task.c.context)).where(
     task.c.id.in_(sa.bindparam("ids", expanding=True))
 )
-task_context_of_one = sa.select(task.c.id, _as_text(task.c.context)).where(
-    task.c.id == sa.bindparam("task_id")
-)
-"""The same for one task (a claim of a root subtask): no expanding parameter."""
 any_ready = sa.select(subtask.c.id).where(subtask.c.status == S.READY.value).limit(1)
 task_status = sa.select(task.c.status).where(task.c.id == sa.bindparam("task_id"))
 next_ids = (
