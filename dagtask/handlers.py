@@ -28,6 +28,7 @@ from dagtask.errors import HandlerImportError
 from dagtask.states import Operation
 
 if TYPE_CHECKING:
+    from dagtask.hosts.shell import HostShell
     from dagtask.services import Services
 
 HandlerResult = TaskContext | Mapping[str, str] | None
@@ -132,6 +133,25 @@ class RunContext:
     def get(self, key: str, list_key: str | None = None) -> str:
         """This copy's argument: ``listMap[list_key][parallelIdx]`` or ``stringMap[key]``."""
         return self.context.get(key, list_key)
+
+    def host(self, host_id: int | str | None = None) -> HostShell:
+        """The host ``host_id`` (default: this subtask's ``host_id`` argument, or this parallel
+        copy's element of ``host_ids``) as a :class:`~dagtask.hosts.shell.HostShell`: run
+        commands on it, copy files, check processes, over SSH or locally as its connector says.
+        """
+        from dagtask import secrets
+        from dagtask.hosts.shell import HostShell
+
+        if host_id is None:
+            host_id = self.get("host_id", "host_ids")
+        host = self.services.hosts.get(int(host_id))
+        return HostShell(
+            host,
+            self.services,
+            log=self.log,
+            token=self.token,
+            masked=secrets.secret_values(self.context),
+        )
 
     def output(self, **strings: str) -> TaskContext:
         """The input context with ``strings`` written into its stringMap."""

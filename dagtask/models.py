@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -119,6 +119,32 @@ class TaskEvent(_Model):
     message: str | None
 
 
+class SshAccess(_Model):
+    """How workers reach a remote host over SSH (``docs/hosts.md``). Holds no password: only
+    ``password_ref``, a reference that each worker resolves when it connects (``env:NAME`` or
+    ``file:PATH``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    port: int = 22
+    user: str
+    auth: Literal["key", "agent", "password"] = "key"
+    """``key``: the private key file ``key_file``; ``agent``: the keys of the ssh-agent at
+    ``$SSH_AUTH_SOCK``; ``password``: the secret ``password_ref`` names."""
+    key_file: str | None = None
+    password_ref: str | None = None
+    jump_host: str | None = None
+    """The inventory name of a host to connect through (OpenSSH's ProxyJump), or None."""
+    known_hosts: str | None = None
+    """The known-hosts file to verify the host key against (default ``~/.ssh/known_hosts``);
+    a key pinned with ``dagtask hosts trust`` is checked first."""
+    accept_new_host_key: bool = False
+    """Trust an unknown host key on first connect and pin it (OpenSSH's ``accept-new``); only
+    when the operator asked for it for this host. A changed key is refused all the same."""
+    connect_timeout: float = 10.0
+    """Seconds for TCP connect, banner and authentication, each."""
+
+
 class HostInfo(_Model):
     """A host of the inventory and the state of its OCP agent."""
 
@@ -131,9 +157,19 @@ class HostInfo(_Model):
     agent_home: str
     connector: str = "local"
     """How workers reach the agent: "local" means processes on the worker's own machine, whatever
-    ``inner_ip`` says; other kinds are registered with ``register_connector``."""
+    ``inner_ip`` says; "ssh" reaches ``inner_ip`` as ``ssh`` says; other kinds are registered
+    with ``register_connector``."""
     create_time: datetime
     update_time: datetime
+    ssh: SshAccess | None = None
+    """How to reach the host over SSH (``connector == "ssh"``), else None."""
+    host_key: str | None = None
+    """The SSH host key pinned with ``dagtask hosts trust`` (OpenSSH public key line)."""
+    agent_kind: str = "ocp"
+    """How the agent's processes are found, stopped and started (:mod:`dagtask.hosts.kinds`)."""
+    os_info: str | None = None
+    """What the last ``dagtask hosts check`` found (kernel and OS release), if any."""
+    checked_at: datetime | None = None
 
 
 class TaskPage(_Model):

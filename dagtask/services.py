@@ -28,4 +28,8 @@ class Services:
         """The connector that reaches ``host`` (by its ``connector`` kind, e.g. "local")."""
         from dagtask.hosts.connector import connector_for
 
-        return connector_for(host)
+        return connector_for(host, self)
+
+    def pin_host_key(self, host: HostInfo, key: str) -> None:
+        """Pin ``key`` for ``host`` (an accept-new host's first connect)."""
+        self.hosts.set_host_key(host.id, key)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import getpass
 import json
 import logging
 import os
@@ -29,11 +30,22 @@ from dagtask.cli.common import (
 )
 from dagtask.engine import Engine
 from dagtask.errors import (
+    ArgumentError,
+    HostError,
     SchemaMissingError,
     StoreError,
 )
+from dagtask.hosts.access import make_access
+from dagtask.hosts.check import check_hosts, presented_key
 from dagtask.hosts.connector import connector_for
-from dagtask.hosts.inventory import AgentStatus, connector_description, local_ip_mismatch
+from dagtask.hosts.inventory import (
+    SSH_CONNECTOR,
+    AgentStatus,
+    connector_description,
+    local_ip_mismatch,
+)
+from dagtask.hosts.ssh import fingerprint
+from dagtask.models import HostInfo, SshAccess
 from dagtask.store.db import (
     Database,
     database_problem,
@@ -66,8 +78,45 @@ def cmd_templates(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ssh_access(args: argparse.Namespace) -> SshAccess | None:
+    """The SSH settings of ``hosts add`` (None for a host with another connector)."""
+    given = [
+        flag
+        for flag, value in (
+            ("--ssh-user", args.ssh_user),
+            ("--key-file", args.key_file),
+            ("--ssh-agent", args.ssh_agent),
+            ("--password-ref", args.password_ref),
+            ("--jump-host", args.jump_host),
+            ("--known-hosts", args.known_hosts),
+            ("--accept-new-host-key", args.accept_new_host_key),
+        )
+        if value
+    ]
+    if args.connector != SSH_CONNECTOR:
+        if given:
+            raise ArgumentError(
+                f"{given[0]} is for SSH hosts; add --connector ssh (the {args.connector} "
+                "connector does not use it)"
+            )
+        return None
+    return make_access(
+        args.name,
+        user=args.ssh_user or getpass.getuser(),
+        port=args.port,
+        key_file=args.key_file,
+        use_agent=args.ssh_agent,
+        password_ref=args.password_ref,
+        jump_host=args.jump_host,
+        known_hosts=args.known_hosts,
+        accept_new_host_key=args.accept_new_host_key,
+        connect_timeout=args.connect_timeout,
+    )
+
+
 def cmd_hosts_add(args: argparse.Namespace) -> int:
     """Register a host (and start its agent with --start-agent)."""
+    ssh_access = _ssh_access(args)
     with open_engine(args) as engine:
         # Nothing has looked at the agent yet: UNKNOWN, never a claimed ONLINE.
         host = engine.hosts.add(
@@ -76,13 +125,15 @@ def cmd_hosts_add(args: argparse.Namespace) -> int:
             agent_home=args.agent_home,
             connector=args.connector,
             agent_status=AgentStatus.UNKNOWN,
+            ssh=ssh_access,
+            agent_kind=args.agent_kind,
         )
         print(f"host {host.id} added: {host.name} {host.inner_ip}, {connector_description(host)}")
         mismatch = local_ip_mismatch(host)
         if mismatch:
             print(f"dagtask: warning: {mismatch}", file=sys.stderr)
         if args.start_agent:
-            pids = connector_for(host).start_agent(host, log=agent_log)
+            pids = connector_for(host, engine.services).start_agent(host, log=agent_log)
             engine.hosts.set_agent_status(host.id, AgentStatus.ONLINE)
             print(f"OCP agent started (agent status ONLINE): pid {', '.join(map(str, pids))}")
         else:
@@ -101,6 +152,73 @@ def cmd_hosts_list(args: argparse.Namespace) -> int:
         out.print_json([host.model_dump(mode="json") for host in hosts])
     else:
         out.print_hosts(hosts)
+    return 0
+
+
+def _hosts_of(engine: Engine, args: argparse.Namespace) -> list[HostInfo]:
+    if args.all:
+        return engine.hosts.list()
+    if args.host_id is None:
+        raise ArgumentError("name a host id, or give --all (see `dagtask hosts list`)")
+    return [engine.hosts.get(args.host_id)]
+
+
+def cmd_hosts_check(args: argparse.Namespace) -> int:
+    """Connect to hosts, verify them, report the OS and the agent's real status."""
+    with open_engine(args) as engine:
+        hosts = _hosts_of(engine, args)
+        reports = check_hosts(engine.services, hosts, parallel=args.parallel)
+    if args.json:
+        out.print_json([r.as_json() for r in reports])
+    else:
+        rows = [
+            [str(r.host.id), r.host.name, r.reached, r.os_info, r.agent_status] for r in reports
+        ]
+        print(out.table(["ID", "NAME", "REACHED", "OS", "AGENT"], rows) if rows else "no hosts")
+        for r in reports:
+            if r.error:
+                print(f"host {r.host.id} ({r.host.name}): {r.error}", file=sys.stderr)
+    return 1 if any(r.error for r in reports) else 0
+
+
+def cmd_hosts_trust(args: argparse.Namespace) -> int:
+    """Show an SSH host's key fingerprint and pin it."""
+    with open_engine(args) as engine:
+        host = engine.hosts.get(args.host_id)
+        if host.connector != SSH_CONNECTOR:
+            raise ArgumentError(
+                f"host {host.id} ({host.name}) uses the {host.connector} connector: there is no "
+                "SSH host key to trust"
+            )
+        offered = presented_key(engine.services, host)
+        shown = fingerprint(offered)
+        print(
+            f"host {host.id} ({host.name}, {host.inner_ip}) presents {offered.split()[0]} {shown}"
+        )
+        if host.host_key and host.host_key.split()[:2] == offered.split()[:2]:
+            print("this key is already pinned")
+            return 0
+        if host.host_key:
+            print(f"pinned now: {fingerprint(host.host_key)} (it will be replaced)")
+        if args.fingerprint is not None:
+            expected = args.fingerprint.strip()
+            if expected != shown:
+                raise HostError(
+                    f"host {host.id} presents {shown}, not the expected {expected}; "
+                    "nothing was pinned. Check the host (ssh-keygen -lf /etc/ssh/ssh_host_*.pub)"
+                )
+        elif not args.yes:
+            if not sys.stdin.isatty():
+                raise ArgumentError(
+                    "compare the fingerprint above with the host's own (ssh-keygen -lf on the "
+                    "host), then pin it with --fingerprint SHA256:... or --yes"
+                )
+            answer = input("Pin this key? Compare it with the host's own first [y/N] ")
+            if answer.strip().lower() not in ("y", "yes"):
+                print("nothing pinned")
+                return 1
+        engine.hosts.set_host_key(host.id, offered)
+        print(f"pinned {shown} for host {host.id}")
     return 0
 
 
@@ -222,11 +340,68 @@ def add_commands(commands: Commands) -> None:
     add.add_argument(
         "--agent-home", required=True, metavar="PATH", help="the OCP agent's home directory"
     )
-    add.add_argument("--connector", default="local", help="how to reach the agent (default: local)")
+    add.add_argument(
+        "--connector",
+        default="local",
+        help="how to reach the agent: local (this machine) or ssh (default: local)",
+    )
+    add.add_argument(
+        "--agent-kind",
+        default="ocp",
+        metavar="KIND",
+        help="how the agent's processes are found and started (default: ocp; see docs/hosts.md)",
+    )
+    ssh = add.add_argument_group("SSH (with --connector ssh)")
+    ssh.add_argument(
+        "--port", type=positive(int, 65535), default=22, help="the SSH port (default 22)"
+    )
+    ssh.add_argument("--ssh-user", metavar="USER", help="log in as USER (default: you)")
+    ssh.add_argument("--key-file", metavar="PATH", help="authenticate with this private key")
+    ssh.add_argument("--ssh-agent", action="store_true", help="authenticate with the ssh-agent")
+    ssh.add_argument(
+        "--password-ref",
+        metavar="REF",
+        help="authenticate with the password in env:NAME or file:PATH (never stored itself)",
+    )
+    ssh.add_argument("--jump-host", metavar="NAME", help="connect through this inventory host")
+    ssh.add_argument(
+        "--known-hosts",
+        metavar="PATH",
+        help="verify the host key here (default ~/.ssh/known_hosts)",
+    )
+    ssh.add_argument(
+        "--accept-new-host-key",
+        action="store_true",
+        help="trust this host's key on first connect and pin it (a changed key is still refused)",
+    )
+    ssh.add_argument(
+        "--connect-timeout",
+        type=positive(float, 600),
+        default=10.0,
+        metavar="SECONDS",
+        help="TCP connect, banner and login timeout (default 10)",
+    )
     add.add_argument(
         "--start-agent", action="store_true", help="start the host's OCP agent processes now"
     )
     json_flag(hosts.add("list", cmd_hosts_list), "the hosts as JSON")
+    check = hosts.add("check", cmd_hosts_check)
+    check.add_argument("host_id", nargs="?", type=int, metavar="ID", help="the host to check")
+    check.add_argument("--all", action="store_true", help="check every host")
+    check.add_argument(
+        "--parallel",
+        type=positive(int, 256),
+        default=16,
+        metavar="N",
+        help="hosts checked at a time (default 16)",
+    )
+    json_flag(check, "the reports as JSON")
+    trust = hosts.add("trust", cmd_hosts_trust)
+    trust.add_argument("host_id", type=int, metavar="ID", help="the SSH host")
+    trust.add_argument(
+        "--fingerprint", metavar="SHA256:...", help="pin only if the host presents this key"
+    )
+    trust.add_argument("--yes", action="store_true", help="pin without asking")
 
     worker = commands.add("worker", cmd_worker)
     worker.add_argument(

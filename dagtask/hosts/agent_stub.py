@@ -13,7 +13,9 @@ file, and its last log line says why. Remove the file and the agent starts again
     touch /path/to/agent_home/FAIL_START     # the next start of this agent fails
     rm /path/to/agent_home/FAIL_START        # and now it works again
 
-``HOME/CRASH_AFTER_START`` is the subtler failure: the process starts (writes its pid file), then
+``HOME/IGNORE_SIGTERM`` makes the processes started while it exists ignore SIGTERM (as
+``--ignore-sigterm`` does), so only SIGKILL stops them. ``HOME/CRASH_AFTER_START`` is the subtler
+failure: the process starts (writes its pid file), then
 logs a line and exits with status 3 at once, as an agent that crashes right after start-up.
 """
 
@@ -30,6 +32,8 @@ FAIL_START = "FAIL_START"
 """A file of this name in the agent home makes every start fail (see the module docstring)."""
 CRASH_AFTER_START = "CRASH_AFTER_START"
 """A file of this name in the agent home makes every process crash once started."""
+IGNORE_SIGTERM = "IGNORE_SIGTERM"
+"""A file of this name in the agent home makes every process started after it ignore SIGTERM."""
 
 
 def _exit_on_sigterm(_signum: int, _frame: FrameType | None) -> None:
@@ -52,10 +56,15 @@ def _write_pid_file(home: str, name: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run the fake agent process until a signal stops it."""
     parser = argparse.ArgumentParser(prog="agent_stub", description=__doc__)
-    parser.add_argument("--home", required=True, help="the agent home directory")
-    parser.add_argument("--name", required=True, help="the process name, e.g. ocp_agentd")
+    # Installed on a remote host as HOME/bin/NAME (dagtask.hosts.remote.install_agent_stub), it
+    # is started with no arguments: the home and the name come from its own path.
+    own = Path(sys.argv[0]).absolute()
+    parser.add_argument("--home", default=str(own.parent.parent), help="the agent home directory")
+    parser.add_argument("--name", default=own.name, help="the process name, e.g. ocp_agentd")
     parser.add_argument("--ignore-sigterm", action="store_true", help="only SIGKILL stops it")
     args = parser.parse_args(argv)
+    if (Path(args.home) / IGNORE_SIGTERM).exists():
+        args.ignore_sigterm = True
     marker = Path(args.home) / FAIL_START
     if marker.exists():
         # Before the pid file: to whoever starts it, this is an agent that died while starting.

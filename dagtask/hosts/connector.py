@@ -12,10 +12,14 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from dagtask.errors import HostError
 from dagtask.handlers import CancellationToken
 from dagtask.models import HostInfo
+
+if TYPE_CHECKING:
+    from dagtask.services import Services
 
 AGENT_PROCESSES = ("ocp_agentd", "ocp_mgragent", "ocp_monagent")
 """The processes an OCP agent is made of, in start order (OCP's names)."""
@@ -114,17 +118,27 @@ def register_connector(kind: str, factory: Callable[[], Connector]) -> None:
         _factories[kind] = factory
 
 
-def _builtin_factories() -> dict[str, Callable[[], Connector]]:
-    # Imported here: local.py subclasses Connector, so it imports this module.
+def _builtin_factories(services: Services | None) -> dict[str, Callable[[], Connector]]:
+    # Imported here: local.py and remote.py subclass Connector, so they import this module.
     from dagtask.hosts.local import LocalConnector
+    from dagtask.hosts.remote import SshConnector
 
-    return {"local": LocalConnector}
+    def ssh() -> Connector:
+        if services is None:
+            return SshConnector()
+        # Jump hosts are looked up by name; an accept-new host's first key is pinned.
+        return SshConnector(find=services.hosts.get_by_name, pin=services.pin_host_key)
+
+    return {"local": LocalConnector, "ssh": ssh}
 
 
-def connector_for(host: HostInfo) -> Connector:
-    """The connector for ``host``'s kind; an unknown kind is a :class:`HostError`."""
+def connector_for(host: HostInfo, services: Services | None = None) -> Connector:
+    """The connector for ``host``'s kind; an unknown kind is a :class:`HostError`.
+
+    ``services`` (the engine's) lets the ssh connector resolve jump hosts and pin keys.
+    """
     with _lock:
-        factories = {**_builtin_factories(), **_factories}
+        factories = {**_builtin_factories(services), **_factories}
     factory = factories.get(host.connector)
     if factory is None:
         known = ", ".join(sorted(factories))

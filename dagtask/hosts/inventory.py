@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from dagtask.errors import ArgumentError, HostError
-from dagtask.models import HostInfo
+from dagtask.models import HostInfo, SshAccess
 from dagtask.store import hosts as sql
 from dagtask.store.db import Database
 
@@ -80,12 +80,20 @@ def parse_inner_ip(text: str, host: str = "") -> str:
 LOCAL_CONNECTOR = "local"
 """The built-in connector: the agent is a set of processes on THIS machine (the one running the
 worker), whatever ``inner_ip`` says."""
+SSH_CONNECTOR = "ssh"
+"""The agent is on the machine at ``inner_ip``, reached over SSH as ``HostInfo.ssh`` says."""
 
 
 def connector_description(host: HostInfo) -> str:
     """What ``host``'s connector acts on, in words, for the command line."""
     if host.connector == LOCAL_CONNECTOR:
         return f"connector local: agent processes on this machine under {host.agent_home}"
+    if host.connector == SSH_CONNECTOR and host.ssh is not None:
+        from dagtask.hosts.access import describe
+
+        return (
+            f"connector ssh: {describe(host)}, agent kind {host.agent_kind} under {host.agent_home}"
+        )
     return f"connector {host.connector}: agent home {host.agent_home}"
 
 
@@ -119,6 +127,8 @@ class HostInventory:
         connector: str = LOCAL_CONNECTOR,
         status: HostStatus | str = HostStatus.ONLINE,
         agent_status: AgentStatus | str = AgentStatus.ONLINE,
+        ssh: SshAccess | None = None,
+        agent_kind: str = "ocp",
     ) -> HostInfo:
         """Register a host; its name must be unique (else :class:`HostError`), ``inner_ip`` an
         IPv4 or IPv6 address (stored in canonical form; else :class:`ArgumentError`).
@@ -137,6 +147,33 @@ class HostInventory:
             raise ArgumentError(f"host {name!r} needs an agent home directory")
         if connector == LOCAL_CONNECTOR:
             agent_home = str(Path(agent_home).expanduser().absolute())
+        if connector == SSH_CONNECTOR:
+            if ssh is None:
+                raise ArgumentError(
+                    f"host {name!r} uses the ssh connector but says nothing of how to log in; "
+                    "give --ssh-user and one of --key-file, --ssh-agent, --password-ref"
+                )
+            if not agent_home.startswith("/"):
+                raise ArgumentError(
+                    f"host {name!r}: the agent home {agent_home!r} must be an absolute path on "
+                    "the remote host, e.g. /home/admin/ocp_agent"
+                )
+            if ssh.jump_host is not None:
+                if ssh.jump_host == name:
+                    raise ArgumentError(f"host {name!r} cannot be its own jump host")
+                jump = sql.get_host_by_name(self.db, ssh.jump_host)
+                if jump.connector != SSH_CONNECTOR:
+                    raise ArgumentError(
+                        f"host {name!r}: the jump host {jump.name!r} must be an ssh host"
+                    )
+        elif ssh is not None:
+            raise ArgumentError(
+                f"host {name!r}: SSH settings need --connector ssh (the {connector} connector "
+                "does not use them)"
+            )
+        from dagtask.hosts.kinds import agent_kind as find_kind
+
+        find_kind(agent_kind)  # an unknown kind is an ArgumentError naming the known ones
         return sql.add_host(
             self.db,
             name,
@@ -145,6 +182,8 @@ class HostInventory:
             connector=connector,
             status=parse_host_status(status),
             agent_status=parse_agent_status(agent_status),
+            ssh=ssh,
+            agent_kind=agent_kind,
         )
 
     def get(self, host_id: int) -> HostInfo:
@@ -158,6 +197,17 @@ class HostInventory:
     def list(self) -> builtins.list[HostInfo]:
         """Every host, ordered by id."""
         return sql.list_hosts(self.db)
+
+    def set_host_key(self, host_id: int, key: str | None) -> None:
+        """Pin an SSH host key (an OpenSSH public key line) for the host; None unpins."""
+        sql.set_host_key(self.db, host_id, key)
+
+    def record_check(
+        self, host_id: int, os_info: str, agent_status: AgentStatus | str | None
+    ) -> None:
+        """Store what ``dagtask hosts check`` found (and the agent status, if it was read)."""
+        status = parse_agent_status(agent_status) if agent_status is not None else None
+        sql.record_check(self.db, host_id, os_info, status)
 
     def agent_status(self, host_id: int) -> AgentStatus:
         """The current agent status of the host."""

@@ -12,7 +12,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from dagtask.errors import HostError, HostNotFoundError
-from dagtask.models import HostInfo
+from dagtask.models import HostInfo, SshAccess
 from dagtask.store.db import Database
 from dagtask.store.schema import host as host_table
 
@@ -34,6 +34,11 @@ def _to_info(row: sa.Row[Any]) -> HostInfo:
         connector=row.connector,
         create_time=row.create_time,
         update_time=row.update_time,
+        ssh=SshAccess.model_validate_json(row.access) if row.access else None,
+        host_key=row.host_key,
+        agent_kind=row.agent_kind,
+        os_info=row.os_info,
+        checked_at=row.checked_at,
     )
 
 
@@ -50,10 +55,14 @@ def add_host(
     connector: str = "local",
     status: str = "ONLINE",
     agent_status: str = "ONLINE",
+    ssh: SshAccess | None = None,
+    agent_kind: str = "ocp",
 ) -> HostInfo:
     """Insert a host and return it; a name already in use is a :class:`HostError`."""
     now = _now()
     values = {
+        "access": ssh.model_dump_json(exclude_defaults=True) if ssh is not None else None,
+        "agent_kind": agent_kind,
         "name": name,
         "inner_ip": inner_ip,
         "status": status,
@@ -89,6 +98,8 @@ def add_host(
         connector=connector,
         create_time=now,
         update_time=now,
+        ssh=ssh,
+        agent_kind=agent_kind,
     )
 
 
@@ -161,3 +172,29 @@ def set_agent_status(db: Database, host_id: int, new: str, expected: str | None 
 def set_status(db: Database, host_id: int, new: str, expected: str | None = None) -> str:
     """Set the host's status (conditionally, like :func:`set_agent_status`); return the old one."""
     return _set_column(db, host_id, host_table.c.status, new, expected)
+
+
+def set_host_key(db: Database, host_id: int, key: str | None) -> None:
+    """Pin ``key`` (an OpenSSH public key line) as the host's SSH host key; None unpins."""
+    with db.begin() as conn:
+        changed = conn.execute(
+            sa.update(host_table)
+            .where(host_table.c.id == host_id)
+            .values(host_key=key, update_time=_now())
+        ).rowcount
+    if not changed:
+        raise _not_found(host_id)
+
+
+def record_check(db: Database, host_id: int, os_info: str, agent_status: str | None) -> None:
+    """Store what a check found: the OS, the time, and the agent status if it was read."""
+    values: dict[str, Any] = {"os_info": os_info[:512], "checked_at": _now()}
+    if agent_status is not None:
+        values["agent_status"] = agent_status
+    values["update_time"] = values["checked_at"]
+    with db.begin() as conn:
+        changed = conn.execute(
+            sa.update(host_table).where(host_table.c.id == host_id).values(values)
+        ).rowcount
+    if not changed:
+        raise _not_found(host_id)

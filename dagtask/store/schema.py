@@ -209,6 +209,11 @@ host = sa.Table(
     sa.Column("connector", sa.String(64), nullable=False),
     sa.Column("create_time", Timestamp, nullable=False),
     sa.Column("update_time", Timestamp, nullable=False),
+    sa.Column("access", sa.Text, nullable=True, comment="JSON: how to reach it over SSH"),
+    sa.Column("host_key", sa.Text, nullable=True, comment="the pinned SSH host key"),
+    sa.Column("agent_kind", sa.String(64), nullable=False, server_default="ocp"),
+    sa.Column("os_info", sa.String(512), nullable=True),
+    sa.Column("checked_at", Timestamp, nullable=True),
 )
 
 worker = sa.Table(

@@ -1,0 +1,382 @@
+"""The "ssh" connector: a host's OCP agent on a remote machine, operated over SSH.
+
+It does over SSH what :mod:`dagtask.hosts.local` does on this machine: list the agent's processes
+(through the agent kind's pid files or status command, :mod:`dagtask.hosts.kinds`), SIGTERM them,
+wait the grace period, SIGKILL survivors, verify and remove the records; start what is missing and
+wait until it runs. Every remote step is one short shell command on a pooled connection
+(:mod:`dagtask.hosts.ssh`); a cancel or a timeout stops the remote command's process group.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from dagtask.errors import ArgumentError, HostError
+from dagtask.handlers import CancellationToken, CancelledError
+from dagtask.hosts import ssh
+from dagtask.hosts.connector import AgentProcess, Connector, StopReport
+from dagtask.hosts.kinds import AgentKind, agent_kind
+from dagtask.models import HostInfo
+
+POLL_SECONDS = 0.1
+KILL_VERIFY_SECONDS = 5.0
+START_TIMEOUT_SECONDS = 30.0
+STEP_TIMEOUT_SECONDS = 60.0
+"""The longest one remote inspection command may take."""
+
+# One function per record: prints "NAME PID STATE", STATE one of agent, gone, foreign, exiting,
+# nopid (the file holds no pid). Nothing for a missing pid file.
+_PROBE = r"""probe() {
+  [ -f "$2" ] || return 0
+  pid=$(tr -dc 0-9 < "$2" 2>/dev/null)
+  [ -n "$pid" ] || { echo "$1 0 nopid"; return 0; }
+  [ -r "/proc/$pid/stat" ] || { echo "$1 $pid gone"; return 0; }
+  st=$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | cut -d' ' -f1)
+  case "$st" in Z|X|'') echo "$1 $pid gone"; return 0;; esac
+  cmd=$(tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null)
+  [ -n "$cmd" ] || { echo "$1 $pid exiting"; return 0; }
+  case "$cmd" in *"$3"*) echo "$1 $pid agent";; *) echo "$1 $pid foreign";; esac
+}
+"""
+
+
+@dataclass(frozen=True)
+class _Record:
+    name: str
+    pid: int
+    state: str
+
+
+class SshConnector(Connector):
+    """Agent processes on a remote host, reached over SSH."""
+
+    kind = "ssh"
+
+    def __init__(
+        self,
+        pool: ssh.SshPool | None = None,
+        *,
+        find: ssh.FindHost | None = None,
+        pin: ssh.PinKey | None = None,
+    ) -> None:
+        self.pool = pool or ssh.default_pool()
+        self.find = find
+        self.pin = pin
+
+    # ---- plumbing ------------------------------------------------------------------------------
+
+    def connection(self, host: HostInfo) -> ssh.SshConnection:
+        """A live, verified connection to ``host`` from the pool."""
+        return self.pool.get(host, find=self.find, pin=self.pin)
+
+    def sh(
+        self,
+        host: HostInfo,
+        script: str,
+        *,
+        timeout: float = STEP_TIMEOUT_SECONDS,
+        token: CancellationToken | None = None,
+    ) -> ssh.CommandResult:
+        """Run a shell script on ``host``; one reconnect if the pooled connection went away."""
+        conn = self.connection(host)
+        if not conn.alive:
+            self.pool.discard(host, self.find)
+            conn = self.connection(host)
+        try:
+            return conn.run(script, timeout=timeout, token=token)
+        except HostError:
+            if conn.alive:
+                raise
+            self.pool.discard(host, self.find)
+            raise
+
+    def _kind(self, host: HostInfo) -> AgentKind:
+        try:
+            return agent_kind(host.agent_kind)
+        except ArgumentError as exc:
+            raise HostError(f"host {host.id} ({host.name}): {exc}", target=str(host.id)) from None
+
+    def _records(self, host: HostInfo, token: CancellationToken | None = None) -> list[_Record]:
+        kind = self._kind(host)
+        home = host.agent_home
+        if kind.pid_file is not None:
+            calls = "".join(
+                f"probe {shlex.quote(p)} {kind.render(kind.pid_file, home, p)} "
+                f"{shlex.quote(home)}\n"
+                for p in kind.processes
+            )
+            result = self.sh(host, _PROBE + calls, token=token)
+        else:
+            assert kind.status is not None
+            calls = "".join(
+                f"printf '%s %s\\n' {shlex.quote(p)} \"$({kind.render(kind.status, home, p)})\"\n"
+                for p in kind.processes
+            )
+            result = self.sh(host, calls, token=token)
+        if not result.ok:
+            raise HostError(
+                f"cannot list the agent processes on host {host.id} ({host.name}): {_tail(result)}",
+                target=str(host.id),
+            )
+        records = []
+        for line in result.stdout.splitlines():
+            parts = line.split()
+            if len(parts) < 2 or parts[0] not in kind.processes:
+                continue
+            pid = int(parts[1]) if parts[1].isdigit() else 0
+            # A status command prints no state: a pid > 0 runs.
+            state = parts[2] if len(parts) >= 3 else "agent" if pid > 0 else "gone"
+            if kind.pid_file is None and pid == 0:
+                continue
+            records.append(_Record(parts[0], pid, state))
+        order = {name: i for i, name in enumerate(kind.processes)}
+        return sorted(records, key=lambda r: order[r.name])
+
+    def _remove_records(self, host: HostInfo, names: list[str]) -> None:
+        kind = self._kind(host)
+        if kind.pid_file is None or not names:
+            return
+        files = " ".join(kind.render(kind.pid_file, host.agent_home, n) for n in names)
+        self.sh(host, f"rm -f {files}")
+
+    def _signal(self, host: HostInfo, records: list[_Record], signal: str) -> None:
+        kind = self._kind(host)
+        if signal == "TERM" and kind.stop is not None:
+            script = "; ".join(kind.render(kind.stop, host.agent_home, r.name) for r in records)
+        else:
+            script = f"kill -{signal} {' '.join(str(r.pid) for r in records)} 2>&1; true"
+        result = self.sh(host, script)
+        if "Operation not permitted" in result.stdout + result.stderr:
+            raise HostError(
+                f"not allowed to send SIG{signal} to the OCP agent of host {host.id} "
+                f"({host.name}); log in as the agent's user (--ssh-user)",
+                target=str(host.id),
+            )
+
+    def _wait_gone(
+        self,
+        host: HostInfo,
+        records: list[_Record],
+        seconds: float,
+        token: CancellationToken | None,
+    ) -> list[_Record]:
+        deadline = time.monotonic() + seconds
+        pids = {r.pid for r in records}
+        while True:
+            alive = {
+                r.pid: r
+                for r in self._records(host)
+                if r.pid in pids and r.state in ("agent", "exiting")
+            }
+            remaining = [r for r in records if r.pid in alive]
+            left = deadline - time.monotonic()
+            if not remaining or left <= 0:
+                return remaining
+            if token is not None:
+                if token.wait(min(POLL_SECONDS, left)):
+                    token.raise_if_cancelled()
+            else:
+                time.sleep(min(POLL_SECONDS, left))
+
+    # ---- the Connector interface ---------------------------------------------------------------
+
+    def agent_processes(self, host: HostInfo) -> list[AgentProcess]:
+        """The recorded agent processes of ``host``, with whether each is really alive."""
+        return [AgentProcess(r.pid, r.name, r.state == "agent") for r in self._records(host)]
+
+    def stop_agent(
+        self,
+        host: HostInfo,
+        *,
+        grace: float,
+        token: CancellationToken | None,
+        log: logging.Logger,
+    ) -> StopReport:
+        """SIGTERM (or the kind's stop command), wait ``grace``, SIGKILL survivors, verify."""
+        if grace < 0:
+            raise ArgumentError(f"the stop grace period must be >= 0 seconds, got {grace}")
+        if token is not None:
+            token.raise_if_cancelled()
+        log.info("Getting all OCP agent processes on host %d (%s)", host.id, ssh_where(host))
+        records = self._records(host, token)
+        live = [r for r in records if r.state == "agent"]
+        stale = [r for r in records if r.state != "agent"]
+        for r in stale:
+            why = {"nopid": "holds no pid", "foreign": "belongs to another program"}
+            log.info(
+                "Removing stale record of %s: pid %d %s",
+                r.name,
+                r.pid,
+                why.get(r.state, "is not running"),
+            )
+        self._remove_records(host, [r.name for r in stale])
+        if not live:
+            log.info("No OCP agent process is running on host %d, nothing to stop", host.id)
+            return StopReport(host.id, stale=tuple(r.name for r in stale))
+        for r in live:
+            log.info("Stopping OCP agent process %s, pid=%d, signal=SIGTERM", r.name, r.pid)
+        self._signal(host, live, "TERM")
+        try:
+            remaining = self._wait_gone(host, live, grace, token)
+        except CancelledError:
+            log.warning(
+                "Stop of the OCP agent on host %d interrupted: %s", host.id, token and token.reason
+            )
+            raise
+        for r in remaining:
+            log.warning(
+                "OCP agent process %s, pid=%d, still runs %.1f s after SIGTERM, signal=SIGKILL",
+                r.name,
+                r.pid,
+                grace,
+            )
+        if remaining:
+            self._signal(host, remaining, "KILL")
+        survivors = self._wait_gone(host, remaining, KILL_VERIFY_SECONDS, None)
+        self._remove_records(host, [r.name for r in live if r not in survivors])
+        if survivors:
+            listed = ", ".join(f"{r.name} (pid={r.pid})" for r in survivors)
+            raise HostError(
+                f"could not stop the OCP agent on host {host.id} ({host.name}): {listed} still "
+                f"running {KILL_VERIFY_SECONDS:.0f} s after SIGKILL; inspect them on the host "
+                "and retry the subtask",
+                target=str(host.id),
+            )
+        report = StopReport(
+            host.id,
+            terminated=tuple(r.name for r in live if r not in remaining),
+            killed=tuple(r.name for r in remaining),
+            stale=tuple(r.name for r in stale),
+        )
+        log.info(report.summary())
+        return report
+
+    def start_agent(self, host: HostInfo, *, log: logging.Logger) -> list[int]:
+        """Start the processes that are not running; return every pid once all run."""
+        kind = self._kind(host)
+        home = host.agent_home
+        running = {r.name: r.pid for r in self._records(host) if r.state == "agent"}
+        missing = [p for p in kind.processes if p not in running]
+        for name in kind.processes:
+            if name in running:
+                log.info("OCP agent process %s is already running, pid=%d", name, running[name])
+        if missing:
+            parts = []
+            for name in missing:
+                log.info("Starting OCP agent process %s on host %d", name, host.id)
+                start = kind.render(kind.start, home, name)
+                if kind.status is None:
+                    log_file = kind.render(kind.log_file, home, name)
+                    parts.append(
+                        f"mkdir -p {shlex.quote(home)}/run {shlex.quote(home)}/log && "
+                        f"cd {shlex.quote(home)} && "
+                        f"{{ setsid nohup {start} >> {log_file} 2>&1 < /dev/null & }}"
+                    )
+                else:
+                    parts.append(start)
+            result = self.sh(host, " && ".join(parts))
+            if not result.ok:
+                raise HostError(
+                    f"could not start the OCP agent on host {host.id} ({host.name}): "
+                    f"{_tail(result)}",
+                    target=str(host.id),
+                )
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        while True:
+            running = {r.name: r.pid for r in self._records(host) if r.state == "agent"}
+            if all(p in running for p in kind.processes):
+                break
+            if time.monotonic() > deadline:
+                absent = [p for p in kind.processes if p not in running]
+                tail = self.last_log_line(host, absent[0]) or "(nothing logged)"
+                raise HostError(
+                    f"OCP agent process {absent[0]} of host {host.id} ({host.name}) is not "
+                    f"running {START_TIMEOUT_SECONDS:.0f} s after its start; its last log line: "
+                    f"{tail}",
+                    target=str(host.id),
+                )
+            time.sleep(POLL_SECONDS)
+        for name in missing:
+            log.info("Started OCP agent process %s, pid=%d", name, running[name])
+        return [running[p] for p in kind.processes]
+
+    def restart_pos_proxy(self, host: HostInfo, *, log: logging.Logger) -> None:
+        """Check over SSH that the agent can be started again (folders writable, programs
+        there) before a restart stops it; changes nothing."""
+        kind = self._kind(host)
+        home = shlex.quote(host.agent_home)
+        log.info("Checking that the OCP agent of host %d can be started again", host.id)
+        if kind.status is not None:
+            return
+        checks = [f"mkdir -p {home}/run {home}/log", f"test -w {home}/run", f"test -w {home}/log"]
+        programs = [kind.render(kind.start, host.agent_home, p).split()[0] for p in kind.processes]
+        checks += [
+            f"test -x {prog} || {{ echo 'missing program' {prog}; exit 1; }}" for prog in programs
+        ]
+        result = self.sh(host, " && ".join(checks))
+        if not result.ok:
+            raise HostError(
+                f"the OCP agent of host {host.id} ({host.name}) could not be started again: "
+                f"{_tail(result) or 'its run/log folders are not writable'}; fix the agent home "
+                "on the host, then retry the subtask",
+                target=str(host.id),
+            )
+        log.info("Agent home %s on host %d is ready for a restart", host.agent_home, host.id)
+
+    def last_log_line(self, host: HostInfo, process: str) -> str:
+        """The last line the process logged on the host ("" if none)."""
+        kind = self._kind(host)
+        try:
+            result = self.sh(
+                host, kind.render(kind.last_log, host.agent_home, process) + " 2>/dev/null"
+            )
+        except HostError:
+            return ""
+        lines = result.stdout.strip().splitlines()
+        return lines[-1].strip() if lines else ""
+
+
+def ssh_where(host: HostInfo) -> str:
+    """``user@addr:port`` for log lines."""
+    from dagtask.hosts.access import describe
+
+    return describe(host)
+
+
+def _tail(result: ssh.CommandResult) -> str:
+    text = (result.stderr.strip() or result.stdout.strip()).splitlines()
+    return text[-1] if text else f"exit status {result.exit_status}"
+
+
+STUB_SOURCE = Path(__file__).with_name("agent_stub.py")
+
+
+def install_agent_stub(
+    connector: SshConnector, host: HostInfo, *, python: str = "python3"
+) -> list[str]:
+    """Install dagtask's stand-in OCP agent on a remote host: ``{home}/bin/<process>`` for each
+    process of the host's kind, so that the agent templates have real processes to stop and
+    start (tests, demos, trying dagtask out). Returns the installed paths."""
+    kind = connector._kind(host)
+    home = host.agent_home
+    conn = connector.connection(host)
+    setup = f"mkdir -p {shlex.quote(home)}/bin {shlex.quote(home)}/run {shlex.quote(home)}/log"
+    result = conn.run(setup)
+    if not result.ok:
+        raise HostError(f"cannot create {home} on host {host.id}: {_tail(result)}")
+    body = STUB_SOURCE.read_bytes()
+    script = f"#!/usr/bin/env {python}\n".encode() + body
+    paths = []
+    for name in kind.processes:
+        path = f"{home}/bin/{name}"
+        conn.upload(script, path, mode=0o755)
+        paths.append(path)
+    return paths
+
+
+ConnectorFactory = Callable[[], SshConnector]

@@ -1,0 +1,1 @@
+"""Tests against real OpenSSH servers on loopback (see tests/ssh/sshd.py)."""
