@@ -2,6 +2,8 @@
 
 * "Stop OCP agent" / "Restart OCP agent" (``stringMap.host_id``)
 * "Batch stop OCP agent" / "Batch restart OCP agent" (``listMap.host_ids``)
+* "Run command on hosts" / "Check hosts" (``listMap.host_ids``; handlers and templates in
+  :mod:`dagtask.builtin.host_commands`)
 
 The templates live in :mod:`dagtask.builtin.templates`, their handlers in
 :mod:`dagtask.builtin.ocp_agent`.
@@ -35,4 +37,6 @@ def noop(ctx: object) -> None:
 
 def builtin_templates() -> list[TaskTemplate]:
     """Every built-in template."""
-    return ocp_agent_templates()
+    from dagtask.builtin.host_commands import check_hosts, run_command_on_hosts
+
+    return [*ocp_agent_templates(), run_command_on_hosts(), check_hosts()]

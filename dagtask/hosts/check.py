@@ -64,7 +64,7 @@ def check_host(services: Services, host: HostInfo) -> CheckReport:
             from dagtask.hosts.remote import SshConnector
 
             assert isinstance(connector, SshConnector)
-            result = connector.sh(host, OS_SCRIPT, timeout=30)
+            result = connector.sh(host, OS_SCRIPT, what="reading the OS release", timeout=30)
             os_info = " / ".join(line.strip() for line in result.stdout.splitlines() if line)
             from dagtask.hosts.kinds import agent_kind
 

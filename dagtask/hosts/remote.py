@@ -26,6 +26,7 @@ from dagtask.models import HostInfo
 POLL_SECONDS = 0.1
 KILL_VERIFY_SECONDS = 5.0
 START_TIMEOUT_SECONDS = 30.0
+LISTING = "listing the agent processes"
 STEP_TIMEOUT_SECONDS = 60.0
 """The longest one remote inspection command may take."""
 
@@ -33,8 +34,12 @@ STEP_TIMEOUT_SECONDS = 60.0
 # nopid (the file holds no pid). Nothing for a missing pid file.
 _PROBE = r"""probe() {
   [ -f "$2" ] || return 0
-  pid=$(tr -dc 0-9 < "$2" 2>/dev/null)
+  probe_pid "$1" "$(tr -dc 0-9 < "$2" 2>/dev/null)" "$3"
+}
+probe_pid() {
+  pid=$2
   [ -n "$pid" ] || { echo "$1 0 nopid"; return 0; }
+  [ "$pid" != 0 ] || return 0
   [ -r "/proc/$pid/stat" ] || { echo "$1 $pid gone"; return 0; }
   st=$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | cut -d' ' -f1)
   case "$st" in Z|X|'') echo "$1 $pid gone"; return 0;; esac
@@ -79,16 +84,18 @@ class SshConnector(Connector):
         host: HostInfo,
         script: str,
         *,
+        what: str,
         timeout: float = STEP_TIMEOUT_SECONDS,
         token: CancellationToken | None = None,
     ) -> ssh.CommandResult:
-        """Run a shell script on ``host``; one reconnect if the pooled connection went away."""
+        """Run a shell script on ``host`` (``what`` it does, for messages: "listing the agent
+        processes"); a pooled connection that went away is replaced first."""
         conn = self.connection(host)
         if not conn.alive:
             self.pool.discard(host, self.find)
             conn = self.connection(host)
         try:
-            return conn.run(script, timeout=timeout, token=token)
+            return conn.run(script, timeout=timeout, token=token, label=what)
         except HostError:
             if conn.alive:
                 raise
@@ -110,14 +117,16 @@ class SshConnector(Connector):
                 f"{shlex.quote(home)}\n"
                 for p in kind.processes
             )
-            result = self.sh(host, _PROBE + calls, token=token)
+            result = self.sh(host, _PROBE + calls, what=LISTING, token=token)
         else:
+            # The status command's pid must be a live process; it need not name the home.
             assert kind.status is not None
             calls = "".join(
-                f"printf '%s %s\\n' {shlex.quote(p)} \"$({kind.render(kind.status, home, p)})\"\n"
+                f"probe_pid {shlex.quote(p)} "
+                f"\"$({kind.render(kind.status, home, p)} | tr -dc 0-9)\" ''\n"
                 for p in kind.processes
             )
-            result = self.sh(host, calls, token=token)
+            result = self.sh(host, _PROBE + calls, what=LISTING, token=token)
         if not result.ok:
             raise HostError(
                 f"cannot list the agent processes on host {host.id} ({host.name}): {_tail(result)}",
@@ -129,11 +138,7 @@ class SshConnector(Connector):
             if len(parts) < 2 or parts[0] not in kind.processes:
                 continue
             pid = int(parts[1]) if parts[1].isdigit() else 0
-            # A status command prints no state: a pid > 0 runs.
-            state = parts[2] if len(parts) >= 3 else "agent" if pid > 0 else "gone"
-            if kind.pid_file is None and pid == 0:
-                continue
-            records.append(_Record(parts[0], pid, state))
+            records.append(_Record(parts[0], pid, parts[2] if len(parts) > 2 else "gone"))
         order = {name: i for i, name in enumerate(kind.processes)}
         return sorted(records, key=lambda r: order[r.name])
 
@@ -142,7 +147,7 @@ class SshConnector(Connector):
         if kind.pid_file is None or not names:
             return
         files = " ".join(kind.render(kind.pid_file, host.agent_home, n) for n in names)
-        self.sh(host, f"rm -f {files}")
+        self.sh(host, f"rm -f {files}", what="removing the pid files of stopped processes")
 
     def _signal(self, host: HostInfo, records: list[_Record], signal: str) -> None:
         kind = self._kind(host)
@@ -150,7 +155,7 @@ class SshConnector(Connector):
             script = "; ".join(kind.render(kind.stop, host.agent_home, r.name) for r in records)
         else:
             script = f"kill -{signal} {' '.join(str(r.pid) for r in records)} 2>&1; true"
-        result = self.sh(host, script)
+        result = self.sh(host, script, what=f"sending SIG{signal} to the agent processes")
         if "Operation not permitted" in result.stdout + result.stderr:
             raise HostError(
                 f"not allowed to send SIG{signal} to the OCP agent of host {host.id} "
@@ -279,7 +284,7 @@ class SshConnector(Connector):
                     )
                 else:
                     parts.append(start)
-            result = self.sh(host, " && ".join(parts))
+            result = self.sh(host, " && ".join(parts), what="starting the agent processes")
             if not result.ok:
                 raise HostError(
                     f"could not start the OCP agent on host {host.id} ({host.name}): "
@@ -318,7 +323,7 @@ class SshConnector(Connector):
         checks += [
             f"test -x {prog} || {{ echo 'missing program' {prog}; exit 1; }}" for prog in programs
         ]
-        result = self.sh(host, " && ".join(checks))
+        result = self.sh(host, " && ".join(checks), what="checking the agent home")
         if not result.ok:
             raise HostError(
                 f"the OCP agent of host {host.id} ({host.name}) could not be started again: "
@@ -333,7 +338,9 @@ class SshConnector(Connector):
         kind = self._kind(host)
         try:
             result = self.sh(
-                host, kind.render(kind.last_log, host.agent_home, process) + " 2>/dev/null"
+                host,
+                kind.render(kind.last_log, host.agent_home, process) + " 2>/dev/null",
+                what="reading the agent's log",
             )
         except HostError:
             return ""

@@ -210,30 +210,53 @@ def _route_key(host: HostInfo, find: FindHost | None, depth: int = 0) -> tuple[A
             raise HostError(f"host {host.id} ({host.name}): cannot resolve its jump host")
         hop = _route_key(find(access.jump_host), find, depth + 1)
     secret = access.key_file or access.password_ref or ""
-    return (host.inner_ip, access.port, access.user, access.auth, secret, hop)
+    # What the host key was checked against is part of the identity: a host record with
+    # another pin or known-hosts file gets its own, separately verified connection.
+    trust = (host.host_key, access.known_hosts, access.accept_new_host_key)
+    return (host.inner_ip, access.port, access.user, access.auth, secret, trust, hop)
 
 
-class SshConnection:
-    """One authenticated SSH connection to a host; thread-safe (a channel per command)."""
+class _Link:
+    """One authenticated SSH connection as the pool keeps it (shared by every host record that
+    routes to the same destination)."""
 
-    def __init__(self, host: HostInfo, client: paramiko.SSHClient, via: SshConnection | None):
-        self.host = host
+    def __init__(self, client: paramiko.SSHClient, via: _Link | None) -> None:
         self.client = client
         self.via = via
         self.last_used = time.monotonic()
-        self._sftp_lock = threading.Lock()
-        self._limit = threading.BoundedSemaphore(PER_HOST_LIMIT)
+        self.sftp_lock = threading.Lock()
+        self.limit = threading.BoundedSemaphore(PER_HOST_LIMIT)
 
     @property
     def alive(self) -> bool:
-        """Whether the transport is still up."""
         transport = self.client.get_transport()
         return transport is not None and transport.is_active()
 
     def close(self) -> None:
-        """Close the connection (the jump connection stays pooled)."""
         with contextlib.suppress(Exception):
             self.client.close()
+
+
+class SshConnection:
+    """A pooled SSH connection, as seen for one host; thread-safe (a channel per command)."""
+
+    def __init__(self, host: HostInfo, link: _Link) -> None:
+        self.host = host
+        self._link = link
+
+    @property
+    def client(self) -> paramiko.SSHClient:
+        """The paramiko client (for what this class does not offer)."""
+        return self._link.client
+
+    @property
+    def alive(self) -> bool:
+        """Whether the transport is still up."""
+        return self._link.alive
+
+    def close(self) -> None:
+        """Close the connection (a jump connection under it stays pooled)."""
+        self._link.close()
 
     def run(
         self,
@@ -244,8 +267,11 @@ class SshConnection:
         env: Mapping[str, str] | None = None,
         on_line: Line | None = None,
         token: CancellationToken | None = None,
+        label: str | None = None,
     ) -> CommandResult:
         """Run ``command`` (an argv list, or a shell command line as a string) on the host.
+
+        ``label`` says what the command does in messages (default: the command itself).
 
         Output lines go to ``on_line`` as they arrive. A ``timeout`` (seconds) or a set
         ``token`` stops the remote command's whole process group (SIGTERM, then SIGKILL) and
@@ -254,18 +280,18 @@ class SshConnection:
         by the remote shell before it ``exec``\\ s the command.
         """
         text = command if isinstance(command, str) else shlex.join(command)
-        shown = _short(text)
+        shown = label or f"running `{_short(text)}`"
         exports = "".join(
             f"export {name}={shlex.quote(value)}; " for name, value in (env or {}).items()
         )
         target = text if not isinstance(command, str) else f"sh -c {shlex.quote(text)}"
         script = f"printf '%s%s\\n' '{_PGID_MARK}' \"$$\" >&2; {exports}exec {target}"
-        with self._limit:
-            self.last_used = time.monotonic()
+        with self._link.limit:
+            self._link.last_used = time.monotonic()
             try:
                 return self._run(script, shown, timeout, input, on_line, token)
             finally:
-                self.last_used = time.monotonic()
+                self._link.last_used = time.monotonic()
 
     def _run(
         self,
@@ -310,7 +336,7 @@ class SshConnection:
                 if deadline is not None and time.monotonic() > deadline:
                     self._stop_group(streams["stderr"].pgid)
                     raise HostError(
-                        f"`{shown}` on host {self.host.id} ({self.host.name}) did not end within "
+                        f"{shown} on host {self.host.id} ({self.host.name}) took longer than "
                         f"{timeout:g} s and was stopped (its process group got SIGTERM, then "
                         "SIGKILL)",
                         target=str(self.host.id),
@@ -334,7 +360,7 @@ class SshConnection:
         why = f" ({exc})" if exc is not None and str(exc) else ""
         return HostError(
             f"the SSH connection to host {self.host.id} ({self.host.name}, "
-            f"{access_mod.describe(self.host)}) was lost while running `{shown}`{why}; it may "
+            f"{access_mod.describe(self.host)}) was lost while {shown}{why}; what ran may "
             "still be running there. Check the host, then retry the step",
             target=str(self.host.id),
         )
@@ -364,7 +390,7 @@ class SshConnection:
     ) -> None:
         """Copy a local file (or ``bytes``) to ``remote`` over SFTP, then chmod it to ``mode``."""
         try:
-            with self._sftp_lock, self.client.open_sftp() as sftp:
+            with self._link.sftp_lock, self.client.open_sftp() as sftp:
                 if isinstance(local, bytes):
                     with sftp.open(remote, "wb") as f:
                         f.write(local)
@@ -381,7 +407,7 @@ class SshConnection:
     def download(self, remote: str, local: str | os.PathLike[str]) -> None:
         """Copy ``remote`` from the host to the local path ``local`` over SFTP."""
         try:
-            with self._sftp_lock, self.client.open_sftp() as sftp:
+            with self._link.sftp_lock, self.client.open_sftp() as sftp:
                 sftp.get(remote, os.fspath(local))
         except OSError as exc:
             raise HostError(
@@ -433,7 +459,7 @@ class SshPool:
     def __init__(self, idle_seconds: float = IDLE_SECONDS) -> None:
         self.idle_seconds = idle_seconds
         self._lock = threading.Lock()
-        self._connections: dict[tuple[Any, ...], SshConnection] = {}
+        self._connections: dict[tuple[Any, ...], _Link] = {}
         self._connecting: dict[tuple[Any, ...], threading.Lock] = {}
         self._reaper: threading.Thread | None = None
         self.connects = 0
@@ -443,64 +469,67 @@ class SshPool:
         self, host: HostInfo, *, find: FindHost | None = None, pin: PinKey | None = None
     ) -> SshConnection:
         """A live connection to ``host``, opened (and verified) if there is none."""
+        return SshConnection(host, self._link(host, find, pin))
+
+    def _link(self, host: HostInfo, find: FindHost | None, pin: PinKey | None) -> _Link:
         key = _route_key(host, find)
         with self._lock:
-            conn = self._connections.get(key)
-            if conn is not None and conn.alive:
-                conn.last_used = time.monotonic()
-                return conn
+            link = self._connections.get(key)
+            if link is not None and link.alive:
+                link.last_used = time.monotonic()
+                return link
             gate = self._connecting.setdefault(key, threading.Lock())
         with gate:  # one connect per destination at a time; the others reuse it
             with self._lock:
-                conn = self._connections.get(key)
-                if conn is not None and conn.alive:
-                    return conn
+                link = self._connections.get(key)
+                if link is not None and link.alive:
+                    return link
             via = None
             access = _access(host)
             if access.jump_host:
                 assert find is not None  # _route_key checked it
-                via = self.get(find(access.jump_host), find=find, pin=pin)
-            conn = _connect(host, via, pin)
+                via = self._link(find(access.jump_host), find, pin)
+            link = _connect(host, via, pin)
             with self._lock:
                 old = self._connections.get(key)
-                self._connections[key] = conn
+                self._connections[key] = link
                 self.connects += 1
                 self._start_reaper()
             if old is not None:
                 old.close()
-            return conn
+            return link
 
     def discard(self, host: HostInfo, find: FindHost | None = None) -> None:
         """Close and forget the pooled connection to ``host`` (after a lost connection)."""
         with self._lock:
-            conn = self._connections.pop(_route_key(host, find), None)
-        if conn is not None:
-            conn.close()
+            link = self._connections.pop(_route_key(host, find), None)
+        if link is not None:
+            link.close()
 
     def close_idle(self, now: float | None = None) -> int:
         """Close the connections idle for ``idle_seconds``; return how many were closed."""
         now = time.monotonic() if now is None else now
         with self._lock:
             stale = [
-                (key, conn)
-                for key, conn in self._connections.items()
-                if not conn.alive or now - conn.last_used >= self.idle_seconds
+                (key, link)
+                for key, link in self._connections.items()
+                if not link.alive or now - link.last_used >= self.idle_seconds
             ]
             # A jump connection stays while a connection through it is in the pool.
-            in_use = {id(c.via) for c in self._connections.values() if c.via is not None}
-            stale = [(k, c) for k, c in stale if id(c) not in in_use or not c.alive]
+            in_use = {id(x.via) for x in self._connections.values() if x.via is not None}
+            stale = [(k, x) for k, x in stale if id(x) not in in_use or not x.alive]
             for key, _ in stale:
                 del self._connections[key]
-        for _, conn in stale:
-            conn.close()
+        for _, link in stale:
+            link.close()
         return len(stale)
 
     def close(self) -> None:
         """Close every connection."""
         with self._lock:
-            conns, self._connections = list(self._connections.values()), {}
-        for conn in conns:
-            conn.close()
+            links, self._connections = list(self._connections.values()), {}
+        for link in links:
+            link.close()
 
     def __len__(self) -> int:
         with self._lock:
@@ -535,7 +564,7 @@ def default_pool() -> SshPool:
         return _default_pool
 
 
-def open_socket(host: HostInfo, via: SshConnection | None) -> Any:
+def open_socket(host: HostInfo, via: SshConnection | _Link | None) -> Any:
     """A stream to the host's sshd: TCP, or a direct-tcpip channel through ``via``."""
     access = _access(host)
     where = f"host {host.id} ({host.name}, {host.inner_ip}:{access.port})"
@@ -572,7 +601,7 @@ def open_socket(host: HostInfo, via: SshConnection | None) -> Any:
         ) from exc
 
 
-def fetch_host_key(host: HostInfo, via: SshConnection | None = None) -> str:
+def fetch_host_key(host: HostInfo, via: SshConnection | _Link | None = None) -> str:
     """The host key ``host`` presents (a key line), read without authenticating or trusting it."""
     paramiko = _paramiko()
     sock = open_socket(host, via)
@@ -590,7 +619,7 @@ def fetch_host_key(host: HostInfo, via: SshConnection | None = None) -> str:
         transport.close()
 
 
-def _connect(host: HostInfo, via: SshConnection | None, pin: PinKey | None) -> SshConnection:
+def _connect(host: HostInfo, via: _Link | None, pin: PinKey | None) -> _Link:
     paramiko = _paramiko()
     access = _access(host)
     where = f"host {host.id} ({host.name}, {access_mod.describe(host)})"
@@ -641,4 +670,4 @@ def _connect(host: HostInfo, via: SshConnection | None, pin: PinKey | None) -> S
     if transport is not None:
         transport.set_keepalive(15)
     _log.info("connected to %s", where)
-    return SshConnection(host, client, via)
+    return _Link(client, via)

@@ -254,9 +254,8 @@ def _parents() -> dict[int, int]:
     return parents
 
 
-def _own_lineage() -> set[int]:
+def _own_lineage(parents: dict[int, int]) -> set[int]:
     """This process and its ancestors: never signalled."""
-    parents = _parents()
     pid, lineage = os.getpid(), set()
     while pid > 0 and pid not in lineage:
         lineage.add(pid)
@@ -572,7 +571,7 @@ class SshServer:
             assert self._process is not None
             found = _descendants(self._process.pid, parents)
         found |= _with_ssh_connection_to(self.address, self.port, parents)
-        return found - _own_lineage()
+        return found - _own_lineage(parents)
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> None:
         """Stop the server and its sessions: SIGTERM, then SIGKILL after ``timeout`` seconds.
