@@ -12,7 +12,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TypeVar
 
-from dagtask.errors import ArgumentError, HostError
+from dagtask.errors import ArgumentError, HostError, HostNotFoundError
 from dagtask.models import HostInfo, SshAccess
 from dagtask.store import hosts as sql
 from dagtask.store.db import Database
@@ -161,7 +161,13 @@ class HostInventory:
             if ssh.jump_host is not None:
                 if ssh.jump_host == name:
                     raise ArgumentError(f"host {name!r} cannot be its own jump host")
-                jump = sql.get_host_by_name(self.db, ssh.jump_host)
+                try:
+                    jump = sql.get_host_by_name(self.db, ssh.jump_host)
+                except HostNotFoundError:
+                    raise ArgumentError(
+                        f"host {name!r}: the jump host {ssh.jump_host!r} is not in the "
+                        "inventory; add it first (dagtask hosts add --connector ssh ...)"
+                    ) from None
                 if jump.connector != SSH_CONNECTOR:
                     raise ArgumentError(
                         f"host {name!r}: the jump host {jump.name!r} must be an ssh host"

@@ -663,7 +663,14 @@ def _connect(host: HostInfo, via: _Link | None, pin: PinKey | None) -> _Link:
     except (paramiko.SSHException, EOFError, OSError) as exc:
         client.close()
         text = str(exc) or type(exc).__name__
-        if "banner" in text.lower() or isinstance(exc, TimeoutError):
+        # A peer that accepts TCP but never speaks SSH shows up as a banner error, or (when
+        # the transport died before authentication) as "No existing session".
+        if "banner" in text.lower() or "no existing session" in text.lower():
+            text = (
+                f"no SSH answer within {access.connect_timeout:g} s (it accepted the TCP "
+                "connection but did not complete the SSH handshake)"
+            )
+        elif isinstance(exc, TimeoutError):
             text = f"no SSH answer within {access.connect_timeout:g} s ({text})"
         raise HostError(f"cannot connect to {where}: {text}", target=str(host.id)) from exc
     transport = client.get_transport()
