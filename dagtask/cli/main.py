@@ -4,7 +4,7 @@ Exit codes (also in ``dagtask --help`` and the README):
 
 - 0: done;
 - 1: the task ended FAILED (``--wait``), or a check failed (``rollback --plan``, ``replay``,
-  ``compat``);
+  ``compat``, ``hosts check``);
 - 2 (``EXIT_USER``): a mistake in the command, its settings (environment, config file) or
   its arguments, or a database that cannot be used (unreachable, timed out, read-only, no or an
   outdated dagtask schema): the command cannot run as given, so it is fixed where it is typed;

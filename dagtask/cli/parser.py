@@ -50,6 +50,8 @@ EXAMPLES = {
     "templates": "dagtask templates",
     "hosts add": "dagtask hosts add --name local-1 --ip 127.0.0.1 --agent-home ./agent-home",
     "hosts list": "dagtask hosts list",
+    "hosts check": "dagtask hosts check --all",
+    "hosts trust": "dagtask hosts trust 3 --fingerprint SHA256:1lSp2Ck0...",
     "worker": "dagtask worker --concurrency 8 --name worker-1",
     "workers": "dagtask workers",
     "history": "dagtask history 7",
@@ -75,7 +77,7 @@ EXAMPLES = {
 EXIT_CODES = """\
 exit codes:
   0    done
-  1    a task ended FAILED (or a check failed: rollback --plan, replay, compat)
+  1    a task ended FAILED (or a check failed: rollback --plan, replay, compat, hosts check)
   2    a mistake in the command, its settings or arguments, or a database that cannot be
        used (one line on stderr)
   3    a bug (one line; --debug or DAGTASK_DEBUG=1 prints the traceback)
