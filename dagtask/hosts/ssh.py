@@ -220,12 +220,12 @@ class _Link:
     """One authenticated SSH connection as the pool keeps it (shared by every host record that
     routes to the same destination)."""
 
-    def __init__(self, client: paramiko.SSHClient, via: _Link | None) -> None:
+    def __init__(self, client: paramiko.SSHClient, via: _Link | None, limit: int) -> None:
         self.client = client
         self.via = via
         self.last_used = time.monotonic()
         self.sftp_lock = threading.Lock()
-        self.limit = threading.BoundedSemaphore(PER_HOST_LIMIT)
+        self.limit = threading.BoundedSemaphore(limit)
 
     @property
     def alive(self) -> bool:
@@ -456,8 +456,12 @@ class _Stream:
 class SshPool:
     """Authenticated connections by destination, reused across steps; idle ones are closed."""
 
-    def __init__(self, idle_seconds: float = IDLE_SECONDS) -> None:
+    def __init__(
+        self, idle_seconds: float = IDLE_SECONDS, per_host_limit: int = PER_HOST_LIMIT
+    ) -> None:
         self.idle_seconds = idle_seconds
+        self.per_host_limit = per_host_limit
+        """Commands that may run at once over one connection (the others wait their turn)."""
         self._lock = threading.Lock()
         self._connections: dict[tuple[Any, ...], _Link] = {}
         self._connecting: dict[tuple[Any, ...], threading.Lock] = {}
@@ -489,7 +493,7 @@ class SshPool:
             if access.jump_host:
                 assert find is not None  # _route_key checked it
                 via = self._link(find(access.jump_host), find, pin)
-            link = _connect(host, via, pin)
+            link = _connect(host, via, pin, self.per_host_limit)
             with self._lock:
                 old = self._connections.get(key)
                 self._connections[key] = link
@@ -619,7 +623,7 @@ def fetch_host_key(host: HostInfo, via: SshConnection | _Link | None = None) -> 
         transport.close()
 
 
-def _connect(host: HostInfo, via: _Link | None, pin: PinKey | None) -> _Link:
+def _connect(host: HostInfo, via: _Link | None, pin: PinKey | None, limit: int) -> _Link:
     paramiko = _paramiko()
     access = _access(host)
     where = f"host {host.id} ({host.name}, {access_mod.describe(host)})"
@@ -677,4 +681,4 @@ def _connect(host: HostInfo, via: _Link | None, pin: PinKey | None) -> _Link:
     if transport is not None:
         transport.set_keepalive(15)
     _log.info("connected to %s", where)
-    return _Link(client, via)
+    return _Link(client, via, limit)

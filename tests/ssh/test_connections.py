@@ -4,6 +4,12 @@ Every test talks to real sshd servers on loopback."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +20,7 @@ from dagtask import Engine
 from dagtask.errors import ArgumentError
 from dagtask.hosts import ssh
 from dagtask.states import TaskStatus
-from tests.processes import kill_processes_under
+from tests.processes import kill_processes_under, wait_until
 from tests.ssh.sshd import SshLab, SshServer
 from tests.ssh.support import WAIT_SECONDS, add_ssh_host, all_logs, connector
 
@@ -272,3 +278,85 @@ def test_idle_connections_are_closed_and_reopened_on_demand(
         assert pool.get(host).run("echo three").stdout == "three\n"
         assert pool.connects == 2
         pool.close()
+
+
+def test_ssh_agent_authentication(
+    engine: Engine,
+    ssh_lab: SshLab,
+    ssh_server: SshServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    agent = shutil.which("ssh-agent")
+    if agent is None:
+        pytest.skip("ssh-agent is not installed: apt-get install openssh-client")
+    sock = tmp_path / "agent.sock"
+    proc = subprocess.Popen([agent, "-D", "-a", str(sock)], stdout=subprocess.DEVNULL)
+    try:
+        wait_until(sock.exists, "the ssh-agent socket", 10)
+        env = {**os.environ, "SSH_AUTH_SOCK": str(sock)}
+        subprocess.run(["ssh-add", str(ssh_lab.user_key)], env=env, check=True, capture_output=True)
+        monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))
+        host = add_ssh_host(engine, ssh_lab, ssh_server, tmp_path, name="agent", use_agent=True)
+        assert engine.hosts.get(host.id).ssh.auth == "agent"  # type: ignore[union-attr]
+        done = engine.wait(run_on(engine, host.id, "echo via-agent"), timeout=WAIT_SECONDS)
+        assert done.status is TaskStatus.SUCCESSFUL, all_logs(engine, done.id)
+        assert "[agent] via-agent" in all_logs(engine, done.id)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_at_most_the_per_host_limit_of_commands_run_at_once(
+    ssh_lab: SshLab, ssh_server: SshServer, tmp_path: Path
+) -> None:
+    eng = Engine("sqlite:///" + str(tmp_path / "limit.db"), workers=0)
+    with eng:
+        host = add_ssh_host(eng, ssh_lab, ssh_server, tmp_path, name="limited")
+        pool = ssh.SshPool(per_host_limit=2)
+        spans: list[tuple[float, float]] = []
+
+        def one() -> None:
+            out = pool.get(host).run("date +%s.%N; sleep 0.4; date +%s.%N").stdout.split()
+            spans.append((float(out[0]), float(out[1])))
+
+        threads = [threading.Thread(target=one) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        pool.close()
+    assert len(spans) == 6
+    # The most commands whose remote run times overlap at any one start moment.
+    overlap = max(sum(1 for s, e in spans if s <= start < e) for start, _ in spans)
+    assert overlap == 2, spans
+    assert pool.connects == 1
+
+
+def test_a_frozen_host_fails_the_step_at_its_timeout(
+    engine: Engine, ssh_lab: SshLab, ssh_server: SshServer, tmp_path: Path
+) -> None:
+    from dagtask import TemplateBuilder
+    from tests.ssh import handlers
+
+    host = add_ssh_host(engine, ssh_lab, ssh_server, tmp_path, name="frozen")
+    t = TemplateBuilder("Remote sleep (frozen)", host_arg="host_id")
+    t.add("Sleep there", handlers.remote_sleep, timeout=2)
+    engine.register_template(t.build())
+    task = engine.submit("Remote sleep (frozen)", args={"host_id": str(host.id)})
+    wait_until(lambda: "$ (trap" in all_logs(engine, task.id), "the remote command", 30)
+    frozen = [ssh_server.pid or 0, *ssh_server.session_pids()]
+    for pid in frozen:  # the host hangs: nothing answers, nothing closes
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        done = engine.wait(task.id, timeout=WAIT_SECONDS)
+        took = time.monotonic() - started
+    finally:
+        for pid in frozen:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+    assert done.status is TaskStatus.FAILED
+    assert "timed out" in (done.subtasks[0].message or "").lower()
+    # The timeout (2 s) plus at most one connect timeout (5 s) spent trying to stop the command.
+    assert took < 2 + 5 + 5, took
