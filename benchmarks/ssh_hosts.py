@@ -25,6 +25,7 @@ import argparse
 import json
 import logging
 import os
+import pwd
 import shutil
 import signal
 import statistics
@@ -223,16 +224,32 @@ def _probe(engine: Engine, hosts: Sequence[HostInfo]) -> Probe:
     return probe
 
 
-def ssh_repeat(lab: SshLab, workers: int) -> tuple[Run, Run, Probe]:
-    """One repeat over the lab's hosts: the cold run, the warm run, and the probe."""
+def _home_for(folder: Path, index: int, user: str | None) -> Path:
+    """The agent home of host ``index``; made beforehand and given to ``user`` when the SSH
+    login is not this process's user (it could not create it in the temp folder)."""
+    home = folder / f"agent-{index}"
+    if user is not None:
+        entry = pwd.getpwnam(user)
+        home.mkdir()
+        os.chown(home, entry.pw_uid, entry.pw_gid)
+    return home
+
+
+def ssh_repeat(lab: SshLab, workers: int, user: str | None = None) -> tuple[Run, Run, Probe]:
+    """One repeat over the lab's hosts: the cold run, the warm run, and the probe; logged in
+    as ``user`` (default: the lab's user) with the lab's key."""
     from dagtask.hosts.ssh import default_pool
     from tests.ssh.support import add_ssh_host
+
+    login: dict[str, Any] = {} if user is None else {"user": user}
 
     def body(folder: Path) -> tuple[Run, Run, Probe]:
         engine = _engine(folder, workers)
         try:
             hosts = [
-                add_ssh_host(engine, lab, server, folder / f"agent-{i}", name=f"ssh-{i}")
+                add_ssh_host(
+                    engine, lab, server, _home_for(folder, i, user), name=f"ssh-{i}", **login
+                )
                 for i, server in enumerate(lab.servers, 1)
             ]
             pids = _start_agents(engine, hosts, install=True)
@@ -362,11 +379,23 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         "--repeat", type=int, default=3, help="runs per host count; figures are their median"
     )
     parser.add_argument("--workers", type=int, default=8, help="worker threads (default 8)")
+    parser.add_argument(
+        "--ssh-user",
+        metavar="NAME",
+        help="log in to the lab's servers as this local user, with the lab's key (default: the "
+        "lab's user, root when run as root); every remote command starts that user's login "
+        "shell, so its shell startup files are part of the figures",
+    )
     args = parser.parse_args(argv)
     if args.workers < 1 or args.repeat < 1:
         parser.error("--workers and --repeat must be at least 1")
     if not all(0 < n <= MAX_HOSTS for n in args.hosts):
         parser.error(f"every --hosts count must be 1..{MAX_HOSTS}")
+    if args.ssh_user is not None:
+        try:
+            pwd.getpwnam(args.ssh_user)
+        except KeyError:
+            parser.error(f"--ssh-user {args.ssh_user}: no such local user")
     return args
 
 
@@ -391,8 +420,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             # No password user: the lab would reset the password of the test suite's user.
             with SshLab(count, password_user=False) as lab:
+                login = args.ssh_user or lab.user
                 for _ in range(args.repeat):
-                    cold, warm, probe = ssh_repeat(lab, args.workers)
+                    cold, warm, probe = ssh_repeat(lab, args.workers, args.ssh_user)
                     runs["ssh cold"].append(cold)
                     runs["ssh warm"].append(warm)
                     probes.append(probe)
@@ -410,6 +440,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "poll_interval": POLL_INTERVAL,
             "repeat": args.repeat,
             "db": "fresh temp SQLite file per repeat",
+            "ssh_user": login,
             "wall": "submit() to wait_status() returning; workers started "
             f"{SETTLE_SECONDS} s before the first submit",
         }

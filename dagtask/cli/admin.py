@@ -38,13 +38,13 @@ from dagtask.errors import (
 from dagtask.hosts.access import make_access
 from dagtask.hosts.check import check_hosts, presented_key
 from dagtask.hosts.connector import connector_for
+from dagtask.hosts.hostkeys import fingerprint
 from dagtask.hosts.inventory import (
     SSH_CONNECTOR,
     AgentStatus,
     connector_description,
     local_ip_mismatch,
 )
-from dagtask.hosts.ssh import fingerprint
 from dagtask.models import HostInfo, SshAccess
 from dagtask.store.db import (
     Database,

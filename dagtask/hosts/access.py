@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -160,3 +161,26 @@ def describe(host: HostInfo) -> str:
         return f"{host.inner_ip} (connector {host.connector})"
     via = f" via {access.jump_host}" if access.jump_host else ""
     return f"{access.user}@{host.inner_ip}:{access.port}{via}"
+
+
+def load_paramiko() -> Any:
+    """The paramiko module, or a HostError saying how to install it."""
+    try:
+        import paramiko
+    except ImportError:
+        raise HostError(
+            "SSH hosts need the ssh extra: pip install 'dagtask[ssh]' (paramiko) on every "
+            "machine that runs workers"
+        ) from None
+    return paramiko
+
+
+def ssh_settings(host: HostInfo) -> SshAccess:
+    """The host's SSH settings; a HostError if it has none."""
+    if host.ssh is None:
+        raise HostError(
+            f"host {host.id} ({host.name}) uses connector {host.connector!r} but has no SSH "
+            "settings; re-add it with dagtask hosts add --connector ssh --ssh-user ...",
+            target=str(host.id),
+        )
+    return host.ssh

@@ -12,14 +12,15 @@ from __future__ import annotations
 import logging
 import shlex
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from dagtask.errors import ArgumentError, HostError
 from dagtask.handlers import CancellationToken, CancelledError
 from dagtask.hosts import ssh
+from dagtask.hosts.access import describe
 from dagtask.hosts.connector import AgentProcess, Connector, StopReport
+from dagtask.hosts.hostkeys import PinKey
 from dagtask.hosts.kinds import AgentKind, agent_kind
 from dagtask.models import HostInfo
 
@@ -67,7 +68,7 @@ class SshConnector(Connector):
         pool: ssh.SshPool | None = None,
         *,
         find: ssh.FindHost | None = None,
-        pin: ssh.PinKey | None = None,
+        pin: PinKey | None = None,
     ) -> None:
         self.pool = pool or ssh.default_pool()
         self.find = find
@@ -350,8 +351,6 @@ class SshConnector(Connector):
 
 def ssh_where(host: HostInfo) -> str:
     """``user@addr:port`` for log lines."""
-    from dagtask.hosts.access import describe
-
     return describe(host)
 
 
@@ -384,6 +383,3 @@ def install_agent_stub(
         conn.upload(script, path, mode=0o755)
         paths.append(path)
     return paths
-
-
-ConnectorFactory = Callable[[], SshConnector]

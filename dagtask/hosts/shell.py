@@ -26,7 +26,7 @@ from dagtask.errors import HostError
 from dagtask.handlers import CancellationToken, CancelledError
 from dagtask.hosts import access
 from dagtask.hosts.inventory import SSH_CONNECTOR
-from dagtask.hosts.ssh import CommandResult, SshConnection, _Stream
+from dagtask.hosts.ssh import CommandResult, Line, OutputLines, SshConnection
 from dagtask.models import HostInfo
 from dagtask.services import Services
 
@@ -171,7 +171,7 @@ def _run_local(
     timeout: float | None,
     input: bytes | str | None,
     env: Mapping[str, str] | None,
-    on_line: object,
+    on_line: Line | None,
     token: CancellationToken,
 ) -> CommandResult:
     """The local twin of :meth:`SshConnection.run`: own process group, streamed lines."""
@@ -190,8 +190,8 @@ def _run_local(
         data = input.encode() if isinstance(input, str) else input
         threading.Thread(target=_feed, args=(proc.stdin, data), daemon=True).start()
     streams = {
-        "stdout": _Stream(on_line, "stdout"),  # type: ignore[arg-type]
-        "stderr": _Stream(on_line, "stderr"),  # type: ignore[arg-type]
+        "stdout": OutputLines(on_line, "stdout"),
+        "stderr": OutputLines(on_line, "stderr"),
     }
     # No marker line locally: the process group is the child's pid.
     streams["stderr"].pgid = proc.pid

@@ -23,9 +23,7 @@ What runs where:
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import hashlib
 import logging
 import os
 import select
@@ -35,13 +33,14 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dagtask.errors import HostError
 from dagtask.handlers import CancellationToken, CancelledError
 from dagtask.hosts import access as access_mod
-from dagtask.models import HostInfo, SshAccess
+from dagtask.hosts.access import load_paramiko, ssh_settings
+from dagtask.hosts.hostkeys import HostKeyError, PinKey, Verify, key_line
+from dagtask.models import HostInfo
 
 if TYPE_CHECKING:
     import paramiko
@@ -61,25 +60,8 @@ _POLL = 0.05
 
 Line = Callable[[str, str], None]
 """``on_line(stream, text)``: called for each line of output, stream "stdout" or "stderr"."""
-PinKey = Callable[[HostInfo, str], None]
-"""Pins an accepted host key (OpenSSH public key line) in the inventory."""
 FindHost = Callable[[str], HostInfo]
 """Looks a host up by inventory name (for jump hosts)."""
-
-
-def _paramiko() -> Any:
-    try:
-        import paramiko
-    except ImportError:
-        raise HostError(
-            "SSH hosts need the ssh extra: pip install 'dagtask[ssh]' (paramiko) on every "
-            "machine that runs workers"
-        ) from None
-    return paramiko
-
-
-class HostKeyError(HostError):
-    """The host's SSH key is unknown or differs from the pinned or known one."""
 
 
 @dataclass(frozen=True)
@@ -100,110 +82,8 @@ def _short(text: str) -> str:
     return text if len(text) <= 120 else text[:117] + "..."
 
 
-def fingerprint(key_line_or_key: str | paramiko.PKey) -> str:
-    """The SHA256 fingerprint of a host key, as ``ssh-keygen -lf`` prints it."""
-    if isinstance(key_line_or_key, str):
-        blob = base64.b64decode(key_line_or_key.split()[1])
-    else:
-        blob = key_line_or_key.asbytes()
-    digest = base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
-    return f"SHA256:{digest}"
-
-
-def key_line(key: paramiko.PKey) -> str:
-    """``ssh-ed25519 AAAA...``: the OpenSSH public key line of ``key``."""
-    return f"{key.get_name()} {key.get_base64()}"
-
-
-def known_hosts_name(address: str, port: int) -> str:
-    """How OpenSSH names a host in known_hosts: ``addr`` on port 22, else ``[addr]:port``."""
-    return address if port == 22 else f"[{address}]:{port}"
-
-
-def default_known_hosts() -> Path:
-    """``$DAGTASK_KNOWN_HOSTS`` or ``~/.ssh/known_hosts``."""
-    return Path(os.environ.get("DAGTASK_KNOWN_HOSTS") or "~/.ssh/known_hosts").expanduser()
-
-
-def check_host_key(host: HostInfo, offered: str, pin: PinKey | None) -> None:
-    """Accept ``offered`` (a key line) for ``host`` or raise :class:`HostKeyError`."""
-    access = _access(host)
-    shown = fingerprint(offered)
-    where = f"host {host.id} ({host.name}, {host.inner_ip}:{access.port})"
-    if host.host_key:
-        if host.host_key.split()[:2] == offered.split()[:2]:
-            return
-        raise HostKeyError(
-            f"{where} presented host key {shown}, but {fingerprint(host.host_key)} is pinned: "
-            "the host was reinstalled, or someone is in between. Nothing was run. If the change "
-            f"is expected, check the new key out of band and pin it: dagtask hosts trust "
-            f"{host.id}",
-            target=str(host.id),
-        )
-    path = Path(access.known_hosts).expanduser() if access.known_hosts else default_known_hosts()
-    known = _known_keys(path, known_hosts_name(host.inner_ip, access.port))
-    kind, blob = offered.split()[:2]
-    if known:
-        if known.get(kind) == blob:
-            return
-        listed = ", ".join(f"{k} {fingerprint(f'{k} {b}')}" for k, b in sorted(known.items()))
-        raise HostKeyError(
-            f"{where} presented host key {kind} {shown}, but {path} lists {listed} for it: the "
-            "host key CHANGED (reinstalled host, or someone in between). Nothing was run. If "
-            f"the change is expected, remove the old line from {path} or pin the new key with "
-            f"dagtask hosts trust {host.id}",
-            target=str(host.id),
-        )
-    if access.accept_new_host_key and pin is not None:
-        _log.warning("%s: accepting and pinning its new host key %s (accept-new)", where, shown)
-        pin(host, offered)
-        return
-    raise HostKeyError(
-        f"{where} presented host key {kind} {shown}, which is not pinned and not in {path}; "
-        "nothing was run. Check the fingerprint out of band (ssh-keygen -lf on the host), then "
-        f"pin it with: dagtask hosts trust {host.id}",
-        target=str(host.id),
-    )
-
-
-def _known_keys(path: Path, name: str) -> dict[str, str]:
-    """The key lines ``path`` lists for ``name`` (hashed entries included), by key type."""
-    if not path.is_file():
-        return {}
-    paramiko = _paramiko()
-    try:
-        keys = paramiko.HostKeys(str(path))
-    except (OSError, paramiko.SSHException, ValueError) as exc:
-        raise HostKeyError(f"cannot read the known-hosts file {path}: {exc}") from exc
-    entry = keys.lookup(name)
-    if entry is None:
-        return {}
-    return {kind: key.get_base64() for kind, key in entry.items()}
-
-
-def _access(host: HostInfo) -> SshAccess:
-    if host.ssh is None:
-        raise HostError(
-            f"host {host.id} ({host.name}) uses connector {host.connector!r} but has no SSH "
-            "settings; re-add it with dagtask hosts add --connector ssh --ssh-user ...",
-            target=str(host.id),
-        )
-    return host.ssh
-
-
-class _Verify:
-    """paramiko's missing-host-key hook: dagtask's own check (the client knows no keys)."""
-
-    def __init__(self, host: HostInfo, pin: PinKey | None) -> None:
-        self.host = host
-        self.pin = pin
-
-    def missing_host_key(self, client: Any, hostname: str, key: paramiko.PKey) -> None:
-        check_host_key(self.host, key_line(key), self.pin)
-
-
 def _route_key(host: HostInfo, find: FindHost | None, depth: int = 0) -> tuple[Any, ...]:
-    access = _access(host)
+    access = ssh_settings(host)
     hop: tuple[Any, ...] = ()
     if access.jump_host:
         if find is None or depth > 4:
@@ -308,14 +188,17 @@ class SshConnection:
         if transport is None or not transport.is_active():
             raise self._lost(shown)
         try:
-            chan = transport.open_session(timeout=_access(self.host).connect_timeout)
+            chan = transport.open_session(timeout=ssh_settings(self.host).connect_timeout)
             chan.exec_command(script)
             if input is not None:
                 chan.sendall(input.encode() if isinstance(input, str) else input)
             chan.shutdown_write()
-        except (OSError, EOFError, _paramiko().SSHException) as exc:
+        except (OSError, EOFError, load_paramiko().SSHException) as exc:
             raise self._lost(shown, exc) from exc
-        streams = {"stdout": _Stream(on_line, "stdout"), "stderr": _Stream(on_line, "stderr")}
+        streams = {
+            "stdout": OutputLines(on_line, "stdout"),
+            "stderr": OutputLines(on_line, "stderr"),
+        }
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             while True:
@@ -378,11 +261,11 @@ class SshConnection:
         if transport is None or not transport.is_active():
             return
         try:
-            chan = transport.open_session(timeout=_access(self.host).connect_timeout)
+            chan = transport.open_session(timeout=ssh_settings(self.host).connect_timeout)
             chan.exec_command(script)
             chan.recv_exit_status()
             chan.close()
-        except (OSError, EOFError, _paramiko().SSHException) as exc:
+        except (OSError, EOFError, load_paramiko().SSHException) as exc:
             _log.warning("could not stop process group %d on host %d: %s", pgid, self.host.id, exc)
 
     def upload(
@@ -417,7 +300,7 @@ class SshConnection:
 
 
 @dataclass
-class _Stream:
+class OutputLines:
     """Splits one output stream into lines; picks the process-group marker out of stderr."""
 
     on_line: Line | None
@@ -489,7 +372,7 @@ class SshPool:
                 if link is not None and link.alive:
                     return link
             via = None
-            access = _access(host)
+            access = ssh_settings(host)
             if access.jump_host:
                 assert find is not None  # _route_key checked it
                 via = self._link(find(access.jump_host), find, pin)
@@ -570,7 +453,7 @@ def default_pool() -> SshPool:
 
 def open_socket(host: HostInfo, via: SshConnection | _Link | None) -> Any:
     """A stream to the host's sshd: TCP, or a direct-tcpip channel through ``via``."""
-    access = _access(host)
+    access = ssh_settings(host)
     where = f"host {host.id} ({host.name}, {host.inner_ip}:{access.port})"
     if via is not None:
         transport = via.client.get_transport()
@@ -582,7 +465,7 @@ def open_socket(host: HostInfo, via: SshConnection | _Link | None) -> Any:
                 ("127.0.0.1", 0),
                 timeout=access.connect_timeout,
             )
-        except (OSError, AssertionError, _paramiko().SSHException) as exc:
+        except (OSError, AssertionError, load_paramiko().SSHException) as exc:
             raise HostError(
                 f"cannot reach {where} through jump host {access.jump_host}: {exc or 'refused'}",
                 target=str(host.id),
@@ -607,12 +490,12 @@ def open_socket(host: HostInfo, via: SshConnection | _Link | None) -> Any:
 
 def fetch_host_key(host: HostInfo, via: SshConnection | _Link | None = None) -> str:
     """The host key ``host`` presents (a key line), read without authenticating or trusting it."""
-    paramiko = _paramiko()
+    paramiko = load_paramiko()
     sock = open_socket(host, via)
     transport = paramiko.Transport(sock)
     try:
-        transport.banner_timeout = _access(host).connect_timeout
-        transport.start_client(timeout=_access(host).connect_timeout)
+        transport.banner_timeout = ssh_settings(host).connect_timeout
+        transport.start_client(timeout=ssh_settings(host).connect_timeout)
         return key_line(transport.get_remote_server_key())
     except (paramiko.SSHException, EOFError, OSError) as exc:
         raise HostError(
@@ -624,12 +507,12 @@ def fetch_host_key(host: HostInfo, via: SshConnection | _Link | None = None) -> 
 
 
 def _connect(host: HostInfo, via: _Link | None, pin: PinKey | None, limit: int) -> _Link:
-    paramiko = _paramiko()
-    access = _access(host)
+    paramiko = load_paramiko()
+    access = ssh_settings(host)
     where = f"host {host.id} ({host.name}, {access_mod.describe(host)})"
     sock = open_socket(host, via)
     client = paramiko.SSHClient()
-    client.set_missing_host_key_policy(_Verify(host, pin))
+    client.set_missing_host_key_policy(Verify(host, pin))
     kwargs: dict[str, Any] = {
         "hostname": host.inner_ip,
         "port": access.port,

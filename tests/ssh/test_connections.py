@@ -18,7 +18,7 @@ import pytest
 
 from dagtask import Engine
 from dagtask.errors import ArgumentError
-from dagtask.hosts import ssh
+from dagtask.hosts import hostkeys, ssh
 from dagtask.states import TaskStatus
 from tests.processes import kill_processes_under, wait_until
 from tests.ssh.sshd import SshLab, SshServer
@@ -65,7 +65,7 @@ def test_an_unknown_host_key_is_refused_until_trusted(
     from dagtask.hosts.check import presented_key
 
     offered = presented_key(engine.services, host)
-    assert ssh.fingerprint(offered) == ssh_server.fingerprint
+    assert hostkeys.fingerprint(offered) == ssh_server.fingerprint
     engine.hosts.set_host_key(host.id, offered)
     done = engine.wait(run_on(engine, host.id, f"touch {marker}"), timeout=WAIT_SECONDS)
     assert done.status is TaskStatus.SUCCESSFUL, all_logs(engine, done.id)
@@ -115,7 +115,7 @@ def test_accept_new_pins_the_first_key_and_still_refuses_a_change(
     done = engine.wait(run_on(engine, host.id, "true"), timeout=WAIT_SECONDS)
     assert done.status is TaskStatus.SUCCESSFUL, all_logs(engine, done.id)
     pinned = engine.hosts.get(host.id).host_key
-    assert pinned is not None and ssh.fingerprint(pinned) == ssh_server.fingerprint
+    assert pinned is not None and hostkeys.fingerprint(pinned) == ssh_server.fingerprint
     assert empty.read_text() == ""  # pinned in the inventory, the file is left alone
 
     ssh_server.regenerate_host_key()
