@@ -138,8 +138,8 @@ def cmd_hosts_add(args: argparse.Namespace) -> int:
             print(f"OCP agent started (agent status ONLINE): pid {', '.join(map(str, pids))}")
         else:
             print(
-                f"agent status {host.agent_status}: not checked; --start-agent starts it, "
-                "a stop or restart task finds out"
+                f"agent status {host.agent_status}: not checked; `dagtask hosts check {host.id}` "
+                "looks, --start-agent starts it"
             )
     return 0
 
@@ -177,7 +177,7 @@ def cmd_hosts_check(args: argparse.Namespace) -> int:
         print(out.table(["ID", "NAME", "REACHED", "OS", "AGENT"], rows) if rows else "no hosts")
         for r in reports:
             if r.error:
-                print(f"host {r.host.id} ({r.host.name}): {r.error}", file=sys.stderr)
+                print(r.error, file=sys.stderr)
     return 1 if any(r.error for r in reports) else 0
 
 

@@ -126,16 +126,16 @@ class HostInventory:
         *,
         connector: str = LOCAL_CONNECTOR,
         status: HostStatus | str = HostStatus.ONLINE,
-        agent_status: AgentStatus | str = AgentStatus.ONLINE,
+        agent_status: AgentStatus | str = AgentStatus.UNKNOWN,
         ssh: SshAccess | None = None,
         agent_kind: str = "ocp",
     ) -> HostInfo:
         """Register a host; its name must be unique (else :class:`HostError`), ``inner_ip`` an
         IPv4 or IPv6 address (stored in canonical form; else :class:`ArgumentError`).
 
-        Registering checks nothing: ``agent_status`` is what the caller states. A caller that
-        has not looked at the agent passes :attr:`AgentStatus.UNKNOWN`, as ``dagtask hosts add``
-        does; a host operation then finds out and records the real status.
+        Registering checks nothing: the agent is UNKNOWN until something looks at it
+        (``dagtask hosts check``, a host operation); a caller that knows better states it with
+        ``agent_status``.
 
         A local host's ``agent_home`` is made absolute, because the workers that stop its agent
         may run in another directory than the caller.

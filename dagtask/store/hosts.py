@@ -54,7 +54,7 @@ def add_host(
     *,
     connector: str = "local",
     status: str = "ONLINE",
-    agent_status: str = "ONLINE",
+    agent_status: str = "UNKNOWN",
     ssh: SshAccess | None = None,
     agent_kind: str = "ocp",
 ) -> HostInfo:

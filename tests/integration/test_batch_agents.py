@@ -47,7 +47,9 @@ def hosts(engine: Engine, tmp_path: Path) -> list[HostInfo]:
     """Three demo hosts whose agents run (ONLINE)."""
     found = []
     for i in range(3):
-        host = engine.hosts.add(f"demo-{i}", "127.0.0.1", str(tmp_path / f"agent-{i}"))
+        host = engine.hosts.add(
+            f"demo-{i}", "127.0.0.1", str(tmp_path / f"agent-{i}"), agent_status="ONLINE"
+        )
         engine.services.connector(host).start_agent(host, log=LOG)
         found.append(host)
     return found
@@ -250,7 +252,9 @@ def test_rolling_back_a_failed_batch_restart_brings_every_agent_back(
 
 
 def test_rolling_back_a_cancelled_stop_restarts_the_agent(engine: Engine, tmp_path: Path) -> None:
-    host = engine.hosts.add("stubborn", "127.0.0.1", str(tmp_path / "stubborn"))
+    host = engine.hosts.add(
+        "stubborn", "127.0.0.1", str(tmp_path / "stubborn"), agent_status="ONLINE"
+    )
     home = Path(host.agent_home)
     stubborn = local.start_agent_process(home, "ocp_agentd", ("--ignore-sigterm",))
     others = engine.services.connector(host).start_agent(host, log=LOG)[1:]

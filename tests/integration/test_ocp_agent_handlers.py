@@ -52,6 +52,8 @@ def services(tmp_path: Path) -> Iterator[Services]:
 
 
 def add_host(services: Services, tmp_path: Path, name: str = "db1", **kwargs: str) -> HostInfo:
+    """A local host, its agent stated ONLINE unless ``agent_status`` says otherwise."""
+    kwargs.setdefault("agent_status", "ONLINE")
     return services.hosts.add(name, "127.0.0.1", str(tmp_path / name), **kwargs)
 
 

@@ -13,6 +13,8 @@ from dagtask.errors import ArgumentError, HostError, HostNotFoundError
 from dagtask.hosts.connector import connector_for
 from dagtask.hosts.inventory import AgentStatus, HostInventory, HostStatus
 from dagtask.hosts.local import LocalConnector
+from dagtask.hosts.remote import SshConnector
+from dagtask.models import SshAccess
 from dagtask.store.db import open_database
 
 
@@ -29,7 +31,7 @@ def test_add_then_get_returns_the_same_host(inventory: HostInventory, tmp_path: 
     got = inventory.get(added.id)
     assert got == added
     assert (got.name, got.inner_ip, got.connector) == ("db1", "10.0.0.1", "local")
-    assert (got.status, got.agent_status) == ("ONLINE", "ONLINE")
+    assert (got.status, got.agent_status) == ("ONLINE", "UNKNOWN")  # never looked at
     assert got.create_time.tzinfo is None, "times are naive UTC"
     assert before - timedelta(seconds=1) <= got.create_time <= before + timedelta(minutes=1)
     assert inventory.get_by_name("db1") == added
@@ -72,7 +74,7 @@ def test_list_is_ordered_by_id(inventory: HostInventory) -> None:
 
 def test_set_agent_status_returns_the_previous_status(inventory: HostInventory) -> None:
     host = inventory.add("db1", "10.0.0.1", "/opt/agent")
-    assert inventory.set_agent_status(host.id, AgentStatus.STOPPING) is AgentStatus.ONLINE
+    assert inventory.set_agent_status(host.id, AgentStatus.STOPPING) is AgentStatus.UNKNOWN
     assert inventory.set_agent_status(host.id, "STOPPED") is AgentStatus.STOPPING
     changed = inventory.get(host.id)
     assert changed.agent_status == "STOPPED"
@@ -94,7 +96,7 @@ def test_set_status(inventory: HostInventory) -> None:
     host = inventory.add("db1", "10.0.0.1", "/opt/agent")
     assert inventory.set_status(host.id, HostStatus.OFFLINE) is HostStatus.ONLINE
     assert inventory.get(host.id).status == "OFFLINE"
-    assert inventory.get(host.id).agent_status == "ONLINE", "the agent status is separate"
+    assert inventory.get(host.id).agent_status == "UNKNOWN", "the agent status is separate"
 
 
 def test_invalid_status_values_are_refused_with_the_valid_ones(inventory: HostInventory) -> None:
@@ -116,11 +118,21 @@ def test_empty_name_is_refused(inventory: HostInventory) -> None:
 def test_connector_for_picks_by_kind(inventory: HostInventory) -> None:
     local = inventory.add("db1", "10.0.0.1", "/opt/agent")
     assert isinstance(connector_for(local), LocalConnector)
-    remote = inventory.add("db2", "10.0.0.2", "/opt/agent", connector="ssh")
+    access = SshAccess(user="admin", auth="agent")
+    remote = inventory.add("db2", "10.0.0.2", "/opt/agent", connector="ssh", ssh=access)
+    assert isinstance(connector_for(remote), SshConnector)
+    odd = inventory.add("db3", "10.0.0.3", "/opt/agent", connector="telnet")
     with pytest.raises(
-        HostError, match=r"connector 'ssh', which dagtask does not know \(known: lo"
+        HostError, match=r"connector 'telnet', which dagtask does not know \(known: local, ssh"
     ):
-        connector_for(remote)
+        connector_for(odd)
+    with pytest.raises(ArgumentError, match="ssh connector but says nothing of how to log in"):
+        inventory.add("db4", "10.0.0.4", "/opt/agent", connector="ssh")
+    with pytest.raises(ArgumentError, match="must be an absolute path on the remote host"):
+        inventory.add("db4", "10.0.0.4", "opt/agent", connector="ssh", ssh=access)
+    with pytest.raises(ArgumentError, match="SSH settings need --connector ssh"):
+        inventory.add("db4", "10.0.0.4", "/opt/agent", ssh=access)
+    assert [h.name for h in inventory.list()] == ["db1", "db2", "db3"]
 
 
 def test_concurrent_conditional_sets_let_exactly_one_win(inventory: HostInventory) -> None:
