@@ -19,6 +19,8 @@ from typing import NoReturn
 
 import pytest
 
+from dagtask import Engine
+from tests.processes import kill_processes_under
 from tests.ssh.sshd import SshLab, SshServer, find_sshd
 
 REQUIRE_SERVERS = os.environ.get("DAGTASK_REQUIRE_SERVERS") == "1"
@@ -85,3 +87,16 @@ def ssh_client() -> str:
     if path is None:
         _missing("ssh is not installed: apt-get install openssh-client")
     return path
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[Engine]:
+    """An engine with background workers on a fresh SQLite file in the test's folder; every
+    process under that folder (agents started through SSH included) dies afterwards."""
+    eng = Engine("sqlite:///" + str(tmp_path / "ssh.db"), workers=8, poll_interval=0.05)
+    try:
+        eng.start()
+        yield eng
+    finally:
+        eng.close()
+        kill_processes_under(tmp_path)

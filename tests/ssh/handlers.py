@@ -5,6 +5,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+from dagtask import TaskTemplate, TemplateBuilder
 from dagtask.handlers import HandlerResult, RunContext
 
 SLEEP_MARK = "987.801"
@@ -15,6 +16,13 @@ def remote_sleep(ctx: RunContext) -> HandlerResult:
     """Sleep on the host, with a child that ignores SIGTERM; only a group SIGKILL ends both."""
     ctx.host().run(f"(trap '' TERM; sleep {SLEEP_MARK}) & sleep {SLEEP_MARK}")
     return None
+
+
+def remote_sleep_template(name: str, timeout: int) -> TaskTemplate:
+    """One step on ``stringMap.host_id`` that runs :func:`remote_sleep` with ``timeout``."""
+    t = TemplateBuilder(name, host_arg="host_id")
+    t.add("Sleep there", remote_sleep, timeout=timeout)
+    return t.build()
 
 
 def remote_files(ctx: RunContext) -> HandlerResult:

@@ -11,7 +11,6 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,21 +19,9 @@ from dagtask import Engine
 from dagtask.errors import ArgumentError
 from dagtask.hosts import hostkeys, ssh
 from dagtask.states import TaskStatus
-from tests.processes import kill_processes_under, wait_until
+from tests.processes import wait_until
 from tests.ssh.sshd import SshLab, SshServer
 from tests.ssh.support import WAIT_SECONDS, add_ssh_host, all_logs, connector
-
-
-@pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Engine]:
-    """An engine with background workers on a fresh SQLite file."""
-    eng = Engine("sqlite:///" + str(tmp_path / "c.db"), workers=8, poll_interval=0.05)
-    try:
-        eng.start()
-        yield eng
-    finally:
-        eng.close()
-        kill_processes_under(tmp_path)
 
 
 def run_on(engine: Engine, host_id: int, command: str, **more: str) -> int:
@@ -165,7 +152,8 @@ def test_password_authentication_by_reference_and_the_secret_never_shows(
         repr(history),
         engine.hosts.get(host.id).model_dump_json(),
     ]
-    db_bytes = (tmp_path / "c.db").read_bytes()
+    # The database file and its write-ahead log, as they are on disk.
+    db_bytes = b"".join(path.read_bytes() for path in tmp_path.glob("ssh.db*"))
     for text in everywhere:
         assert ssh_lab.password not in text
     assert ssh_lab.password.encode() not in db_bytes
@@ -336,13 +324,10 @@ def test_at_most_the_per_host_limit_of_commands_run_at_once(
 def test_a_frozen_host_fails_the_step_at_its_timeout(
     engine: Engine, ssh_lab: SshLab, ssh_server: SshServer, tmp_path: Path
 ) -> None:
-    from dagtask import TemplateBuilder
     from tests.ssh import handlers
 
     host = add_ssh_host(engine, ssh_lab, ssh_server, tmp_path, name="frozen")
-    t = TemplateBuilder("Remote sleep (frozen)", host_arg="host_id")
-    t.add("Sleep there", handlers.remote_sleep, timeout=2)
-    engine.register_template(t.build())
+    engine.register_template(handlers.remote_sleep_template("Remote sleep (frozen)", timeout=2))
     task = engine.submit("Remote sleep (frozen)", args={"host_id": str(host.id)})
     wait_until(lambda: "$ (trap" in all_logs(engine, task.id), "the remote command", 30)
     frozen = [ssh_server.pid or 0, *ssh_server.session_pids()]

@@ -15,7 +15,7 @@ import pytest
 from dagtask import Engine, TemplateBuilder
 from dagtask.hosts.inventory import AgentStatus
 from dagtask.states import SubtaskStatus, TaskStatus
-from tests.processes import kill_processes_under, wait_until
+from tests.processes import wait_until
 from tests.ssh import handlers
 from tests.ssh.sshd import SshLab, SshServer
 from tests.ssh.support import (
@@ -27,19 +27,13 @@ from tests.ssh.support import (
 )
 
 
-@pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Engine]:
-    """An engine with background workers on a fresh SQLite file."""
-    eng = Engine("sqlite:///" + str(tmp_path / "h.db"), workers=8, poll_interval=0.05)
-    try:
-        eng.start()
-        yield eng
-    finally:
-        eng.close()
-        kill_processes_under(tmp_path)
-        for pid in sleepers():  # a failed test must not leak them
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+@pytest.fixture(autouse=True)
+def _no_leftover_sleepers() -> Iterator[None]:
+    """A failed test must not leave its remote sleeps behind for the next one to count."""
+    yield
+    for pid in sleepers():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def sleepers() -> list[int]:
@@ -129,9 +123,7 @@ def test_a_subtask_timeout_reaches_the_remote_command(
     engine: Engine, ssh_lab: SshLab, ssh_server: SshServer, tmp_path: Path
 ) -> None:
     host = add_ssh_host(engine, ssh_lab, ssh_server, tmp_path, name="watched")
-    t = TemplateBuilder("Remote sleep", host_arg="host_id")
-    t.add("Sleep there", handlers.remote_sleep, timeout=2)
-    engine.register_template(t.build())
+    engine.register_template(handlers.remote_sleep_template("Remote sleep", timeout=2))
     task = engine.submit("Remote sleep", args={"host_id": str(host.id)})
     wait_until(lambda: len(sleepers()) == 2, "the remote sleeps", 30)
     done = engine.wait(task.id, timeout=WAIT_SECONDS)

@@ -3,7 +3,6 @@ on them through SSH, stopped and restarted by tasks as an operator would run the
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,7 +10,7 @@ import pytest
 from dagtask import Engine
 from dagtask.hosts.inventory import AgentStatus
 from dagtask.states import Operation, SubtaskStatus, TaskStatus
-from tests.processes import is_running, kill_processes_under, wait_until
+from tests.processes import is_running, wait_until
 from tests.ssh.sshd import SshLab, SshServer
 from tests.ssh.support import (
     WAIT_SECONDS,
@@ -21,18 +20,6 @@ from tests.ssh.support import (
     processes_with,
     start_remote_agent,
 )
-
-
-@pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Engine]:
-    """An engine with background workers; every process under tmp_path dies afterwards."""
-    eng = Engine("sqlite:///" + str(tmp_path / "ssh.db"), workers=8, poll_interval=0.05)
-    try:
-        eng.start()
-        yield eng
-    finally:
-        eng.close()
-        kill_processes_under(tmp_path)
 
 
 def test_stop_ocp_agent_over_ssh_stops_the_remote_processes(
