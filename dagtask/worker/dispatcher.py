@@ -148,7 +148,10 @@ class Dispatcher:
             pool.rejoin()
             return
         if pending:
-            self._record(pending, free)
+            # A wake-up taken with the results (READY work a submit, NOTIFY or an earlier
+            # promotion left unclaimed) makes the finish look for READY work beyond what it
+            # unblocks itself; dropping it left that work to the next idle poll (up to 2 s).
+            self._record(pending, free, search=woken > 0)
         elif free > 0 and (woken or polled):
             self._claim(free, woken, polled)
         now = time.monotonic()
@@ -178,12 +181,12 @@ class Dispatcher:
             self._poll = pool.poll_interval
         pool.start_attempts(claims)
 
-    def _record(self, pending: list[End], free: int) -> None:
+    def _record(self, pending: list[End], free: int, search: bool = False) -> None:
         pool = self.pool
         reports = [
             Report(e.attempt.claim, e.result, e.output, e.attempt.log.drain()) for e in pending
         ]
-        claim_any = self._maybe_ready
+        claim_any = self._maybe_ready or search
         try:
             batch = self.store.finish_many(
                 reports,
