@@ -10,8 +10,9 @@ wait until it runs. Every remote step is one short shell command on a pooled con
 from __future__ import annotations
 
 import logging
+import math
 import shlex
-import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,12 @@ START_TIMEOUT_SECONDS = 30.0
 LISTING = "listing the agent processes"
 STEP_TIMEOUT_SECONDS = 60.0
 """The longest one remote inspection command may take."""
+
+_ALIVE = """alive() {
+  st=$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1)
+  case "$st" in Z|X|'') return 1;; esac
+}"""
+"""Whether a pid is a live process (a zombie is not); a signalled one counts until it is gone."""
 
 # One function per record: prints "NAME PID STATE", STATE one of agent, gone, foreign, exiting,
 # nopid (the file holds no pid). Nothing for a missing pid file.
@@ -109,32 +116,25 @@ class SshConnector(Connector):
         except ArgumentError as exc:
             raise HostError(f"host {host.id} ({host.name}): {exc}", target=str(host.id)) from None
 
-    def _records(self, host: HostInfo, token: CancellationToken | None = None) -> list[_Record]:
-        kind = self._kind(host)
-        home = host.agent_home
+    def _probe_calls(self, kind: AgentKind, home: str) -> str:
+        """Shell lines that print "NAME PID STATE" for each recorded process (after _PROBE)."""
         if kind.pid_file is not None:
-            calls = "".join(
+            return "".join(
                 f"probe {shlex.quote(p)} {kind.render(kind.pid_file, home, p)} "
                 f"{shlex.quote(home)}\n"
                 for p in kind.processes
             )
-            result = self.sh(host, _PROBE + calls, what=LISTING, token=token)
-        else:
-            # The status command's pid must be a live process; it need not name the home.
-            assert kind.status is not None
-            calls = "".join(
-                f"probe_pid {shlex.quote(p)} "
-                f"\"$({kind.render(kind.status, home, p)} | tr -dc 0-9)\" ''\n"
-                for p in kind.processes
-            )
-            result = self.sh(host, _PROBE + calls, what=LISTING, token=token)
-        if not result.ok:
-            raise HostError(
-                f"cannot list the agent processes on host {host.id} ({host.name}): {_tail(result)}",
-                target=str(host.id),
-            )
+        # The status command's pid must be a live process; it need not name the home.
+        assert kind.status is not None
+        return "".join(
+            f"probe_pid {shlex.quote(p)} "
+            f"\"$({kind.render(kind.status, home, p)} | tr -dc 0-9)\" ''\n"
+            for p in kind.processes
+        )
+
+    def _parse(self, kind: AgentKind, stdout: str) -> list[_Record]:
         records = []
-        for line in result.stdout.splitlines():
+        for line in stdout.splitlines():
             parts = line.split()
             if len(parts) < 2 or parts[0] not in kind.processes:
                 continue
@@ -143,6 +143,17 @@ class SshConnector(Connector):
         order = {name: i for i, name in enumerate(kind.processes)}
         return sorted(records, key=lambda r: order[r.name])
 
+    def _records(self, host: HostInfo, token: CancellationToken | None = None) -> list[_Record]:
+        kind = self._kind(host)
+        calls = self._probe_calls(kind, host.agent_home)
+        result = self.sh(host, _PROBE + calls, what=LISTING, token=token)
+        if not result.ok:
+            raise HostError(
+                f"cannot list the agent processes on host {host.id} ({host.name}): {_tail(result)}",
+                target=str(host.id),
+            )
+        return self._parse(kind, result.stdout)
+
     def _remove_records(self, host: HostInfo, names: list[str]) -> None:
         kind = self._kind(host)
         if kind.pid_file is None or not names:
@@ -150,44 +161,62 @@ class SshConnector(Connector):
         files = " ".join(kind.render(kind.pid_file, host.agent_home, n) for n in names)
         self.sh(host, f"rm -f {files}", what="removing the pid files of stopped processes")
 
-    def _signal(self, host: HostInfo, records: list[_Record], signal: str) -> None:
+    def _signal_and_wait(
+        self,
+        host: HostInfo,
+        records: list[_Record],
+        signal: str,
+        seconds: float,
+        token: CancellationToken | None,
+        forget: Sequence[_Record] = (),
+    ) -> list[_Record]:
+        """Send ``signal`` to ``records`` (TERM: the kind's stop command, if it has one), wait
+        on the host until they are gone or ``seconds`` passed, remove the records of the gone
+        ones and of ``forget``: one remote command. Returns the survivors."""
         kind = self._kind(host)
+        home = host.agent_home
+        pids = " ".join(str(r.pid) for r in records)
         if signal == "TERM" and kind.stop is not None:
-            script = "; ".join(kind.render(kind.stop, host.agent_home, r.name) for r in records)
+            send = "; ".join(f"{kind.render(kind.stop, home, r.name)} 2>&1" for r in records)
         else:
-            script = f"kill -{signal} {' '.join(str(r.pid) for r in records)} 2>&1; true"
-        result = self.sh(host, script, what=f"sending SIG{signal} to the agent processes")
+            send = f"kill -{signal} {pids} 2>&1"
+        rounds = max(0, math.ceil(seconds / POLL_SECONDS))
+        script = [
+            _ALIVE,
+            f"{send}; true",
+            "i=0; while :; do left=''; "
+            f'for p in {pids}; do alive $p && left="$left $p"; done; '
+            f'[ -z "$left" ] && break; [ $i -ge {rounds} ] && break; '
+            f"sleep {POLL_SECONDS}; i=$((i+1)); done",
+        ]
+        if kind.pid_file is not None:
+            for r in [*records, *forget]:
+                path = kind.render(kind.pid_file, home, r.name)
+                script.append(
+                    f'alive {r.pid} || {{ [ "$(tr -dc 0-9 < {path} 2>/dev/null)" = '
+                    f"{r.pid} ] && rm -f {path}; }}"
+                    if r in records
+                    else f"rm -f {path}"
+                )
+        script.append('echo "left:$left"')
+        what = f"sending SIG{signal} to the agent processes and waiting for them to end"
+        result = self.sh(
+            host, "\n".join(script), what=what, timeout=seconds + STEP_TIMEOUT_SECONDS, token=token
+        )
         if "Operation not permitted" in result.stdout + result.stderr:
             raise HostError(
                 f"not allowed to send SIG{signal} to the OCP agent of host {host.id} "
                 f"({host.name}); log in as the agent's user (--ssh-user)",
                 target=str(host.id),
             )
-
-    def _wait_gone(
-        self,
-        host: HostInfo,
-        records: list[_Record],
-        seconds: float,
-        token: CancellationToken | None,
-    ) -> list[_Record]:
-        deadline = time.monotonic() + seconds
-        pids = {r.pid for r in records}
-        while True:
-            alive = {
-                r.pid: r
-                for r in self._records(host)
-                if r.pid in pids and r.state in ("agent", "exiting")
-            }
-            remaining = [r for r in records if r.pid in alive]
-            left = deadline - time.monotonic()
-            if not remaining or left <= 0:
-                return remaining
-            if token is not None:
-                if token.wait(min(POLL_SECONDS, left)):
-                    token.raise_if_cancelled()
-            else:
-                time.sleep(min(POLL_SECONDS, left))
+        line = next((x for x in result.stdout.splitlines() if x.startswith("left:")), None)
+        if line is None:
+            raise HostError(
+                f"could not {what} on host {host.id} ({host.name}): {_tail(result)}",
+                target=str(host.id),
+            )
+        left = {int(p) for p in line[len("left:") :].split()}
+        return [r for r in records if r.pid in left]
 
     # ---- the Connector interface ---------------------------------------------------------------
 
@@ -220,31 +249,29 @@ class SshConnector(Connector):
                 r.pid,
                 why.get(r.state, "is not running"),
             )
-        self._remove_records(host, [r.name for r in stale])
         if not live:
+            self._remove_records(host, [r.name for r in stale])
             log.info("No OCP agent process is running on host %d, nothing to stop", host.id)
             return StopReport(host.id, stale=tuple(r.name for r in stale))
         for r in live:
             log.info("Stopping OCP agent process %s, pid=%d, signal=SIGTERM", r.name, r.pid)
-        self._signal(host, live, "TERM")
         try:
-            remaining = self._wait_gone(host, live, grace, token)
+            remaining = self._signal_and_wait(host, live, "TERM", grace, token, forget=stale)
         except CancelledError:
             log.warning(
                 "Stop of the OCP agent on host %d interrupted: %s", host.id, token and token.reason
             )
             raise
-        for r in remaining:
-            log.warning(
-                "OCP agent process %s, pid=%d, still runs %.1f s after SIGTERM, signal=SIGKILL",
-                r.name,
-                r.pid,
-                grace,
-            )
+        survivors: list[_Record] = []
         if remaining:
-            self._signal(host, remaining, "KILL")
-        survivors = self._wait_gone(host, remaining, KILL_VERIFY_SECONDS, None)
-        self._remove_records(host, [r.name for r in live if r not in survivors])
+            for r in remaining:
+                log.warning(
+                    "OCP agent process %s, pid=%d, still runs %.1f s after SIGTERM, signal=SIGKILL",
+                    r.name,
+                    r.pid,
+                    grace,
+                )
+            survivors = self._signal_and_wait(host, remaining, "KILL", KILL_VERIFY_SECONDS, None)
         if survivors:
             listed = ", ".join(f"{r.name} (pid={r.pid})" for r in survivors)
             raise HostError(
@@ -271,42 +298,70 @@ class SshConnector(Connector):
         for name in kind.processes:
             if name in running:
                 log.info("OCP agent process %s is already running, pid=%d", name, running[name])
-        if missing:
-            parts = []
-            for name in missing:
-                log.info("Starting OCP agent process %s on host %d", name, host.id)
-                start = kind.render(kind.start, home, name)
-                if kind.status is None:
-                    log_file = kind.render(kind.log_file, home, name)
-                    parts.append(
-                        f"mkdir -p {shlex.quote(home)}/run {shlex.quote(home)}/log && "
-                        f"cd {shlex.quote(home)} && "
-                        f"{{ setsid nohup {start} >> {log_file} 2>&1 < /dev/null & }}"
-                    )
-                else:
-                    parts.append(start)
-            result = self.sh(host, " && ".join(parts), what="starting the agent processes")
-            if not result.ok:
-                raise HostError(
-                    f"could not start the OCP agent on host {host.id} ({host.name}): "
-                    f"{_tail(result)}",
-                    target=str(host.id),
+        if not missing:
+            return [running[p] for p in kind.processes]
+        # One remote command: launch what is missing, then wait there until every process
+        # runs, a launched one died, or the start timeout passed.
+        parts = []
+        for name in missing:
+            log.info("Starting OCP agent process %s on host %d", name, host.id)
+            start = kind.render(kind.start, home, name)
+            if kind.status is None:
+                log_file = kind.render(kind.log_file, home, name)
+                parts.append(
+                    f"{{ setsid nohup {start} >> {log_file} 2>&1 < /dev/null & }}; "
+                    f'launched="$launched {shlex.quote(name)}:$!"'
                 )
-        deadline = time.monotonic() + START_TIMEOUT_SECONDS
-        while True:
-            running = {r.name: r.pid for r in self._records(host) if r.state == "agent"}
-            if all(p in running for p in kind.processes):
-                break
-            if time.monotonic() > deadline:
-                absent = [p for p in kind.processes if p not in running]
-                tail = self.last_log_line(host, absent[0]) or "(nothing logged)"
-                raise HostError(
-                    f"OCP agent process {absent[0]} of host {host.id} ({host.name}) is not "
-                    f"running {START_TIMEOUT_SECONDS:.0f} s after its start; its last log line: "
-                    f"{tail}",
-                    target=str(host.id),
-                )
-            time.sleep(POLL_SECONDS)
+            else:
+                parts.append(f"(\n{start}\n) || exit $?")  # the command may end with &
+        quoted = shlex.quote(home)
+        rounds = math.ceil(START_TIMEOUT_SECONDS / POLL_SECONDS)
+        script = "\n".join(
+            [
+                _PROBE,
+                _ALIVE,
+                f"mkdir -p {quoted}/run {quoted}/log && cd {quoted} || exit 1",
+                "launched=''",
+                *parts,
+                "i=0; while :; do",
+                f"  out=$({self._probe_calls(kind, home).strip()}\n)",
+                "  n=$(printf '%s\\n' \"$out\" | grep -c ' agent$')",
+                f'  [ "$n" -ge {len(kind.processes)} ] && break',
+                "  dead=''; for l in $launched; do alive ${l#*:} || dead=\"$dead ${l%%:*}\"; done",
+                '  [ -n "$dead" ] && break',
+                f"  [ $i -ge {rounds} ] && break; sleep {POLL_SECONDS}; i=$((i+1))",
+                "done",
+                'printf \'%s\\n\' "$out"; echo "dead:$dead"',
+            ]
+        )
+        result = self.sh(
+            host,
+            script,
+            what="starting the agent processes",
+            timeout=START_TIMEOUT_SECONDS + STEP_TIMEOUT_SECONDS,
+        )
+        dead_line = next((x for x in result.stdout.splitlines() if x.startswith("dead:")), None)
+        if not result.ok or dead_line is None:
+            raise HostError(
+                f"could not start the OCP agent on host {host.id} ({host.name}): {_tail(result)}",
+                target=str(host.id),
+            )
+        running = {r.name: r.pid for r in self._parse(kind, result.stdout) if r.state == "agent"}
+        absent = [p for p in kind.processes if p not in running]
+        if absent:
+            dead = dead_line[len("dead:") :].split()
+            name = dead[0] if dead else absent[0]
+            tail = self.last_log_line(host, name) or "(nothing logged)"
+            why = (
+                "exited while starting"
+                if dead
+                else f"is not running {START_TIMEOUT_SECONDS:.0f} s after its start"
+            )
+            raise HostError(
+                f"OCP agent process {name} of host {host.id} ({host.name}) {why}; its last log "
+                f"line: {tail}",
+                target=str(host.id),
+            )
         for name in missing:
             log.info("Started OCP agent process %s, pid=%d", name, running[name])
         return [running[p] for p in kind.processes]

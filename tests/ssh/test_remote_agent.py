@@ -3,6 +3,7 @@ on them through SSH, stopped and restarted by tasks as an operator would run the
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -164,3 +165,27 @@ def test_an_unknown_agent_kind_and_a_custom_kind(
     assert done.status is TaskStatus.SUCCESSFUL, all_logs(engine, task.id)
     assert not is_running(pids[0])
     assert processes_with(str(tmp_path / "one")) == []
+
+
+def test_a_remote_agent_that_cannot_start_fails_the_restart_at_once_with_its_log(
+    engine: Engine, ssh_lab: SshLab, ssh_server: SshServer, tmp_path: Path
+) -> None:
+    home = tmp_path / "broken"
+    host = add_ssh_host(engine, ssh_lab, ssh_server, home, name="broken")
+    start_remote_agent(engine, host)
+    (home / "FAIL_START").touch()
+    started = time.monotonic()
+    task = engine.submit("Restart OCP agent", args={"host_id": str(host.id)})
+    done = engine.wait(task.id, timeout=WAIT_SECONDS)
+    took = time.monotonic() - started
+    assert done.status is TaskStatus.FAILED
+    start = next(s for s in done.subtasks if s.name == "Start all OCP agent processes")
+    message = start.message or ""
+    assert "exited while starting" in message and "refusing to start because" in message, message
+    assert took < 20  # not the 30 s start timeout: the launched process was seen to die
+
+    (home / "FAIL_START").unlink()
+    engine.retry(task.id)
+    again = engine.wait(task.id, timeout=WAIT_SECONDS)
+    assert again.status is TaskStatus.SUCCESSFUL, all_logs(engine, task.id)
+    assert len([p for p in connector(engine, host).agent_processes(host) if p.alive]) == 3
