@@ -133,10 +133,9 @@ def load_kinds(path: str | os.PathLike[str]) -> list[AgentKind]:
             kinds.append(AgentKind.model_validate(item))
         except ValidationError as exc:
             error = exc.errors()[0]
-            at = ".".join(str(p) for p in error["loc"]) or "kind"
-            raise ArgumentError(
-                f"{where}: kinds[{index}].{at}: {error['msg']}".replace("Value error, ", "")
-            ) from None
+            at = "".join(f".{p}" for p in error["loc"])
+            message = str(error["msg"]).removeprefix("Value error, ")
+            raise ArgumentError(f"{where}: kinds[{index}]{at}: {message}") from None
     return kinds
 
 

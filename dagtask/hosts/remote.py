@@ -25,7 +25,28 @@ from dagtask.hosts.hostkeys import PinKey
 from dagtask.hosts.kinds import AgentKind, agent_kind
 from dagtask.models import HostInfo
 
-POLL_SECONDS = 0.1
+FAST_POLL_SECONDS = 0.02
+FAST_POLLS = 25
+POLL_SECONDS = 0.2
+"""Remote waits look every 20 ms for the first half second (a process usually ends or starts
+within it), then every 200 ms, so that a long grace period spawns few processes on the host."""
+
+
+def _rounds(seconds: float) -> int:
+    """How many looks of a remote wait loop (:func:`_sleep_step`) cover ``seconds``."""
+    fast = FAST_POLLS * FAST_POLL_SECONDS
+    if seconds <= fast:
+        return max(0, math.ceil(seconds / FAST_POLL_SECONDS))
+    return FAST_POLLS + math.ceil((seconds - fast) / POLL_SECONDS)
+
+
+def _sleep_step() -> str:
+    """The shell step of a remote wait loop counting looks in ``$i``."""
+    return (
+        f"d={FAST_POLL_SECONDS}; [ $i -ge {FAST_POLLS} ] && d={POLL_SECONDS}; sleep $d; i=$((i+1))"
+    )
+
+
 KILL_VERIFY_SECONDS = 5.0
 START_TIMEOUT_SECONDS = 30.0
 LISTING = "listing the agent processes"
@@ -180,14 +201,14 @@ class SshConnector(Connector):
             send = "; ".join(f"{kind.render(kind.stop, home, r.name)} 2>&1" for r in records)
         else:
             send = f"kill -{signal} {pids} 2>&1"
-        rounds = max(0, math.ceil(seconds / POLL_SECONDS))
+        rounds = _rounds(seconds)
         script = [
             _ALIVE,
             f"{send}; true",
             "i=0; while :; do left=''; "
             f'for p in {pids}; do alive $p && left="$left $p"; done; '
             f'[ -z "$left" ] && break; [ $i -ge {rounds} ] && break; '
-            f"sleep {POLL_SECONDS}; i=$((i+1)); done",
+            f"{_sleep_step()}; done",
         ]
         if kind.pid_file is not None:
             for r in [*records, *forget]:
@@ -315,7 +336,7 @@ class SshConnector(Connector):
             else:
                 parts.append(f"(\n{start}\n) || exit $?")  # the command may end with &
         quoted = shlex.quote(home)
-        rounds = math.ceil(START_TIMEOUT_SECONDS / POLL_SECONDS)
+        rounds = _rounds(START_TIMEOUT_SECONDS)
         script = "\n".join(
             [
                 _PROBE,
@@ -329,7 +350,7 @@ class SshConnector(Connector):
                 f'  [ "$n" -ge {len(kind.processes)} ] && break',
                 "  dead=''; for l in $launched; do alive ${l#*:} || dead=\"$dead ${l%%:*}\"; done",
                 '  [ -n "$dead" ] && break',
-                f"  [ $i -ge {rounds} ] && break; sleep {POLL_SECONDS}; i=$((i+1))",
+                f"  [ $i -ge {rounds} ] && break; {_sleep_step()}",
                 "done",
                 'printf \'%s\\n\' "$out"; echo "dead:$dead"',
             ]
