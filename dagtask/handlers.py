@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -198,23 +199,36 @@ class CommandError(Exception):
     """A command run with :meth:`RunContext.run` exited with a non-zero status."""
 
 
+KILL_GRACE_SECONDS = 3.0
+"""Between the SIGTERM and the SIGKILL sent to a stopped command's process group."""
+
+
+def stop_process_group(proc: subprocess.Popen[Any], grace: float = KILL_GRACE_SECONDS) -> None:
+    """SIGTERM ``proc``'s process group, and SIGKILL whatever of the group is left after
+    ``grace`` seconds (children that ignore SIGTERM too); returns once the leader is reaped."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        proc.poll()  # reap the leader, so that only live members keep the group
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 def _terminate_group(proc: subprocess.Popen[str]) -> None:
-    """SIGTERM the command's process group, then SIGKILL it if it is still there after 3 s."""
+    """:func:`stop_process_group` in the background (a cancel callback must not block)."""
     if proc.poll() is not None:
         return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-
-    def kill_later() -> None:
-        try:
-            proc.wait(timeout=3)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-
-    threading.Thread(target=kill_later, name="dagtask-kill", daemon=True).start()
+    threading.Thread(
+        target=stop_process_group, args=(proc,), name="dagtask-kill", daemon=True
+    ).start()
 
 
 class HandlerProtocol(Protocol):

@@ -35,10 +35,8 @@ def wait_until(condition: Callable[[], bool], what: str, timeout: float = 10.0) 
         time.sleep(0.02)
 
 
-def kill_processes_under(root: Path) -> None:
-    """SIGKILL every process with an argument at or under ``root``; wait until all are gone."""
-    exact = str(root).encode()
-    prefix = exact + b"/"
+def pids_whose_args(match: Callable[[list[bytes]], bool]) -> list[int]:
+    """The pids (not this process) whose command line, split into arguments, ``match`` accepts."""
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
@@ -47,8 +45,16 @@ def kill_processes_under(root: Path) -> None:
             args = (entry / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if any(arg == exact or arg.startswith(prefix) for arg in args):
+        if match(args):
             pids.append(int(entry.name))
+    return pids
+
+
+def kill_processes_under(root: Path) -> None:
+    """SIGKILL every process with an argument at or under ``root``; wait until all are gone."""
+    exact = str(root).encode()
+    prefix = exact + b"/"
+    pids = pids_whose_args(lambda args: any(a == exact or a.startswith(prefix) for a in args))
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)

@@ -14,15 +14,14 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
 from dagtask.errors import ArgumentError, HostError
 from dagtask.models import HostInfo, SshAccess
 
 SECRET_REF_FORMS = "env:NAME (an environment variable of the worker) or file:PATH (a file)"
 MAX_PORT = 65535
 
-_in_use: set[str] = set()
+_in_use: tuple[str, ...] = ()
+"""Longest first; replaced (never changed in place) when a secret is added."""
 _in_use_lock = threading.Lock()
 
 
@@ -78,16 +77,17 @@ def resolve_secret(ref: str, host: HostInfo) -> str:
             f"{SECRET_REF_FORMS}; re-add the host",
             target=str(host.id),
         )
+    global _in_use
     with _in_use_lock:
-        _in_use.add(value)
+        if value not in _in_use:
+            _in_use = tuple(sorted({*_in_use, value}, key=lambda v: (-len(v), v)))
     return value
 
 
-def secret_values_in_use() -> list[str]:
-    """Every secret this process resolved for a connection, longest first (for masking)."""
-    with _in_use_lock:
-        values = list(_in_use)
-    return sorted(values, key=lambda v: (-len(v), v))
+def secret_values_in_use() -> tuple[str, ...]:
+    """Every secret this process resolved for a connection, longest first (for masking); the
+    same tuple until another one is resolved."""
+    return _in_use
 
 
 def make_access(
@@ -138,20 +138,17 @@ def make_access(
     if known_hosts is not None:
         known_hosts = str(Path(known_hosts).expanduser().absolute())
     auth = "key" if key_file is not None else "agent" if use_agent else "password"
-    try:
-        return SshAccess(
-            port=port,
-            user=user.strip(),
-            auth=auth,
-            key_file=key_file,
-            password_ref=parse_secret_ref(password_ref, host) if password_ref else None,
-            jump_host=jump_host or None,
-            known_hosts=known_hosts,
-            accept_new_host_key=accept_new_host_key,
-            connect_timeout=connect_timeout,
-        )
-    except ValidationError as exc:  # pragma: no cover - the checks above come first
-        raise ArgumentError(f"{owner}: {exc.errors()[0]['msg']}") from None
+    return SshAccess(
+        port=port,
+        user=user.strip(),
+        auth=auth,
+        key_file=key_file,
+        password_ref=parse_secret_ref(password_ref, host) if password_ref else None,
+        jump_host=jump_host or None,
+        known_hosts=known_hosts,
+        accept_new_host_key=accept_new_host_key,
+        connect_timeout=connect_timeout,
+    )
 
 
 def describe(host: HostInfo) -> str:

@@ -14,8 +14,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from dagtask.errors import DagtaskError
+from dagtask.hosts import ssh
 from dagtask.hosts.connector import AGENT_PROCESSES, connector_for
 from dagtask.hosts.inventory import SSH_CONNECTOR, AgentStatus
+from dagtask.hosts.kinds import agent_kind
+from dagtask.hosts.remote import SshConnector
 from dagtask.models import HostInfo
 from dagtask.services import Services
 
@@ -61,13 +64,9 @@ def check_host(services: Services, host: HostInfo) -> CheckReport:
     try:
         connector = connector_for(host, services)
         if host.connector == SSH_CONNECTOR:
-            from dagtask.hosts.remote import SshConnector
-
             assert isinstance(connector, SshConnector)
             result = connector.sh(host, OS_SCRIPT, what="reading the OS release", timeout=30)
             os_info = " / ".join(line.strip() for line in result.stdout.splitlines() if line)
-            from dagtask.hosts.kinds import agent_kind
-
             expected = agent_kind(host.agent_kind).processes
         else:
             uname = platform.uname()
@@ -103,9 +102,6 @@ def check_hosts(
 
 def presented_key(services: Services, host: HostInfo) -> str:
     """The host key ``host`` presents now (a key line), through its jump host if it has one."""
-    from dagtask.hosts import ssh
-    from dagtask.hosts.remote import SshConnector
-
     connector = connector_for(host, services)
     assert isinstance(connector, SshConnector)
     via = None

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import TypeVar
 
 from dagtask.errors import ArgumentError, HostError, HostNotFoundError
+from dagtask.hosts.access import describe
+from dagtask.hosts.kinds import agent_kind as find_kind
 from dagtask.models import HostInfo, SshAccess
 from dagtask.store import hosts as sql
 from dagtask.store.db import Database
@@ -89,8 +91,6 @@ def connector_description(host: HostInfo) -> str:
     if host.connector == LOCAL_CONNECTOR:
         return f"connector local: agent processes on this machine under {host.agent_home}"
     if host.connector == SSH_CONNECTOR and host.ssh is not None:
-        from dagtask.hosts.access import describe
-
         return (
             f"connector ssh: {describe(host)}, agent kind {host.agent_kind} under {host.agent_home}"
         )
@@ -177,8 +177,6 @@ class HostInventory:
                 f"host {name!r}: SSH settings need --connector ssh (the {connector} connector "
                 "does not use them)"
             )
-        from dagtask.hosts.kinds import agent_kind as find_kind
-
         find_kind(agent_kind)  # an unknown kind is an ArgumentError naming the known ones
         return sql.add_host(
             self.db,

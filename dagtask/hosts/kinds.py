@@ -139,12 +139,33 @@ def load_kinds(path: str | os.PathLike[str]) -> list[AgentKind]:
     return kinds
 
 
+_loaded: dict[str, tuple[tuple[int, int], list[AgentKind]]] = {}
+
+
+def _file_kinds(path: str) -> list[AgentKind]:
+    """:func:`load_kinds` of ``path``, read again only when the file changed (every remote step
+    of a host looks its kind up)."""
+    try:
+        stat = os.stat(path)
+        stamp = (stat.st_mtime_ns, stat.st_size)
+    except OSError:
+        return load_kinds(path)  # says what is wrong with the path
+    with _lock:
+        cached = _loaded.get(path)
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
+    kinds = load_kinds(path)
+    with _lock:
+        _loaded[path] = (stamp, kinds)
+    return kinds
+
+
 def known_kinds() -> dict[str, AgentKind]:
     """Every kind: built in, from ``$DAGTASK_AGENT_KINDS``, registered (later ones win)."""
     kinds = {OCP.name: OCP, SYSTEMD.name: SYSTEMD}
     path = os.environ.get(ENV_VAR)
     if path:
-        kinds.update({k.name: k for k in load_kinds(path)})
+        kinds.update({k.name: k for k in _file_kinds(path)})
     with _lock:
         kinds.update(_registered)
     return kinds

@@ -118,18 +118,9 @@ class SshConnector(Connector):
         token: CancellationToken | None = None,
     ) -> ssh.CommandResult:
         """Run a shell script on ``host`` (``what`` it does, for messages: "listing the agent
-        processes"); a pooled connection that went away is replaced first."""
-        conn = self.connection(host)
-        if not conn.alive:
-            self.pool.discard(host, self.find)
-            conn = self.connection(host)
-        try:
-            return conn.run(script, timeout=timeout, token=token, label=what)
-        except HostError:
-            if conn.alive:
-                raise
-            self.pool.discard(host, self.find)
-            raise
+        processes"). The pool hands out only live connections: one lost midway is closed by
+        the failing command and replaced by the next one."""
+        return self.connection(host).run(script, timeout=timeout, token=token, label=what)
 
     def _kind(self, host: HostInfo) -> AgentKind:
         try:
@@ -258,7 +249,7 @@ class SshConnector(Connector):
             raise ArgumentError(f"the stop grace period must be >= 0 seconds, got {grace}")
         if token is not None:
             token.raise_if_cancelled()
-        log.info("Getting all OCP agent processes on host %d (%s)", host.id, ssh_where(host))
+        log.info("Getting all OCP agent processes on host %d (%s)", host.id, describe(host))
         records = self._records(host, token)
         live = [r for r in records if r.state == "agent"]
         stale = [r for r in records if r.state != "agent"]
@@ -423,11 +414,6 @@ class SshConnector(Connector):
             return ""
         lines = result.stdout.strip().splitlines()
         return lines[-1].strip() if lines else ""
-
-
-def ssh_where(host: HostInfo) -> str:
-    """``user@addr:port`` for log lines."""
-    return describe(host)
 
 
 def _tail(result: ssh.CommandResult) -> str:

@@ -15,7 +15,6 @@ import os
 import selectors
 import shlex
 import shutil
-import signal
 import subprocess
 import threading
 import time
@@ -23,14 +22,12 @@ from collections.abc import Mapping, Sequence
 
 from dagtask import secrets
 from dagtask.errors import HostError
-from dagtask.handlers import CancellationToken, CancelledError
+from dagtask.handlers import CancellationToken, CancelledError, stop_process_group
 from dagtask.hosts import access
 from dagtask.hosts.inventory import SSH_CONNECTOR
 from dagtask.hosts.ssh import CommandResult, Line, OutputLines, SshConnection
 from dagtask.models import HostInfo
 from dagtask.services import Services
-
-KILL_GRACE_SECONDS = 3.0
 
 
 class CommandFailed(HostError):
@@ -58,6 +55,8 @@ class HostShell:
         self.log = log
         self.token = token
         self._masked = list(masked)
+        self._seen: tuple[str, ...] | None = None
+        self._values: list[str] = []
 
     @property
     def remote(self) -> bool:
@@ -65,8 +64,11 @@ class HostShell:
         return self.host.connector == SSH_CONNECTOR
 
     def _mask(self, text: str) -> str:
-        values = sorted({*self._masked, *access.secret_values_in_use()}, key=lambda v: -len(v))
-        return secrets.mask_values(text, values)
+        in_use = access.secret_values_in_use()
+        if in_use is not self._seen:  # a password was resolved since: merge once, not per line
+            self._seen = in_use
+            self._values = sorted({*self._masked, *in_use}, key=lambda v: -len(v))
+        return secrets.mask_values(text, self._values)
 
     def _emit(self, stream: str, text: str) -> None:
         tag = self.host.name if stream == "stdout" else f"{self.host.name} stderr"
@@ -211,10 +213,10 @@ def _run_local(
                     continue
                 streams[key.data].feed(data)
             if token.cancelled:
-                _stop_local_group(proc)
+                stop_process_group(proc)
                 raise CancelledError(token.reason or "cancelled")
             if deadline is not None and time.monotonic() > deadline:
-                _stop_local_group(proc)
+                stop_process_group(proc)
                 raise HostError(
                     f"`{_short_cmd(argv)}` did not end within {timeout:g} s and was stopped"
                 )
@@ -232,24 +234,6 @@ def _feed(pipe: object, data: bytes) -> None:
     with contextlib.suppress(OSError):
         pipe.write(data)  # type: ignore[attr-defined]
         pipe.close()  # type: ignore[attr-defined]
-
-
-def _stop_local_group(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the whole group; SIGKILL whatever of it is left after the grace period."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    deadline = time.monotonic() + KILL_GRACE_SECONDS
-    while time.monotonic() < deadline:
-        proc.poll()  # reap the leader, so that only live members keep the group
-        try:
-            os.killpg(proc.pid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.05)
-    else:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
 
 
 def _short_cmd(argv: Sequence[str]) -> str:

@@ -386,13 +386,6 @@ class SshPool:
                 old.close()
             return link
 
-    def discard(self, host: HostInfo, find: FindHost | None = None) -> None:
-        """Close and forget the pooled connection to ``host`` (after a lost connection)."""
-        with self._lock:
-            link = self._connections.pop(_route_key(host, find), None)
-        if link is not None:
-            link.close()
-
     def close_idle(self, now: float | None = None) -> int:
         """Close the connections idle for ``idle_seconds``; return how many were closed."""
         now = time.monotonic() if now is None else now

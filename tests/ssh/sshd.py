@@ -12,7 +12,8 @@ every session process SIGKILLed), :meth:`SshServer.regenerate_host_key` (changed
 :meth:`SshLab.down_address` (connection refused), :meth:`SshLab.black_hole` (TCP connects, no
 SSH banner ever) and :meth:`SshLab.unreachable` (TCP connect itself never completes).
 
-Nothing here imports pytest: the library also works from a script or a REPL.
+No fixture is needed: the library also works from a script or a REPL (the SSH benchmark uses
+it).
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tests.processes import is_running as pid_alive
 
 LOOPBACK_PREFIX = "127.0.0."
 FIRST_HOST = 11
@@ -226,18 +229,6 @@ def _run_checked(argv: list[str], stdin: str | None = None) -> None:
 
 # --------------------------------------------------------------------------------------------
 # Processes from /proc
-
-
-def _proc_state(pid: int) -> str | None:
-    try:
-        return Path(f"/proc/{pid}/stat").read_bytes().rpartition(b")")[2].split()[0].decode()
-    except (OSError, IndexError):
-        return None
-
-
-def _is_alive(pid: int) -> bool:
-    """Whether ``pid`` is a live process (zombies count as gone)."""
-    return _proc_state(pid) not in (None, "Z", "X")
 
 
 def _parents() -> dict[int, int]:
@@ -586,7 +577,7 @@ class SshServer:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(process.pid, signal.SIGTERM)
         _signal(sessions, signal.SIGTERM)
-        _wait_for(lambda: process.poll() is not None and not any(map(_is_alive, sessions)), timeout)
+        _wait_for(lambda: process.poll() is not None and not any(map(pid_alive, sessions)), timeout)
         self._kill_all(sessions)
 
     def kill(self) -> None:
@@ -608,7 +599,7 @@ class SshServer:
         frozen: set[int] = set()
         extra = set(also)
         while True:
-            found = {pid for pid in (self.session_pids() | extra) - frozen if _is_alive(pid)}
+            found = {pid for pid in (self.session_pids() | extra) - frozen if pid_alive(pid)}
             extra = set()
             if not found:
                 break
@@ -624,8 +615,8 @@ class SshServer:
             except subprocess.TimeoutExpired:
                 raise SshdError(f"{self.name}: sshd {process.pid} survived SIGKILL") from None
         self._process = None
-        if not _wait_for(lambda: not any(map(_is_alive, frozen)), 10):
-            left = sorted(pid for pid in frozen if _is_alive(pid))
+        if not _wait_for(lambda: not any(map(pid_alive, frozen)), 10):
+            left = sorted(pid for pid in frozen if pid_alive(pid))
             raise SshdError(f"{self.name}: session processes {left} survived SIGKILL")
         self.pid_file.unlink(missing_ok=True)
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 from dagtask import Engine
 from dagtask.hosts.access import make_access
 from dagtask.hosts.remote import SshConnector, install_agent_stub
 from dagtask.models import HostInfo
+from tests.processes import is_running, pids_whose_args
 from tests.ssh.sshd import SshLab, SshServer
 
 LOG = logging.getLogger("test.ssh")
@@ -69,18 +69,10 @@ def start_remote_agent(engine: Engine, host: HostInfo) -> list[int]:
 
 def processes_with(marker: str) -> list[int]:
     """Pids of live (not zombie) processes whose command line contains ``marker``."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-            stat = Path(f"/proc/{entry}/stat").read_bytes()
-        except OSError:
-            continue
-        if marker.encode() in cmdline and stat.rpartition(b")")[2].split()[0] not in (b"Z", b"X"):
-            found.append(int(entry))
-    return found
+    needle = marker.encode()
+    return [
+        pid for pid in pids_whose_args(lambda args: needle in b"\0".join(args)) if is_running(pid)
+    ]
 
 
 def all_logs(engine: Engine, task_id: int) -> str:
