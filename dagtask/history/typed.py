@@ -190,12 +190,17 @@ class AttemptEnded(_Event):
     started: datetime | None = None
     duration: float | None = None
     """Seconds from the claim to this event."""
+    attempt: int | None = None
+    """The runTime of the attempt that ended. The event's own ``run_time`` is the subtask's
+    runTime after the change, the same number except for a LOST attempt that runs again: that
+    event already carries the next attempt's number (``attempt`` + 1)."""
 
     def describe(self) -> str:
         took = f" after {self.duration:.3f} s" if self.duration is not None else ""
         why = f": {self.error}" if self.error else ""
+        number = self.attempt if self.attempt is not None else self.run_time
         return (
-            f"{self.subtask}: {self.old_operation} attempt {self.run_time} "
+            f"{self.subtask}: {self.old_operation} attempt {number} "
             f"{self.result.value}{took} -> {self.new_status}{why}"
         )
 
@@ -332,7 +337,7 @@ def typed_events(
     secret values are masked in the messages (an error may quote a password)."""
     names = labels(task)
     secrets = secret_values(task)
-    started: dict[int, datetime] = {}
+    started: dict[int, tuple[datetime, int | None]] = {}
     ended_by: dict[int, str | None] = {}
     result: list[HistoryEvent] = []
     for step, event in enumerate(raw, start=1):
@@ -364,7 +369,7 @@ def typed_events(
                 **base, operator=event.executor, action=OPERATOR_MESSAGES[event.message or ""]
             )
         elif is_claim(event):
-            started[sid] = event.time
+            started[sid] = (event.time, event.run_time)
             typed = AttemptStarted(**base, worker=event.executor)
         elif is_attempt_end(event):
             typed = _ended(base, event, started.pop(sid, None))
@@ -389,7 +394,10 @@ def typed_events(
     return _resolve_actions(result)
 
 
-def _ended(base: dict[str, object], event: TaskEvent, start: datetime | None) -> AttemptEnded:
+def _ended(
+    base: dict[str, object], event: TaskEvent, claim: tuple[datetime, int | None] | None
+) -> AttemptEnded:
+    start, attempt = claim if claim is not None else (None, event.run_time)
     new = event.new_status
     if new in (S.SUCCESSFUL.value, S.PENDING.value):
         outcome, error = Result.SUCCEEDED, None
@@ -406,6 +414,7 @@ def _ended(base: dict[str, object], event: TaskEvent, start: datetime | None) ->
         error=error,
         started=start,
         duration=duration,
+        attempt=attempt,
     )
 
 

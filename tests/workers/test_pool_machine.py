@@ -161,14 +161,22 @@ class PoolMachine(RuleBasedStateMachine):
                 time.sleep(0.05)
 
     def _ends(self, task_id: int) -> Counter[tuple[int | None, int | None]]:
-        """(subtask id, runTime) -> how many events end that attempt."""
-        return Counter(
-            (e.subtask_id, e.run_time)
-            for e in self._events(task_id)
-            if e.subtask_id is not None
-            and e.old_status in ("RUNNING", "CANCELING")
-            and e.new_status in ENDING
-        )
+        """(subtask id, runTime of the attempt) -> how many events end that attempt.
+
+        The attempt an ending event closes is the one its subtask's last claim started: the
+        event's own runTime is the subtask's new one, which for a LOST attempt that runs again
+        is already the next attempt's. An ending with no claim open before it counts against
+        ``(subtask id, None)``."""
+        ends: Counter[tuple[int | None, int | None]] = Counter()
+        open_attempt: dict[int, int | None] = {}
+        for e in self._events(task_id):
+            if e.subtask_id is None:
+                continue
+            if e.old_status == "READY" and e.new_status == "RUNNING":
+                open_attempt[e.subtask_id] = e.run_time
+            elif e.old_status in ("RUNNING", "CANCELING") and e.new_status in ENDING:
+                ends[(e.subtask_id, open_attempt.pop(e.subtask_id, None))] += 1
+        return ends
 
     @invariant()
     def no_attempt_runs_twice(self) -> None:
@@ -184,6 +192,8 @@ class PoolMachine(RuleBasedStateMachine):
             ends = self._ends(task_id)
             twice = {k: n for k, n in ends.items() if n > 1}
             assert not twice, f"task {task_id}: attempts recorded twice: {twice}"
+            unstarted = [sid for sid, rt in ends if rt is None]
+            assert not unstarted, f"task {task_id}: ends of attempts never claimed: {unstarted}"
 
     def teardown(self) -> None:
         try:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from dagtask import Engine, Recovery, TemplateBuilder
+from dagtask import Engine, Recovery, TemplateBuilder, history
 from dagtask.errors import HostBusyError
 from dagtask.planner import AttemptResult
 from dagtask.states import SubtaskStatus, TaskStatus
@@ -139,6 +139,16 @@ def test_lost_reply_of_a_claim_hands_the_claim_back(db_url: str, tmp_path: Path)
         sid = done.subtasks[0].id
         starts = [k for k, n in read_ledger(ledger).items() if k[2] == "start" for _ in range(n)]
         assert len(starts) == 1 and starts[0][0] == sid, starts
+        # The history names the attempt the hand-back ended (1, LOST), not the next one, which
+        # the READY event already numbers: each attempt ends once.
+        attempts = history.attempts(engine, task.id)
+        assert [(a.run_time, a.result.value) for a in attempts] == [
+            (1, "LOST"),
+            (2, "SUCCEEDED"),
+        ], attempts
+        ended = [e for e in history.events(engine, task.id) if e.kind == "attempt_ended"]
+        assert [e.attempt for e in ended] == [1, 2], ended
+        assert ended[0].describe().startswith("only: EXECUTE attempt 1 LOST"), ended[0].describe()
         _nothing_held(engine, task.id)
 
 
