@@ -37,6 +37,7 @@ from dagtask.services import Services
 from dagtask.states import SubtaskStatus, TaskStatus, TaskType
 from dagtask.store.db import open_database
 from dagtask.store.sql import Claim, FinishOutcome, Store
+from dagtask.store.workers import WorkerRecord
 from dagtask.template import TaskTemplate
 from dagtask.worker import DEFAULT_LEASE_SECONDS, WorkerPool, default_worker_name
 
@@ -308,24 +309,41 @@ class Engine:
             creator=creator,
         )
 
-    def logs(self, task_id: int, subtask_id: int) -> str:
-        """The log of every attempt of one subtask."""
-        return self.store.read_log(task_id, subtask_id)
+    def logs(self, task_id: int, subtask_id: int, *, attempt: int | None = None) -> str:
+        """The log of every attempt of one subtask, or of attempt ``attempt`` (its runTime)."""
+        return self.store.read_log(task_id, subtask_id, attempt)
 
-    def follow_log(self, task_id: int, subtask_id: int, *, poll: float = 0.2) -> Iterator[str]:
+    def follow_log(
+        self,
+        task_id: int,
+        subtask_id: int,
+        *,
+        poll: float = 0.2,
+        attempt: int | None = None,
+        idle: bool = False,
+    ) -> Iterator[str]:
         """Yield a subtask's log as it grows, until the subtask is no longer READY/RUNNING/
-        CANCELING (a PENDING subtask's log is yielded once: it may still be started later)."""
+        CANCELING (a PENDING subtask's log is yielded once: it may still be started later).
+
+        With ``attempt``, only that attempt's log, until the subtask stops running it (a retry
+        moves on to the next runTime). With ``idle``, an empty string each ``poll`` seconds
+        nothing new came: a server streaming the log notices a client that went away."""
         last = 0
         while True:
-            text, last, status = self.store.log_since(task_id, subtask_id, last)
-            if text:
+            text, last, status, run_time = self.store.log_since(task_id, subtask_id, last, attempt)
+            if text or idle:
                 yield text
-            if status not in (SubtaskStatus.READY, SubtaskStatus.RUNNING, SubtaskStatus.CANCELING):
-                text, last, _ = self.store.log_since(task_id, subtask_id, last)
+            active = status in (SubtaskStatus.READY, SubtaskStatus.RUNNING, SubtaskStatus.CANCELING)
+            if not active or (attempt is not None and run_time != attempt):
+                text, last, _, _ = self.store.log_since(task_id, subtask_id, last, attempt)
                 if text:
                     yield text
                 return
             time.sleep(poll)
+
+    def worker_records(self) -> builtins.list[WorkerRecord]:
+        """Every worker the database has seen (ACTIVE, STOPPED or LOST), with its heartbeat."""
+        return self.store.workers()
 
     def events(self, task_id: int, after_id: int = 0) -> builtins.list[TaskEvent]:
         """The task's history events after ``after_id``."""

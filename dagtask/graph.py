@@ -81,3 +81,19 @@ def reverse_generations(nodes: Sequence[N], edges: Iterable[tuple[N, N]]) -> lis
     position = {node: i for i, node in enumerate(nodes)}
     graph = build(nodes, edges).reverse(copy=True)
     return [sorted(wave, key=position.__getitem__) for wave in nx.topological_generations(graph)]
+
+
+def longest_path_layers(nodes: Sequence[N], edges: Iterable[tuple[N, N]]) -> dict[N, int]:
+    """Each node's layer for a left-to-right drawing: the length of the longest path to it from
+    a root (roots are layer 0), so every edge goes from a lower layer to a higher one.
+
+    Linear in nodes and edges (after the topological order); raises ``ValueError`` on a cycle.
+    """
+    pairs = list(edges)
+    upstream: dict[N, list[N]] = {node: [] for node in nodes}
+    for up, down in pairs:
+        upstream[down].append(up)
+    layer: dict[N, int] = {}
+    for node in topological_order(nodes, pairs):
+        layer[node] = max((layer[up] + 1 for up in upstream[node]), default=0)
+    return layer

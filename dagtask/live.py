@@ -393,7 +393,7 @@ class _LastLines:
             return
         self.turn = (self.turn + 1) % len(running)
         sid = running[self.turn]
-        text, last, _ = self.engine.store.log_since(self.task_id, sid, self.after.get(sid, 0))
+        text, last, _, _ = self.engine.store.log_since(self.task_id, sid, self.after.get(sid, 0))
         self.after[sid] = last
         message = log_message(text)
         if message is not None:

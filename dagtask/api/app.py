@@ -37,6 +37,7 @@ from dagtask.api.auth import Authenticator
 from dagtask.api.errors import install_error_handlers
 from dagtask.api.limits import LoginBackoff, RateLimit, RateLimiter
 from dagtask.api.routes import create_router
+from dagtask.console import create_console_router
 from dagtask.engine import Engine
 from dagtask.store.users import UserStore
 from dagtask.users import ScryptCost
@@ -69,21 +70,29 @@ class ApiSettings:
     password_cost: ScryptCost | None = None
     """The KDF cost spent on a user that does not exist (default: ``users.DEFAULT_COST``, the
     cost of the stored hashes); tests that store cheaper hashes pass the same cheap cost."""
+    console: bool = True
+    """Serve the operator console (``dagtask.console``) at ``/`` beside the API."""
     login_backoff: LoginBackoff | None = None
     """When failed logins lock an account or a client out (None: from the ``DAGTASK_LOGIN_*``
     environment variables, else the defaults; see ``docs/security.md``)."""
 
 
-def create_api_router(engine: Engine, settings: ApiSettings | None = None) -> APIRouter:
-    """The API's endpoints around ``engine``, for ``app.include_router(...)``."""
-    settings = settings or ApiSettings()
-    authenticator = Authenticator(
+def _authenticator(engine: Engine, settings: ApiSettings) -> Authenticator:
+    return Authenticator(
         UserStore(engine.database),
         RateLimiter(settings.rate_limit),
         cache_seconds=settings.auth_cache_seconds,
         unknown_user_cost=settings.password_cost,
         backoff=settings.login_backoff,
     )
+
+
+def create_api_router(
+    engine: Engine, settings: ApiSettings | None = None, authenticator: Authenticator | None = None
+) -> APIRouter:
+    """The API's endpoints around ``engine``, for ``app.include_router(...)``."""
+    settings = settings or ApiSettings()
+    authenticator = authenticator or _authenticator(engine, settings)
     return create_router(engine, authenticator, server=settings.server)
 
 
@@ -103,7 +112,11 @@ def create_app(engine: Engine, settings: ApiSettings | None = None) -> FastAPI:
             {"name": "hosts", "description": "OCP agent operations; each starts a task."},
         ],
     )
-    app.include_router(create_api_router(engine, settings))
+    authenticator = _authenticator(engine, settings)
+    app.include_router(create_api_router(engine, settings, authenticator))
+    if settings.console:
+        # One user check for both: the login back-off counts sign-ins and Basic logins alike.
+        app.include_router(create_console_router(engine, authenticator))
     install_error_handlers(app, settings.server)
     _install_docs(app)
     return app

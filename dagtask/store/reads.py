@@ -167,46 +167,47 @@ class StoreReads:
         tasks = [_task_info(r, by_task.get(r.id, []), (), listed=True) for r in rows]
         return TaskPage(tasks=tasks, number=page, size=size, total_elements=int(total or 0))
 
-    def read_log(self, task_id: int, subtask_id: int) -> str:
-        """Every attempt's log of one subtask, in order, with the secret values of the task's
-        context, the subtask's output and its upstreams' outputs masked."""
+    def read_log(self, task_id: int, subtask_id: int, run_time: int | None = None) -> str:
+        """Every attempt's log of one subtask (or attempt ``run_time``'s only), in order, with
+        the secret values of the task's context, the subtask's output and its upstreams'
+        outputs masked."""
         with self.db.read() as conn:
             owner = conn.execute(
                 sa.select(subtask.c.task_id).where(subtask.c.id == subtask_id)
             ).scalar()
             if owner != task_id:
-                raise TaskNotFoundError(
-                    f"error 20000: task {task_id} has no subtask {subtask_id}; "
-                    f"see the subtask ids with `dagtask show {task_id}`"
-                )
-            parts = conn.execute(
-                sa.select(subtask_log.c.text)
-                .where(subtask_log.c.subtask_id == subtask_id)
-                .order_by(subtask_log.c.run_time, subtask_log.c.id)
-            ).scalars()
+                raise _no_subtask(task_id, subtask_id)
+            query = sa.select(subtask_log.c.text).where(subtask_log.c.subtask_id == subtask_id)
+            if run_time is not None:
+                query = query.where(subtask_log.c.run_time == run_time)
+            parts = conn.execute(query.order_by(subtask_log.c.run_time, subtask_log.c.id)).scalars()
             text = "".join(parts)
             return mask_values(text, _log_secrets(conn, task_id, subtask_id)) if text else text
 
-    def log_since(self, task_id: int, subtask_id: int, after_id: int) -> tuple[str, int, S]:
-        """Log text written after log row ``after_id`` (secrets masked), the last row id, and
-        the subtask status (for following a running subtask's log)."""
+    def log_since(
+        self, task_id: int, subtask_id: int, after_id: int, run_time: int | None = None
+    ) -> tuple[str, int, S, int]:
+        """Log text written after log row ``after_id`` (of attempt ``run_time`` only, if given;
+        secrets masked), the last row id, the subtask's status and its runTime (for following a
+        running subtask's log)."""
         with self.db.read() as conn:
             row = conn.execute(
-                sa.select(subtask.c.task_id, subtask.c.status).where(subtask.c.id == subtask_id)
+                sa.select(subtask.c.task_id, subtask.c.status, subtask.c.run_time).where(
+                    subtask.c.id == subtask_id
+                )
             ).one_or_none()
             if row is None or row.task_id != task_id:
-                raise TaskNotFoundError(
-                    f"error 20000: task {task_id} has no subtask {subtask_id}; "
-                    f"see the subtask ids with `dagtask show {task_id}`"
-                )
-            parts = conn.execute(
-                sa.select(subtask_log.c.id, subtask_log.c.text)
-                .where(subtask_log.c.subtask_id == subtask_id, subtask_log.c.id > after_id)
-                .order_by(subtask_log.c.id)
-            ).all()
+                raise _no_subtask(task_id, subtask_id)
+            query = sa.select(subtask_log.c.id, subtask_log.c.text).where(
+                subtask_log.c.subtask_id == subtask_id, subtask_log.c.id > after_id
+            )
+            if run_time is not None:
+                query = query.where(subtask_log.c.run_time == run_time)
+            parts = conn.execute(query.order_by(subtask_log.c.id)).all()
             secrets = _log_secrets(conn, task_id, subtask_id) if parts else []
         last = parts[-1].id if parts else after_id
-        return mask_values("".join(p.text for p in parts), secrets), last, S(row.status)
+        text = mask_values("".join(p.text for p in parts), secrets)
+        return text, last, S(row.status), int(row.run_time)
 
     def events(self, task_id: int, after_id: int = 0) -> list[TaskEvent]:
         """The task's history events with id greater than ``after_id``, oldest first."""
@@ -354,3 +355,10 @@ def _naive_utc(moment: datetime) -> datetime:
     if moment.tzinfo is None:
         return moment
     return moment.astimezone(UTC).replace(tzinfo=None)
+
+
+def _no_subtask(task_id: int, subtask_id: int) -> TaskNotFoundError:
+    return TaskNotFoundError(
+        f"error 20000: task {task_id} has no subtask {subtask_id}; "
+        f"see the subtask ids with `dagtask show {task_id}`"
+    )
