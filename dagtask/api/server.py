@@ -110,7 +110,8 @@ def serve(
         if workers:
             engine.start()
         announce(
-            f"dagtask API on http://{shown}:{address[1]} (OpenAPI: /openapi.json, docs: /docs); "
+            f"dagtask API on http://{shown}:{address[1]} (console: /, OpenAPI: /openapi.json, "
+            f"docs: /docs); "
             f"workers in this process: {workers}; rate limit: {settings.rate_limit} per user; "
             f"trusted proxies: {', '.join(trusted_proxies) or 'none'}"
         )
