@@ -31,7 +31,7 @@ import shlex
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -104,8 +104,25 @@ class _Link:
         self.client = client
         self.via = via
         self.last_used = time.monotonic()
+        self.busy = 0
+        """Commands and transfers running on it now: the idle reaper never closes a busy link
+        (a command may run far longer than the idle time)."""
         self.sftp_lock = threading.Lock()
         self.limit = threading.BoundedSemaphore(limit)
+        self._busy_lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def using(self) -> Iterator[None]:
+        """Mark the link busy while the block runs; idle from its end."""
+        with self._busy_lock:
+            self.busy += 1
+            self.last_used = time.monotonic()
+        try:
+            yield
+        finally:
+            with self._busy_lock:
+                self.busy -= 1
+                self.last_used = time.monotonic()
 
     @property
     def alive(self) -> bool:
@@ -166,12 +183,8 @@ class SshConnection:
         )
         target = text if not isinstance(command, str) else f"sh -c {shlex.quote(text)}"
         script = f"printf '%s%s\\n' '{_PGID_MARK}' \"$$\" >&2; {exports}exec {target}"
-        with self._link.limit:
-            self._link.last_used = time.monotonic()
-            try:
-                return self._run(script, shown, timeout, input, on_line, token)
-            finally:
-                self._link.last_used = time.monotonic()
+        with self._link.using(), self._link.limit:
+            return self._run(script, shown, timeout, input, on_line, token)
 
     def _run(
         self,
@@ -273,7 +286,7 @@ class SshConnection:
     ) -> None:
         """Copy a local file (or ``bytes``) to ``remote`` over SFTP, then chmod it to ``mode``."""
         try:
-            with self._link.sftp_lock, self.client.open_sftp() as sftp:
+            with self._link.using(), self._link.sftp_lock, self.client.open_sftp() as sftp:
                 if isinstance(local, bytes):
                     with sftp.open(remote, "wb") as f:
                         f.write(local)
@@ -290,7 +303,7 @@ class SshConnection:
     def download(self, remote: str, local: str | os.PathLike[str]) -> None:
         """Copy ``remote`` from the host to the local path ``local`` over SFTP."""
         try:
-            with self._link.sftp_lock, self.client.open_sftp() as sftp:
+            with self._link.using(), self._link.sftp_lock, self.client.open_sftp() as sftp:
                 sftp.get(remote, os.fspath(local))
         except OSError as exc:
             raise HostError(
@@ -393,7 +406,7 @@ class SshPool:
             stale = [
                 (key, link)
                 for key, link in self._connections.items()
-                if not link.alive or now - link.last_used >= self.idle_seconds
+                if not link.alive or (not link.busy and now - link.last_used >= self.idle_seconds)
             ]
             # A jump connection stays while a connection through it is in the pool.
             in_use = {id(x.via) for x in self._connections.values() if x.via is not None}

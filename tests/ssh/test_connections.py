@@ -268,6 +268,23 @@ def test_idle_connections_are_closed_and_reopened_on_demand(
         pool.close()
 
 
+def test_a_command_longer_than_the_idle_time_keeps_its_connection(
+    ssh_lab: SshLab, ssh_server: SshServer, tmp_path: Path
+) -> None:
+    """The idle reaper closes connections nobody uses, never one a command runs on."""
+    eng = Engine("sqlite:///" + str(tmp_path / "busy.db"), workers=0)
+    with eng:
+        host = add_ssh_host(eng, ssh_lab, ssh_server, tmp_path, name="busy")
+        pool = ssh.SshPool(idle_seconds=0.2)
+        try:
+            conn = pool.get(host)
+            result = conn.run("sleep 1.2; echo still-here")
+            assert result.stdout == "still-here\n"
+            assert pool.connects == 1
+        finally:
+            pool.close()
+
+
 def test_ssh_agent_authentication(
     engine: Engine,
     ssh_lab: SshLab,
