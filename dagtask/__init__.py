@@ -35,9 +35,11 @@ if TYPE_CHECKING:
         HandlerResult,
         RunContext,
     )
+    from dagtask.hooks import HookAbort, SubtaskResult
     from dagtask.models import HostInfo, SubtaskInfo, TaskEvent, TaskInfo, TaskPage
     from dagtask.states import Operation, SubtaskStatus, TaskStatus, TaskType
     from dagtask.template import (
+        Hooks,
         Recovery,
         SplitMethod,
         SubtaskSpec,
@@ -60,6 +62,8 @@ __all__ = [
     "Handler",
     "HandlerImportError",
     "HandlerResult",
+    "HookAbort",
+    "Hooks",
     "HostError",
     "HostInfo",
     "HostNotFoundError",
@@ -72,6 +76,7 @@ __all__ = [
     "SplitMethod",
     "StoreError",
     "SubtaskInfo",
+    "SubtaskResult",
     "SubtaskSpec",
     "SubtaskStatus",
     "TaskContext",
@@ -113,6 +118,8 @@ _EXPORTS = {
     "Handler": "dagtask.handlers",
     "HandlerResult": "dagtask.handlers",
     "RunContext": "dagtask.handlers",
+    "HookAbort": "dagtask.hooks",
+    "SubtaskResult": "dagtask.hooks",
     "HostInfo": "dagtask.models",
     "SubtaskInfo": "dagtask.models",
     "TaskEvent": "dagtask.models",
@@ -122,6 +129,7 @@ _EXPORTS = {
     "SubtaskStatus": "dagtask.states",
     "TaskStatus": "dagtask.states",
     "TaskType": "dagtask.states",
+    "Hooks": "dagtask.template",
     "Recovery": "dagtask.template",
     "SplitMethod": "dagtask.template",
     "SubtaskSpec": "dagtask.template",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from datetime import timedelta
 
 from dagtask.errors import ArgumentError
 
@@ -110,3 +111,22 @@ def creator(value: object) -> str:
             f"got {shown(value)}"
         )
     return str.__str__(value)
+
+
+_AGE = re.compile(r"(?P<number>\d+)\s*(?P<unit>[mhdw])")
+_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+MAX_AGE_DAYS = 100 * 365
+"""A longer age is a typo (and overflows a datetime)."""
+
+
+def parse_age(text: str, option: str) -> timedelta:
+    """``30d``, ``12h``, ``90m`` or ``2w`` as a timedelta; ArgumentError naming ``option``."""
+    match = _AGE.fullmatch(text.strip().lower())
+    if match is None:
+        raise ArgumentError(
+            f"{option} {text!r}: use a number and a unit, e.g. 30d, 12h, 90m (or 2w for weeks)"
+        )
+    age = timedelta(**{_UNITS[match["unit"]]: int(match["number"])})
+    if age > timedelta(days=MAX_AGE_DAYS):
+        raise ArgumentError(f"{option} {text!r} is more than {MAX_AGE_DAYS // 365} years")
+    return age

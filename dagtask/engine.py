@@ -22,10 +22,10 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import Self, TextIO
+from typing import Any, Self, TextIO
 
 from dagtask import arguments, expand, handlers, planner
 from dagtask import history as hist
@@ -33,13 +33,17 @@ from dagtask.builtin import builtin_templates
 from dagtask.errors import ArgumentError, HostNotFoundError, TaskTimeoutError, TemplateError
 from dagtask.hosts.inventory import HostInventory
 from dagtask.models import RollbackPlan, SubtaskInfo, TaskEvent, TaskInfo, TaskPage
+from dagtask.schedules import Schedules
 from dagtask.services import Services
 from dagtask.states import SubtaskStatus, TaskStatus, TaskType
+from dagtask.store import retention
 from dagtask.store.db import open_database
 from dagtask.store.sql import Claim, FinishOutcome, Store
 from dagtask.store.workers import WorkerRecord
 from dagtask.template import TaskTemplate
+from dagtask.webhooks import Notifier, Webhooks
 from dagtask.worker import DEFAULT_LEASE_SECONDS, WorkerPool, default_worker_name
+from dagtask.worker.scheduler import Scheduler
 
 
 def _slug(name: str) -> str:
@@ -58,6 +62,8 @@ class Engine:
         templates: Iterable[TaskTemplate] = (),
         poll_interval: float = 0.25,
         lease_seconds: int = DEFAULT_LEASE_SECONDS,
+        schedules: bool = True,
+        webhooks: bool = True,
     ) -> None:
         """Open the database (``db`` URL, else ``$DAGTASK_DB_URL``, else ./dagtask.db).
 
@@ -65,7 +71,10 @@ class Engine:
         submits and reads; another process runs the tasks). ``name`` is the worker name its
         subtasks show as executor (unique among running workers; default ``host:pid``).
         ``lease_seconds``: if this process stops heartbeating for that long (killed, frozen, cut
-        off), other workers recover what it was running.
+        off), other workers recover what it was running. ``schedules``: whether :meth:`start`
+        also runs the scheduler that fires task definitions (docs/schedules.md; any number of
+        processes may, each tick fires once). ``webhooks``: whether :meth:`start` also runs the
+        notifier that delivers webhooks (:mod:`dagtask.webhooks`; any number of processes may).
         """
         self.database = open_database(db)
         self.store = Store(self.database)
@@ -78,10 +87,30 @@ class Engine:
         for template in [*builtin_templates(), *templates]:
             self.register_template(template)
         self._pool: WorkerPool | None = None
+        self._run_schedules = schedules
+        self._schedules: Schedules | None = None
+        self._scheduler: Scheduler | None = None
+        self._run_webhooks = webhooks
+        self._webhooks: Webhooks | None = None
+        self._notifier: Notifier | None = None
         self._changed = threading.Condition()
         self._generation = (
             0  # bumped (under _changed) whenever a task of this engine may have ended
         )
+
+    @property
+    def schedules(self) -> Schedules:
+        """The task definitions of this database: add, list, enable, run now (docs/schedules.md)."""
+        if self._schedules is None:
+            self._schedules = Schedules(self)
+        return self._schedules
+
+    @property
+    def webhooks(self) -> Webhooks:
+        """The webhooks of this database: add, list, remove, the delivery log."""
+        if self._webhooks is None:
+            self._webhooks = Webhooks(self)
+        return self._webhooks
 
     @property
     def hosts(self) -> HostInventory:
@@ -182,6 +211,7 @@ class Engine:
         args: Mapping[str, str] | None,
         lists: Mapping[str, Sequence[str]] | None,
         creator: str | None,
+        **origin: Any,
     ) -> tuple[int, Callable[[], None]]:
         """Validate, expand and store a task; its id, and how to wake this process's workers."""
         tpl = self.template(template) if isinstance(template, str) else template
@@ -218,6 +248,7 @@ class Engine:
             executor=socket.gethostname(),
             host_id=host_id,
             hosts=hosts,
+            **origin,
         )
         pool = self._pool
         room = min(tpl.concurrency, len(expanded.subtasks))
@@ -273,9 +304,14 @@ class Engine:
             )
         return ids
 
-    def get(self, task_id: int) -> TaskInfo:
-        """The task and its subtasks (raises TaskNotFoundError, OCP 20000)."""
-        return self.store.get_task(task_id)
+    def get(self, task_id: int, *, outputs: bool = True) -> TaskInfo:
+        """The task and its subtasks (raises TaskNotFoundError, OCP 20000); without
+        ``outputs``, the subtasks' output contexts are left out (None), which is cheaper."""
+        return self.store.get_task(task_id, outputs=outputs)
+
+    def count(self, statuses: Sequence[TaskStatus]) -> int:
+        """How many live tasks (not imported ones) have one of ``statuses``."""
+        return self.store.count_tasks(statuses)
 
     def list(
         self,
@@ -419,6 +455,26 @@ class Engine:
         """Write the task's self-contained record (JSON lines: template, events, logs)."""
         hist.export_task(self, task_id, out)
 
+    def purge(
+        self,
+        older_than: timedelta,
+        *,
+        dry_run: bool = False,
+        export_to: str | Path | None = None,
+        batch: int = retention.DEFAULT_BATCH,
+    ) -> retention.PurgeReport:
+        """Delete the SUCCESSFUL and FAILED tasks that finished more than ``older_than`` ago
+        (nothing READY or RUNNING in them; imported tasks stay), with their subtasks, links,
+        events and logs, ``batch`` tasks per short transaction. ``dry_run``: only count them.
+        ``export_to``: first write them to that new file, which :meth:`import_files` reads."""
+        return retention.purge_tasks(
+            self.database,
+            older_than=older_than,
+            dry_run=dry_run,
+            export_to=Path(export_to) if export_to is not None else None,
+            batch=batch,
+        )
+
     def import_files(self, paths: Iterable[str | Path]) -> builtins.list[hist.Imported]:
         """Import dagtask exports and OCP task documents as historical tasks (all or nothing)."""
         return hist.import_files(self, paths)
@@ -446,10 +502,22 @@ class Engine:
                 raise ArgumentError("this engine was created with workers=0; it cannot run tasks")
             self._pool = self._new_pool(self.workers, None)
             self._pool.start()
+            if self._run_schedules and self._scheduler is None:
+                self._scheduler = Scheduler(self.schedules, self.name)
+                self._scheduler.start()
+            if self._run_webhooks and self._notifier is None:
+                self._notifier = Notifier(self.webhooks, self.name)
+                self._notifier.start()
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the background workers, letting running handlers finish for up to ``timeout``."""
+        if self._scheduler is not None:
+            self._scheduler.stop()
+            self._scheduler = None
+        if self._notifier is not None:
+            self._notifier.stop()
+            self._notifier = None
         if self._pool is not None:
             self._pool.stop(timeout)
             self._pool = None

@@ -177,3 +177,17 @@ class ConcurrentChangeError(StoreError):
 class ConfigError(ArgumentError):
     """A setting from the environment or a config file is malformed; the message names the
     variable, or the file and key."""
+
+
+class DefinitionNotFoundError(DagtaskError):
+    """No task definition with that id or name (404 over REST)."""
+
+    code = 404
+    http_status = 404
+
+
+class WebhookNotFoundError(DagtaskError):
+    """No webhook with that id (404 over REST)."""
+
+    code = 404
+    http_status = 404

@@ -276,8 +276,8 @@ HandlerFactory = Callable[[], Handler]
 MAIN_MODULE = "__main__"
 
 
-def dotted_path(obj: object) -> str:
-    """The stable name of a handler class or function: ``module.QualName``.
+def dotted_path(obj: object, *, what: str = "handler") -> str:
+    """The stable name of a handler (or hook: ``what``) class or function: ``module.QualName``.
 
     The database stores this name and whichever worker claims the subtask imports it, maybe in
     another process or on another machine. A handler defined in the script being run (module
@@ -293,15 +293,15 @@ def dotted_path(obj: object) -> str:
     qualname = getattr(obj, "__qualname__", None)
     if not module or not qualname or "<" in qualname:
         raise HandlerImportError(
-            f"handler {obj!r} has no importable dotted path; "
+            f"{what} {obj!r} has no importable dotted path; "
             "define it at module level (not inside a function or as a lambda)"
         )
     if module == MAIN_MODULE:
-        module = _main_module_name(qualname)
+        module = _main_module_name(qualname, what)
     return f"{module}.{qualname}"
 
 
-def _main_module_name(qualname: str) -> str:
+def _main_module_name(qualname: str, what: str) -> str:
     """The importable name of the running script's module, or a HandlerImportError."""
     spec = getattr(sys.modules.get(MAIN_MODULE), "__spec__", None)
     name = getattr(spec, "name", None)
@@ -309,8 +309,8 @@ def _main_module_name(qualname: str) -> str:
         # `python -m pkg.mod`: the spec names the module every worker can import.
         return name
     raise HandlerImportError(
-        f"handler {qualname!r} is defined in the script being run (module __main__), which no "
-        "worker in another process can import; move it into a module (e.g. handlers.py) and "
+        f"{what} {qualname!r} is defined in the script being run (module __main__), which no "
+        f"worker in another process can import; move it into a module (e.g. {what}s.py) and "
         "import it from there"
     )
 
@@ -322,46 +322,7 @@ def resolve(path: str) -> HandlerFactory:
     Raises :class:`HandlerImportError` naming the path and the reason when it does not import or
     is neither a class with ``execute`` nor a callable.
     """
-    module_name, _, attr_path = path.partition(":")
-    if not attr_path:
-        module_name, _, attr_path = path.rpartition(".")
-    if not module_name or not attr_path:
-        raise HandlerImportError(
-            f"handler {path!r} is not a dotted path; write it as package.module.ClassName"
-        )
-    if module_name.split(".")[0] == MAIN_MODULE:
-        # Stored by an older dagtask or written by hand: `__main__` here is this process's own
-        # program, never the script that defined the handler.
-        raise HandlerImportError(
-            f"handler {path!r} was defined in a script run as __main__, which this process "
-            "cannot import; move the handler into a module and submit the task again"
-        )
-    obj: Any = None
-    # The class may be nested (module.Outer.Inner): import the longest module prefix that works.
-    parts = f"{module_name}.{attr_path}".split(".")
-    _check_parts(path, parts)
-    error: Exception | None = None
-    for cut in range(len(parts) - 1, 0, -1):
-        module = ".".join(parts[:cut])
-        try:
-            obj = _import(path, module)
-        except ImportError as exc:
-            error = error or exc
-            continue
-        try:
-            for name in parts[cut:]:
-                obj = getattr(obj, name)
-        except AttributeError as exc:
-            raise HandlerImportError(
-                f"handler {path!r} does not exist: module {'.'.join(parts[:cut])!r} "
-                f"has no attribute {'.'.join(parts[cut:])!r}"
-            ) from exc
-        break
-    else:
-        raise HandlerImportError(
-            f"handler {path!r} does not import ({error}); check the dotted path and that its "
-            "package is installed or on PYTHONPATH"
-        ) from error
+    obj = _locate(path, "handler", "package.module.ClassName")
     if inspect.isclass(obj):
         if not callable(getattr(obj, "execute", None)):
             raise HandlerImportError(f"handler class {path!r} has no execute(self, ctx) method")
@@ -375,29 +336,87 @@ def resolve(path: str) -> HandlerFactory:
     raise HandlerImportError(f"handler {path!r} is neither a class nor a function")
 
 
+@functools.lru_cache(maxsize=1024)
+def resolve_hook(path: str) -> Callable[..., object]:
+    """Import the hook function named by ``path`` (docs/templates.md, "Hooks").
+
+    Raises :class:`HandlerImportError` naming the path and the reason when it does not import or
+    is not a function (a class would be instantiated, not called, so it is refused).
+    """
+    obj = _locate(path, "hook", "package.module.function")
+    if inspect.isclass(obj) or not callable(obj):
+        kind = "a class" if inspect.isclass(obj) else type(obj).__name__
+        raise HandlerImportError(f"hook {path!r} is {kind}, not a function; name a function")
+    hook: Callable[..., object] = obj
+    return hook
+
+
+def _locate(path: str, what: str, example: str) -> Any:
+    """The object a dotted path (``pkg.mod.Name`` or ``pkg.mod:Name``) names, imported;
+    ``what`` (handler, hook) and ``example`` word the HandlerImportError when it cannot be."""
+    module_name, _, attr_path = path.partition(":")
+    if not attr_path:
+        module_name, _, attr_path = path.rpartition(".")
+    if not module_name or not attr_path:
+        raise HandlerImportError(f"{what} {path!r} is not a dotted path; write it as {example}")
+    if module_name.split(".")[0] == MAIN_MODULE:
+        # Stored by an older dagtask or written by hand: `__main__` here is this process's own
+        # program, never the script that defined the handler.
+        raise HandlerImportError(
+            f"{what} {path!r} was defined in a script run as __main__, which this process "
+            f"cannot import; move the {what} into a module and submit the task again"
+        )
+    obj: Any = None
+    # The class may be nested (module.Outer.Inner): import the longest module prefix that works.
+    parts = f"{module_name}.{attr_path}".split(".")
+    _check_parts(path, parts, what, example)
+    error: Exception | None = None
+    for cut in range(len(parts) - 1, 0, -1):
+        module = ".".join(parts[:cut])
+        try:
+            obj = _import(path, module, what)
+        except ImportError as exc:
+            error = error or exc
+            continue
+        try:
+            for name in parts[cut:]:
+                obj = getattr(obj, name)
+        except AttributeError as exc:
+            raise HandlerImportError(
+                f"{what} {path!r} does not exist: module {'.'.join(parts[:cut])!r} "
+                f"has no attribute {'.'.join(parts[cut:])!r}"
+            ) from exc
+        return obj
+    raise HandlerImportError(
+        f"{what} {path!r} does not import ({error}); check the dotted path and that its "
+        "package is installed or on PYTHONPATH"
+    ) from error
+
+
 MAX_PATH_PARTS = 32
 """A dotted path deeper than this is a mistake (and would exhaust the import machinery)."""
 
 
-def _check_parts(path: str, parts: list[str]) -> None:
+def _check_parts(path: str, parts: list[str], what: str, example: str) -> None:
     """Refuse a dotted path that cannot name a Python object, before importing anything."""
     if len(parts) > MAX_PATH_PARTS:
         raise HandlerImportError(
-            f"handler {path[:80]!r}... has {len(parts)} dotted parts (at most {MAX_PATH_PARTS}); "
-            "write it as package.module.ClassName"
+            f"{what} {path[:80]!r}... has {len(parts)} dotted parts (at most {MAX_PATH_PARTS}); "
+            f"write it as {example}"
         )
     bad = next((part for part in parts if not part.isidentifier()), None)
     if bad is not None:
         raise HandlerImportError(
-            f"handler {path!r} is not a dotted path of Python names ({bad!r} is not one); "
-            "write it as package.module.ClassName"
+            f"{what} {path!r} is not a dotted path of Python names ({bad!r} is not one); "
+            f"write it as {example}"
         )
 
 
-def _import(path: str, module: str) -> Any:
-    """Import ``module`` for the handler ``path``; anything but a missing module (ImportError)
-    that importing it raises, even ``sys.exit()``, becomes a HandlerImportError naming the
-    module and the cause. KeyboardInterrupt is the user's and goes through."""
+def _import(path: str, module: str, what: str) -> Any:
+    """Import ``module`` for the handler (or hook: ``what``) ``path``; anything but a missing
+    module (ImportError) that importing it raises, even ``sys.exit()``, becomes a
+    HandlerImportError naming the module and the cause. KeyboardInterrupt is the user's and
+    goes through."""
     try:
         return importlib.import_module(module)
     except ImportError:
@@ -405,14 +424,14 @@ def _import(path: str, module: str) -> Any:
     except SyntaxError as exc:
         where = f"{exc.filename}, line {exc.lineno}" if exc.filename else "its source"
         raise HandlerImportError(
-            f"handler {path!r}: module {module!r} has a syntax error ({where}: {exc.msg}); "
+            f"{what} {path!r}: module {module!r} has a syntax error ({where}: {exc.msg}); "
             "fix the module"
         ) from exc
     except (Exception, SystemExit) as exc:
         cause = " ".join(str(exc).split())
-        what = f"{type(exc).__name__}: {cause}" if cause else type(exc).__name__
+        failure = f"{type(exc).__name__}: {cause}" if cause else type(exc).__name__
         raise HandlerImportError(
-            f"handler {path!r}: importing module {module!r} failed ({what[:300]}); a handler "
+            f"{what} {path!r}: importing module {module!r} failed ({failure[:300]}); a {what} "
             "module must import without side effects that fail"
         ) from exc
 

@@ -3,8 +3,8 @@
 
 A template is validated as a whole when it is built: unique names, known upstreams, no self-links,
 no cycle (error 20001, naming the nodes on it), non-negative timeouts and retry counts.
-:meth:`TaskTemplate.check_handlers` also imports every handler; the engine calls it before a task
-is stored, so a template that cannot run is refused before anything is written.
+:meth:`TaskTemplate.check_handlers` also imports every handler and hook; the engine calls it before
+a task is stored, so a template that cannot run is refused before anything is written.
 
 The model is as strict as the tables that hold it, on every backend: a key the model does not
 know is refused (naming the closest known key, so ``upstream`` or ``timout`` is not silently
@@ -98,6 +98,59 @@ class Recovery(StrEnum):
     """The attempt is run again by another worker (for idempotent handlers)."""
 
 
+HookPath = Annotated[
+    str, Strict(), Field(min_length=1, max_length=MAX_HANDLER), AfterValidator(_no_nul)
+]
+"""A hook's dotted path (bounded like a handler's)."""
+
+
+class Hooks(BaseModel):
+    """Functions (dotted paths, or the functions themselves) a template's tasks call around
+    their subtasks and when they end (docs/templates.md, "Hooks"; run by :mod:`dagtask.hooks`).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    before_subtask: tuple[HookPath, ...] = Field(
+        default=(), description="fn(ctx) before each attempt's handler, in order"
+    )
+    after_subtask: tuple[HookPath, ...] = Field(
+        default=(), description="fn(ctx, result) after each attempt's handler, in order"
+    )
+    after_task: tuple[HookPath, ...] = Field(
+        default=(), description="fn(task_id, status) once each time a task ends (best effort)"
+    )
+
+    @field_validator("before_subtask", "after_subtask", "after_task", mode="before")
+    @classmethod
+    def _paths(cls, value: Any) -> Any:
+        if value is None:
+            return ()
+        if isinstance(value, str) or callable(value):
+            value = (value,)
+        if isinstance(value, list | tuple):
+            return tuple(
+                item
+                if isinstance(item, str) or not callable(item)
+                else handlers.dotted_path(item, what="hook")
+                for item in value
+            )
+        return value
+
+    @property
+    def empty(self) -> bool:
+        """Whether no hook is set (such a template's definition has no ``hooks`` key)."""
+        return not (self.before_subtask or self.after_subtask or self.after_task)
+
+    def paths(self) -> list[tuple[str, str]]:
+        """``(kind, dotted path)`` of every hook, kinds in the order they run."""
+        return [
+            (kind, path)
+            for kind in ("before_subtask", "after_subtask", "after_task")
+            for path in getattr(self, kind)
+        ]
+
+
 class SubtaskSpec(BaseModel):
     """One node of a template."""
 
@@ -168,6 +221,15 @@ class TaskTemplate(BaseModel):
         description="listMap key holding the ids of the hosts a batch task acts on",
     )
     description: Text = Field(default="", max_length=MAX_DESCRIPTION)
+    hooks: Hooks = Field(
+        default=Hooks(),
+        description="functions called before and after each subtask and when the task ends",
+    )
+
+    @field_validator("hooks", mode="before")
+    @classmethod
+    def _no_hooks(cls, value: Any) -> Any:
+        return Hooks() if value is None else value  # `hooks:` with every line commented out
 
     @model_validator(mode="after")
     def _check_graph(self) -> TaskTemplate:
@@ -199,16 +261,29 @@ class TaskTemplate(BaseModel):
         return [(up, spec.name) for spec in self.subtasks for up in spec.upstreams]
 
     def check_handlers(self) -> None:
-        """Import every handler; raise :class:`HandlerImportError` naming the first that fails."""
+        """Import every handler and hook; raise :class:`HandlerImportError` naming the first
+        that fails."""
         for spec in self.subtasks:
             try:
                 handlers.resolve(spec.handler)
             except TemplateError as exc:
                 raise type(exc)(f"template {self.name!r}, subtask {spec.name!r}: {exc}") from exc
+        for kind, path in self.hooks.paths():
+            try:
+                handlers.resolve_hook(path)
+            except TemplateError as exc:
+                raise type(exc)(f"template {self.name!r}, hooks.{kind}: {exc}") from exc
 
     def definition(self) -> dict[str, Any]:
-        """The template as the plain JSON-able document a file would hold."""
-        return self.model_dump(mode="json", exclude_defaults=False)
+        """The template as the plain JSON-able document a file would hold.
+
+        Without hooks it has no ``hooks`` key, so the digests of templates stored before hooks
+        existed stay what they were.
+        """
+        data = self.model_dump(mode="json", exclude_defaults=False)
+        if self.hooks.empty:
+            del data["hooks"]
+        return data
 
     def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
         """A copy (with ``update`` applied); a changed copy computes its own digest."""
@@ -258,6 +333,9 @@ class TaskTemplate(BaseModel):
         if not isinstance(data, Mapping):
             return cls.parse(data, source=source)
         clean = {k: v for k, v in data.items() if k in cls.model_fields}
+        hooks = clean.get("hooks")
+        if isinstance(hooks, Mapping):
+            clean["hooks"] = {k: v for k, v in hooks.items() if k in Hooks.model_fields}
         subtasks = clean.get("subtasks")
         if isinstance(subtasks, list | tuple):
             known = SubtaskSpec.model_fields
@@ -273,9 +351,16 @@ def _describe(err: Mapping[str, Any]) -> str:
     loc = ".".join(str(part) for part in parts)
     if err.get("type") == "extra_forbidden" and parts:
         key = str(parts[-1])
-        # Which model the key was given to: the template itself, or one of its subtasks.
+        # Which model the key was given to: the template itself, a subtask or the hooks.
         in_subtask = len(parts) == 3 and parts[0] == "subtasks"
-        fields = SubtaskSpec.model_fields if in_subtask else TaskTemplate.model_fields
+        in_hooks = len(parts) == 2 and parts[0] == "hooks"
+        fields = (
+            SubtaskSpec.model_fields
+            if in_subtask
+            else Hooks.model_fields
+            if in_hooks
+            else TaskTemplate.model_fields
+        )
         where = ".".join(str(part) for part in parts[:-1])
         close = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.6)
         hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(fields)}"
@@ -333,6 +418,7 @@ class TemplateBuilder:
         host_arg: str | None = None,
         host_list_arg: str | None = None,
         description: str = "",
+        hooks: Hooks | Mapping[str, Any] | None = None,
     ) -> None:
         self.name = name
         self.options: dict[str, Any] = {
@@ -342,6 +428,8 @@ class TemplateBuilder:
             "host_list_arg": host_list_arg,
             "description": description,
         }
+        if hooks is not None:
+            self.options["hooks"] = hooks
         self.specs: list[dict[str, Any]] = []
 
     def add(

@@ -37,7 +37,6 @@ from dagtask.api.auth import Authenticator
 from dagtask.api.errors import install_error_handlers
 from dagtask.api.limits import LoginBackoff, RateLimit, RateLimiter
 from dagtask.api.routes import create_router
-from dagtask.console import create_console_router
 from dagtask.engine import Engine
 from dagtask.store.users import UserStore
 from dagtask.users import ScryptCost
@@ -110,11 +109,14 @@ def create_app(engine: Engine, settings: ApiSettings | None = None) -> FastAPI:
             {"name": "tasks", "description": "Task instances (OCP's task API)."},
             {"name": "subtasks", "description": "Subtask actions and logs."},
             {"name": "hosts", "description": "OCP agent operations; each starts a task."},
+            {"name": "definitions", "description": "Task definitions: scheduled tasks."},
         ],
     )
     authenticator = _authenticator(engine, settings)
     app.include_router(create_api_router(engine, settings, authenticator))
     if settings.console:
+        from dagtask.console import create_console_router  # it imports dagtask.api's parts
+
         # One user check for both: the login back-off counts sign-ins and Basic logins alike.
         app.include_router(create_console_router(engine, authenticator))
     install_error_handlers(app, settings.server)

@@ -17,6 +17,7 @@ from fastapi.security import HTTPBasicCredentials
 from dagtask import views
 from dagtask.api.auth import Authenticator, BasicCredentials, check_role
 from dagtask.api.errors import DEBUG_HEADER, TRACE_HEADER, EnvelopeRoute, ok
+from dagtask.api.schedules import add_definition_routes
 from dagtask.api.schemas import (
     MAX_ID,
     BatchHostsRequest,
@@ -126,6 +127,7 @@ def create_router(engine: Engine, authenticator: Authenticator, *, server: str) 
     Viewer = Annotated[UserInfo, Depends(caller(Role.TASK_VIEWER, "read tasks"))]
     Manager = Annotated[UserInfo, Depends(caller(Role.TASK_MANAGER, "act on tasks"))]
     HostManager = Annotated[UserInfo, Depends(caller(Role.HOST_MANAGER, "operate hosts"))]
+    add_definition_routes(router, engine, caller, _responses)
 
     tasks = "/api/v2/tasks/instances"
 

@@ -4,6 +4,8 @@
 * "Batch stop OCP agent" / "Batch restart OCP agent" (``listMap.host_ids``)
 * "Run command on hosts" / "Check hosts" (``listMap.host_ids``; handlers and templates in
   :mod:`dagtask.builtin.host_commands`)
+* "Purge finished tasks" (``stringMap.older_than``), fired daily by the built-in SYS_SCHEDULED
+  definition ``purge-finished-tasks`` (:mod:`dagtask.builtin.maintenance`)
 
 The templates live in :mod:`dagtask.builtin.templates`, their handlers in
 :mod:`dagtask.builtin.ocp_agent`.
@@ -38,5 +40,6 @@ def noop(ctx: object) -> None:
 def builtin_templates() -> list[TaskTemplate]:
     """Every built-in template."""
     from dagtask.builtin.host_commands import check_hosts, run_command_on_hosts
+    from dagtask.builtin.maintenance import purge_finished_tasks
 
-    return [*ocp_agent_templates(), run_command_on_hosts(), check_hosts()]
+    return [*ocp_agent_templates(), run_command_on_hosts(), check_hosts(), purge_finished_tasks()]

@@ -29,6 +29,7 @@ import traceback
 from dagtask import config
 from dagtask.errors import (
     DagtaskError,
+    DefinitionNotFoundError,
     HostError,
     HostNotFoundError,
     OperationNotAllowedError,
@@ -36,6 +37,7 @@ from dagtask.errors import (
     TaskNotFoundError,
     UserError,
     UserNotFoundError,
+    WebhookNotFoundError,
 )
 
 EXIT_REFUSED = 4
@@ -51,6 +53,8 @@ REFUSALS: tuple[type[DagtaskError], ...] = (
     RollbackProhibitedError,
     HostError,
     UserError,
+    DefinitionNotFoundError,
+    WebhookNotFoundError,
 )
 """The errors that exit :data:`EXIT_REFUSED`: the command was well formed, the state said no."""
 

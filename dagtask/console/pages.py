@@ -53,6 +53,8 @@ from dagtask.users import Role, UserInfo
 
 STATIC_DIR = Path(__file__).with_name("static")
 TEMPLATES_DIR = Path(__file__).with_name("templates")
+HISTORY_SHOWN = 300
+"""The newest history events a task page lists (all of them are in the diagnosis download)."""
 FOLLOW_POLL = 0.25
 """How often a followed log is read for new lines (server side)."""
 ASSETS = {
@@ -218,10 +220,7 @@ class Console:
         notice = self.sessions.take_notice(request, response) if user is not None else None
         counts = None
         if user is not None and not context.get("fragment"):
-            counts = {
-                s.value: self.engine.list(statuses=[s], size=1).total_elements
-                for s in (TaskStatus.RUNNING, TaskStatus.FAILED)
-            }
+            counts = self.counts()
         body = self.env.get_template(name).render(
             request=request,
             user=user,
@@ -259,6 +258,10 @@ class Console:
         response = RedirectResponse(target, status_code=303)
         self.sessions.notice(response, kind, text)
         return response
+
+    def counts(self) -> dict[str, int]:
+        """The header's badges: live RUNNING and FAILED tasks (two indexed counts)."""
+        return {s.value: self.engine.count([s]) for s in (TaskStatus.RUNNING, TaskStatus.FAILED)}
 
     def host_names(self) -> dict[int, str]:
         return {h.id: h.name for h in self.engine.hosts.list()}
@@ -309,13 +312,7 @@ def create_console_router(
     @_guard
     def counts(request: Request) -> Response:
         console.user(request)
-        return JSONResponse(
-            {
-                s.value: engine.list(statuses=[s], size=1).total_elements
-                for s in (TaskStatus.RUNNING, TaskStatus.FAILED)
-            },
-            headers={"cache-control": "no-store"},
-        )
+        return JSONResponse(console.counts(), headers={"cache-control": "no-store"})
 
     @router.get("/login")
     def login_page(request: Request, next: str = "/tasks") -> Response:
@@ -402,10 +399,21 @@ def create_console_router(
     @_guard
     def task(request: Request, task_id: int, expand: str = "") -> Response:
         user, session = console.user(request)
-        info = _task_or_404(console, request, user, session, task_id)
-        expanded = frozenset(x for x in expand.split(",") if x)
         fragment = request.query_params.get("fragment")
-        history = engine.history(task_id) if fragment is None else None
+        if fragment == "history":
+            _task_or_404(console, request, user, session, task_id, outputs=False)
+            return console.render(
+                request,
+                "_history.html",
+                user=user,
+                session=session,
+                fragment=fragment,
+                history=engine.history(task_id),
+                limit=HISTORY_SHOWN,
+            )
+        # One read of the task, without the subtasks' outputs (the page shows none).
+        info = _task_or_404(console, request, user, session, task_id, outputs=False)
+        expanded = frozenset(x for x in expand.split(",") if x)
         masked = secrets.mask_context(info.context)
         nodes = dag.task_nodes(
             info,
@@ -413,7 +421,7 @@ def create_console_router(
             href=lambda s: f"#subtask-{s.id}",
             group_href=lambda name: _expand_url(task_id, expanded ^ {name}),
         )
-        plan = engine.rollback_plan(task_id) if "rollback" in task_actions(info, user) else None
+        plan = planner.rollback_plan(info) if "rollback" in task_actions(info, user) else None
         rows = [
             {
                 "sub": s,
@@ -437,7 +445,6 @@ def create_console_router(
             actions=task_actions(info, user),
             labels=ACTION_LABELS,
             plan=plan,
-            history=history,
             expand=",".join(sorted(expanded)),
             timeline_height=timeline.TOP
             + timeline.ROW_H * max(len(info.subtasks), 1)
@@ -450,7 +457,7 @@ def create_console_router(
     @_guard
     def task_timeline(request: Request, task_id: int) -> Response:
         user, session = console.user(request)
-        info = _task_or_404(console, request, user, session, task_id)
+        info = _task_or_404(console, request, user, session, task_id, outputs=False)
         history = engine.history(task_id)
         page = timeline.html_page(info, history.events)
         return HTMLResponse(page, headers={"cache-control": "no-store"})
@@ -459,7 +466,7 @@ def create_console_router(
     @_guard
     def log(request: Request, task_id: int, subtask_id: int, attempt: int = 0) -> Response:
         user, session = console.user(request)
-        info = _task_or_404(console, request, user, session, task_id)
+        info = _task_or_404(console, request, user, session, task_id, outputs=False)
         sub = next((s for s in info.subtasks if s.id == subtask_id), None)
         if sub is None:
             message = f"error 20000: task {task_id} has no subtask {subtask_id}"
@@ -625,10 +632,16 @@ def _sse(event: str, data: str) -> str:
 
 
 def _task_or_404(
-    console: Console, request: Request, user: UserInfo, session: Session, task_id: int
+    console: Console,
+    request: Request,
+    user: UserInfo,
+    session: Session,
+    task_id: int,
+    *,
+    outputs: bool = True,
 ) -> TaskInfo:
     try:
-        return console.engine.get(task_id)
+        return console.engine.get(task_id, outputs=outputs)
     except TaskNotFoundError as exc:
         raise _Redirect(
             console.error_page(request, 404, str(exc), user=user, session=session)

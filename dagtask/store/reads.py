@@ -15,7 +15,7 @@ Logs are returned with the secret values of the subtask's contexts masked
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -73,14 +73,17 @@ class StoreReads:
             with conn.begin():
                 yield conn
 
-    def get_task(self, task_id: int) -> TaskInfo:
-        """The task with its subtasks and their links, read from one snapshot."""
+    def get_task(self, task_id: int, *, outputs: bool = True) -> TaskInfo:
+        """The task with its subtasks and their links, read from one snapshot (``outputs``:
+        with each subtask's output context; without, a page that shows none skips decoding
+        them, which is most of the cost of a big fan-out)."""
         with self._snapshot() as conn:
             row = conn.execute(sa.select(task).where(task.c.id == task_id)).one_or_none()
             if row is None:
                 raise _not_found(task_id)
+            columns = subtask.c if outputs else _NO_OUTPUT
             subs = conn.execute(
-                sa.select(subtask)
+                sa.select(*columns)
                 .where(subtask.c.task_id == task_id)
                 .order_by(subtask.c.series_id.desc())
             ).all()
@@ -89,7 +92,22 @@ class StoreReads:
                     subtask_edge.c.task_id == task_id
                 )
             ).all()
-        return _task_info(row, subs, edges)
+        return _task_info(row, subs, edges, outputs=outputs)
+
+    def count_tasks(self, statuses: Sequence[TaskStatus]) -> int:
+        """How many live (not imported) tasks have one of ``statuses``: one indexed count."""
+        with self.db.read() as conn:
+            return int(
+                conn.execute(
+                    sa.select(sa.func.count())
+                    .select_from(task)
+                    .where(
+                        task.c.status.in_([s.value for s in statuses]),
+                        task.c.historical == sa.false(),
+                    )
+                ).scalar()
+                or 0
+            )
 
     def list_tasks(
         self,
@@ -238,6 +256,23 @@ class StoreReads:
             ).scalar()
         return None if value is None else dict(value)
 
+    def task_template_definitions(
+        self, task_ids: Collection[int]
+    ) -> dict[int, dict[str, Any] | None]:
+        """The stored template definition of each task of ``task_ids`` (None for a task stored
+        without one, e.g. an imported one); tasks that do not exist are left out. Workers read
+        the hooks of the tasks they run from it (:mod:`dagtask.hooks`)."""
+        if not task_ids:
+            return {}
+        joined = task.outerjoin(template_table, task.c.template_id == template_table.c.id)
+        with self.db.read() as conn:
+            rows = conn.execute(
+                sa.select(task.c.id, template_table.c.definition)
+                .select_from(joined)
+                .where(task.c.id.in_(sorted(task_ids)))
+            ).all()
+        return {int(r.id): None if r.definition is None else dict(r.definition) for r in rows}
+
     def stored_templates(self) -> list[tuple[str, int, int]]:
         """(name, newest version, id) of every template name stored in the database."""
         with self.db.read() as conn:
@@ -281,8 +316,17 @@ def _log_secrets(conn: sa.Connection, task_id: int, subtask_id: int) -> list[str
     return secret_values(context, *outputs)
 
 
+_NO_OUTPUT = [c for c in subtask.c if c.name != "output_context"]
+"""A subtask's columns but its output context (a JSON document the driver would decode)."""
+
+
 def _task_info(
-    row: Any, subs: Sequence[Any], edges: Sequence[Any], *, listed: bool = False
+    row: Any,
+    subs: Sequence[Any],
+    edges: Sequence[Any],
+    *,
+    listed: bool = False,
+    outputs: bool = True,
 ) -> TaskInfo:
     """Map a task row, its subtask rows and its edge rows to the domain model (``listed``:
     rows of a list page, without output contexts, messages or origin)."""
@@ -314,7 +358,7 @@ def _task_info(
             downstreams=sorted(downs.get(s.id, [])),
             executor=s.executor,
             context=None
-            if listed or not s.output_context
+            if listed or not outputs or not s.output_context
             else TaskContext.from_json(s.output_context),
             message=None if listed else s.message,
             original_id=s.original_id,

@@ -4,7 +4,7 @@ Ids come from a hi-lo allocator table, so a task, its subtasks and its edges are
 one transaction, and its roots are promoted to READY in the same one.
 """
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -85,6 +85,9 @@ class SubmitStore:
         hosts: Sequence[int] = (),
         source_task_id: int | None = None,
         reused: Mapping[int, Mapping[str, Any]] | None = None,
+        definition_id: int = -1,
+        task_type: states.TaskType = states.TaskType.MANUAL,
+        in_transaction: Callable[[sa.Connection, int], None] | None = None,
     ) -> int:
         """Store a new task and its subtasks, make its roots READY; return the task id.
 
@@ -97,6 +100,10 @@ class SubmitStore:
         ``template``: the template to record the task under, stored (if its definition is new)
         in the same transaction as the task, so a refused submit leaves no template row behind
         (``template_id`` names one stored before).
+
+        ``definition_id`` and ``task_type``: the task definition that created it (a schedule)
+        and its type; ``in_transaction(conn, task_id)`` runs inside the submit's transaction
+        (a scheduler records its fire there: an exception from it stores nothing).
         """
         reused = reused or {}
         subs = sorted(expanded.subtasks, key=lambda s: s.series_id)
@@ -110,8 +117,8 @@ class SubmitStore:
             "id": task_id,
             "name": expanded.template.name,
             "template_id": template_id,
-            "task_definition_id": -1,
-            "type": states.TaskType.MANUAL.value,
+            "task_definition_id": definition_id,
+            "type": task_type.value,
             "status": TaskStatus.RUNNING.value,
             "operation": Operation.EXECUTE.value,
             "creator": creator,
@@ -177,6 +184,8 @@ class SubmitStore:
                             [{"task_id": task_id, "host_id": h} for h in host_list],
                         )
                         host_locks.lock_hosts(conn, task_id, host_list, now)
+                    if in_transaction is not None:
+                        in_transaction(conn, task_id)
                 break
             except sa.exc.IntegrityError:
                 if host_list:

@@ -17,6 +17,7 @@ from dagtask import handlers, logs
 from dagtask.context import TaskContext
 from dagtask.planner import AttemptResult
 from dagtask.store.sql import Claim
+from dagtask.template import Hooks
 
 
 @dataclass(eq=False)
@@ -27,6 +28,10 @@ class Attempt:
     token: handlers.CancellationToken = field(default_factory=handlers.CancellationToken)
     log: logs.AttemptLog = field(default_factory=logs.AttemptLog)
     handler: handlers.Handler | None = None
+    hooks: Hooks = field(default_factory=Hooks)
+    """Its task's before- and after-subtask hooks (:mod:`dagtask.hooks`)."""
+    hooks_problem: str = ""
+    """Why its task's hooks cannot be used: it fails saying so, its handler not run."""
     ended: bool = False
     """Its end was decided (by its runner, the watchdog or a fence): its slot is free. Changed
     only under the pool's lock."""

@@ -211,6 +211,8 @@ class Dispatcher:
         for end, outcome in zip(pending, batch.outcomes, strict=True):
             promoted += outcome.promoted
             _log_end(end, outcome)
+            if outcome.task_status is not None:
+                pool.hooks.task_ended(end.attempt.claim.task_id, outcome.task_status)
             if pool.on_finish is not None:
                 pool.on_finish(end.attempt.claim, outcome)
         if promoted > len(batch.claims):

@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from dagtask import handlers, logs
+from dagtask import handlers, hooks, logs
 from dagtask.context import TaskContext
 from dagtask.planner import AttemptResult
 from dagtask.services import Services
@@ -151,6 +151,7 @@ class WorkerPool:
         self._runners = 0
         self._idle_runners = 0
         self._counter = itertools.count(1)
+        self.hooks = hooks.PoolHooks(store)
         self.watchdog = Watchdog(self)
         self.dispatcher = Dispatcher(self)
         self.lease = LeaseKeeper(self)
@@ -226,6 +227,7 @@ class WorkerPool:
                 self.listener.stop()
             for _ in range(self._runners):
                 self._work.put(None)
+            self.hooks.close()
 
     def wake(self, count: int = 1) -> None:
         """Tell the dispatcher that ``count`` subtasks may have become READY."""
@@ -342,8 +344,22 @@ class WorkerPool:
 
     def start_attempts(self, claims: list[Claim]) -> None:
         """Hand newly claimed subtasks to runners (the dispatcher, after a claim)."""
+        if not claims:
+            return
+        try:
+            found = self.hooks.load({claim.task_id for claim in claims})
+        except Exception as exc:
+            # Not started, so the next reconcile hands them back to READY: they run later.
+            self.outage.failed("reading the hooks of the tasks it claimed", exc)
+            self.dispatcher.reconcile_needed = True
+            return
         for claim in claims:
-            attempt = Attempt(claim, token=handlers.CancellationToken(self.fence_reason))
+            attempt = Attempt(
+                claim,
+                token=handlers.CancellationToken(self.fence_reason),
+                hooks=found[claim.task_id].hooks,
+                hooks_problem=found[claim.task_id].problem,
+            )
             _attempts_log.info(
                 "start subtask %d %r of task %d: %s, attempt %d",
                 claim.subtask_id,

@@ -1,7 +1,8 @@
-"""Runner threads: they call handlers and hand the results over, nothing else.
+"""Runner threads: they call handlers (and their hooks) and hand the results over, nothing else.
 
-A runner takes an attempt from the pool's queue, runs its handler with the attempt's log bound
-to the thread, and gives the result to :meth:`WorkerPool.end`. It never touches the database.
+A runner takes an attempt from the pool's queue, runs its task's before-subtask hooks, its
+handler and its after-subtask hooks (:mod:`dagtask.hooks`) with the attempt's log bound to the
+thread, and gives the result to :meth:`WorkerPool.end`. It never touches the database.
 Whatever the handler raises, ``BaseException`` included (``SystemExit`` from argparse's
 ``parser.error``, ``KeyboardInterrupt``, ``GeneratorExit``), the attempt ends FAILED with the
 exception named and the runner goes on: a handler can never take its runner, its slot or its
@@ -14,7 +15,7 @@ import logging
 import traceback
 from typing import TYPE_CHECKING
 
-from dagtask import handlers, logs, secrets
+from dagtask import handlers, hooks, logs, secrets
 from dagtask.context import TaskContext
 from dagtask.errors import ContextError
 from dagtask.planner import AttemptResult
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
 
 
 def run_attempt(pool: WorkerPool, attempt: Attempt) -> None:
-    """Run one attempt's handler and hand its end to the pool (first end wins)."""
+    """Run one attempt's hooks and handler and hand its end to the pool (first end wins)."""
     claim = attempt.claim
     log = attempt.log
     log.write(logs.separator(claim.operation.value, claim.start_time))
@@ -34,30 +35,47 @@ def run_attempt(pool: WorkerPool, attempt: Attempt) -> None:
     pool.watchdog.watch(attempt)
     pool.capture.bind(log)
     output: TaskContext | None = None
+    ctx: handlers.RunContext | None = None
     try:
-        if claim.context_error:
-            raise ContextError(claim.context_error)
-        seen = claim.context.with_strings(
-            {
-                "task_instance_id": str(claim.task_id),
-                "sub_task_instance_id": str(claim.subtask_id),
-                "task_operation": claim.operation.value.lower(),
-                "latest_execution_start_time": logs.iso_ms(claim.start_time),
-            }
-        )
-        shown = secrets.mask_json(seen.to_json())
-        log.write(
-            logs.line(f"Run subtask, id={claim.subtask_id}, context={shown}, executor={pool.name}")
-        )
-        output = _call_handler(pool, attempt, seen)
-        result = AttemptResult(ok=True)
-    except BaseException as exc:  # the outcome is always recorded
-        message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        if not isinstance(exc, Exception):
-            message += " (raised by the handler; the worker goes on)"
-        log.write(logs.line(f"Subtask {claim.subtask_id} failed: {message}", level="ERROR"))
-        log.write("".join(traceback.format_exception(exc)))
-        result = AttemptResult(ok=False, message=message, cancelled=False)
+        try:
+            if claim.context_error:
+                raise ContextError(claim.context_error)
+            seen = claim.context.with_strings(
+                {
+                    "task_instance_id": str(claim.task_id),
+                    "sub_task_instance_id": str(claim.subtask_id),
+                    "task_operation": claim.operation.value.lower(),
+                    "latest_execution_start_time": logs.iso_ms(claim.start_time),
+                }
+            )
+            shown = secrets.mask_json(seen.to_json())
+            log.write(
+                logs.line(
+                    f"Run subtask, id={claim.subtask_id}, context={shown}, executor={pool.name}"
+                )
+            )
+            if claim.operation in (Operation.SKIP, Operation.ROLLBACK_SKIP):
+                log.write(logs.line(f"Skip subtask {claim.subtask_id}: nothing is run"))
+                output = seen
+            else:
+                ctx = _run_context(pool, attempt, seen)
+                output = _call_handler(attempt, ctx)
+            result = AttemptResult(ok=True)
+        except hooks.Refused as exc:
+            log.write(logs.line(f"Subtask {claim.subtask_id} failed: {exc}", level="ERROR"))
+            result = AttemptResult(ok=False, message=str(exc))
+        except BaseException as exc:  # the outcome is always recorded
+            message = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            if not isinstance(exc, Exception):
+                message += " (raised by the handler; the worker goes on)"
+            log.write(logs.line(f"Subtask {claim.subtask_id} failed: {message}", level="ERROR"))
+            log.write("".join(traceback.format_exception(exc)))
+            result = AttemptResult(ok=False, message=message, cancelled=False)
+        if ctx is not None and attempt.hooks.after_subtask:
+            # Still inside the attempt (its timeout, its log): the hooks see how it ended.
+            if attempt.token.cancelled:
+                result = AttemptResult(ok=False, message=attempt.token.reason)
+            result, output = hooks.run_after(attempt.hooks, ctx, result, output, log)
     finally:
         pool.capture.unbind()
         pool.watchdog.forget(attempt)
@@ -68,14 +86,9 @@ def run_attempt(pool: WorkerPool, attempt: Attempt) -> None:
     pool.end(attempt, result, output)
 
 
-def _call_handler(pool: WorkerPool, attempt: Attempt, given: TaskContext) -> TaskContext:
+def _run_context(pool: WorkerPool, attempt: Attempt, given: TaskContext) -> handlers.RunContext:
     claim = attempt.claim
-    if claim.operation in (Operation.SKIP, Operation.ROLLBACK_SKIP):
-        attempt.log.write(logs.line(f"Skip subtask {claim.subtask_id}: nothing is run"))
-        return given
-    handler = handlers.resolve(claim.class_name)()
-    attempt.handler = handler
-    ctx = handlers.RunContext(
+    return handlers.RunContext(
         context=given,
         task_id=claim.task_id,
         subtask_id=claim.subtask_id,
@@ -86,10 +99,21 @@ def _call_handler(pool: WorkerPool, attempt: Attempt, given: TaskContext) -> Tas
         log=logging.getLogger(f"{logs.HANDLER_LOGGER}.{claim.class_name.rsplit('.', 1)[-1]}"),
         subtask_name=claim.name,
     )
+
+
+def _call_handler(attempt: Attempt, ctx: handlers.RunContext) -> TaskContext:
+    claim = attempt.claim
+    if attempt.hooks_problem:
+        raise hooks.Refused(attempt.hooks_problem)
+    if attempt.hooks.before_subtask:
+        hooks.run_before(attempt.hooks, ctx, attempt.log)
+        attempt.token.raise_if_cancelled()  # timed out in a hook: the handler does not start
+    handler = handlers.resolve(claim.class_name)()
+    attempt.handler = handler
     if claim.operation is Operation.ROLLBACK:
         result = handler.rollback(ctx)
     elif claim.operation is Operation.RETRY:
         result = handler.retry(ctx)
     else:
         result = handler.execute(ctx)
-    return handlers.output_context(result, given)
+    return handlers.output_context(result, ctx.context)

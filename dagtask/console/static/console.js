@@ -101,6 +101,14 @@
     source.onopen = () => { if (state) state.textContent = "following: new lines appear as the attempt writes them"; };
   }
 
+  // ---- a section loaded after the page: [data-load-src] ---------------------------------------------
+  async function load(el) {
+    try {
+      const r = await fetch(el.dataset.loadSrc, { credentials: "same-origin" });
+      if (r.ok) { el.innerHTML = await r.text(); wire(el); }
+    } catch (e) { /* leave the placeholder: its link still works */ }
+  }
+
   function wire(root) {
     root.querySelectorAll("form[data-confirm]").forEach(confirmFirst);
   }
@@ -108,6 +116,7 @@
   document.addEventListener("DOMContentLoaded", () => {
     document.querySelectorAll("[data-live-src]").forEach(live);
     document.querySelectorAll("[data-counts-src]").forEach(counts);
+    document.querySelectorAll("[data-load-src]").forEach(load);
     document.querySelectorAll("pre[data-stream]").forEach(follow);
     wire(document);
   });
