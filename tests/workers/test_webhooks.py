@@ -456,4 +456,4 @@ def test_the_cli_adds_lists_shows_the_log_and_removes(
     assert dt("remove", str(hook_id))[0] == 0
     assert "no webhooks yet" in dt("list")[1]
     code, _, err = dt("remove", str(hook_id))
-    assert code == 2 and f"no webhook {hook_id}" in err and len(err.strip().splitlines()) == 1
+    assert code == 4 and f"no webhook {hook_id}" in err and len(err.strip().splitlines()) == 1
