@@ -113,6 +113,16 @@ def creator(value: object) -> str:
     return str.__str__(value)
 
 
+def string_args(args: object) -> dict[str, str]:
+    """A submit's ``args`` checked as a stringMap (ArgumentError naming a bad key or value)."""
+    return {arg_key("args", k): string_arg(k, v) for k, v in arg_map("args", args).items()}
+
+
+def list_args(lists: object) -> dict[str, list[str]]:
+    """A submit's ``lists`` checked as a listMap."""
+    return {arg_key("lists", k): list_arg(k, v) for k, v in arg_map("lists", lists).items()}
+
+
 _AGE = re.compile(r"(?P<number>\d+)\s*(?P<unit>[mhdw])")
 _UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 MAX_AGE_DAYS = 100 * 365

@@ -220,14 +220,8 @@ class Engine:
                 f"template must be a TaskTemplate or a template's name, got {type(tpl).__name__}"
             )
         tpl.check_handlers()
-        strings = {
-            arguments.arg_key("args", k): arguments.string_arg(k, v)
-            for k, v in arguments.arg_map("args", args).items()
-        }
-        list_map = {
-            arguments.arg_key("lists", k): arguments.list_arg(k, v)
-            for k, v in arguments.arg_map("lists", lists).items()
-        }
+        strings = arguments.string_args(args)
+        list_map = arguments.list_args(lists)
         who = arguments.creator(creator) if creator is not None else _user()
         context = expand.task_context(tpl, strings, list_map)
         expanded = expand.expand(tpl, context)

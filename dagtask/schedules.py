@@ -199,14 +199,8 @@ class Schedules:
             raise ArgumentError(f"overlap policy {overlap!r}: use SKIP, ALLOW or QUEUE")
         tpl = self.engine.template(template)  # TemplateError names the ones there are
         tpl.check_handlers()
-        strings = {
-            arguments.arg_key("args", k): arguments.string_arg(k, v)
-            for k, v in arguments.arg_map("args", args).items()
-        }
-        list_map = {
-            arguments.arg_key("lists", k): arguments.list_arg(k, v)
-            for k, v in arguments.arg_map("lists", lists).items()
-        }
+        strings = arguments.string_args(args)
+        list_map = arguments.list_args(lists)
         schedule = _schedule(
             kind,
             cron_rule,
@@ -281,20 +275,8 @@ class Schedules:
     ) -> Definition:
         """Change (merge into) the arguments a definition's next tasks get."""
         found = self.get(key)
-        strings = dict(found.args)
-        strings.update(
-            {
-                arguments.arg_key("args", k): arguments.string_arg(k, v)
-                for k, v in arguments.arg_map("args", args).items()
-            }
-        )
-        list_map = dict(found.lists)
-        list_map.update(
-            {
-                arguments.arg_key("lists", k): arguments.list_arg(k, v)
-                for k, v in arguments.arg_map("lists", lists).items()
-            }
-        )
+        strings = {**found.args, **arguments.string_args(args)}
+        list_map = {**found.lists, **arguments.list_args(lists)}
         self.store.update(found.id, args=strings, lists=list_map)
         return self.get(found.id)
 
