@@ -8,9 +8,6 @@ thread pool. A page is a Jinja2 template (autoescaped) rendered from what the en
 from __future__ import annotations
 
 import functools
-import io
-import json
-import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,15 +25,13 @@ from fastapi.responses import (
     StreamingResponse,
 )
 
-from dagtask import __version__, planner, secrets, views
+from dagtask import __version__, planner, secrets
 from dagtask.api.auth import Authenticator
-from dagtask.console import dag
+from dagtask.console import actions, dag
 from dagtask.console.forms import (
     FormError,
     ListFilters,
     parse_filters,
-    parse_lines,
-    parse_list_lines,
 )
 from dagtask.console.session import Session, Sessions
 from dagtask.engine import Engine
@@ -115,44 +110,6 @@ def subject(task: TaskInfo, host_names: Mapping[int, str]) -> str:
     if task.tenant_id is not None:
         return f"tenant {task.tenant_id}"
     return ""
-
-
-def task_actions(task: TaskInfo, user: UserInfo) -> list[str]:
-    """The task actions the page offers: allowed in the task's state and to the user's role."""
-    if not user.has_role(Role.TASK_MANAGER):
-        return []
-    offered = []
-    if planner.retry_task_refusal(task.status, task.operation) is None:
-        offered.append("retry")
-    if planner.rollback_refusal(task.status) is None:
-        offered.append("rollback")
-    if planner.cancel_task_refusal(task.status) is None:
-        offered.append("cancel")
-    return offered
-
-
-def subtask_actions(task: TaskInfo, sub: SubtaskInfo, user: UserInfo) -> list[str]:
-    """The subtask actions offered on ``sub``'s row."""
-    if not user.has_role(Role.TASK_MANAGER):
-        return []
-    offered = []
-    if planner.retry_subtask_refusal(sub.status, sub.operation, task.operation) is None:
-        offered.append("retry-subtask")
-    if planner.skip_refusal(sub.status) is None:
-        offered.append("skip-subtask")
-    if planner.cancel_subtask_refusal(sub.status) is None:
-        offered.append("cancel-subtask")
-    return offered
-
-
-ACTION_LABELS = {
-    "retry": "Retry task",
-    "rollback": "Roll back task",
-    "cancel": "Cancel task",
-    "retry-subtask": "Retry",
-    "skip-subtask": "Skip",
-    "cancel-subtask": "Cancel",
-}
 
 
 class Console:
@@ -421,12 +378,14 @@ def create_console_router(
             href=lambda s: f"#subtask-{s.id}",
             group_href=lambda name: _expand_url(task_id, expanded ^ {name}),
         )
-        plan = planner.rollback_plan(info) if "rollback" in task_actions(info, user) else None
+        plan = (
+            planner.rollback_plan(info) if "rollback" in actions.task_actions(info, user) else None
+        )
         rows = [
             {
                 "sub": s,
                 "label": f"{s.name} [{s.parallel_idx}]" if s.parallel else s.name,
-                "actions": subtask_actions(info, s, user),
+                "actions": actions.subtask_actions(info, s, user),
             }
             for s in sorted(info.subtasks, key=lambda s: (-s.series_id, s.id))
         ]
@@ -442,8 +401,8 @@ def create_console_router(
             context=masked,
             svg=dag.render(nodes, title=info.name),
             rows=rows,
-            actions=task_actions(info, user),
-            labels=ACTION_LABELS,
+            actions=actions.task_actions(info, user),
+            labels=actions.ACTION_LABELS,
             plan=plan,
             expand=",".join(sorted(expanded)),
             timeline_height=timeline.TOP
@@ -529,7 +488,7 @@ def create_console_router(
         user, session = console.user(request)
         info = _task_or_404(console, request, user, session, task_id)
         return Response(
-            _diagnosis_zip(engine, info),
+            actions.diagnosis_zip(engine, info),
             media_type="application/zip",
             headers={
                 "content-disposition": f'attachment; filename="task-{task_id}-diagnosis.zip"',
@@ -540,7 +499,7 @@ def create_console_router(
     @router.post("/tasks/{task_id}/actions")
     async def act(request: Request, task_id: int) -> Response:
         form = _form(await request.body())
-        return await _run_in_thread(_act, console, request, task_id, form)
+        return await _run_in_thread(actions.act, console, request, task_id, form)
 
     # ---- workers, hosts, templates -------------------------------------------------------------
 
@@ -588,12 +547,12 @@ def create_console_router(
     @_guard
     def template(request: Request, name: str) -> Response:
         user, session = console.user(request)
-        return _template_page(console, request, user, session, name, {}, None, 200)
+        return actions.template_page(console, request, user, session, name, {}, None, 200)
 
     @router.post("/templates/{name:path}")
     async def submit(request: Request, name: str) -> Response:
         form = _form(await request.body())
-        return await _run_in_thread(_submit, console, request, name, form)
+        return await _run_in_thread(actions.submit, console, request, name, form)
 
     return router
 
@@ -646,120 +605,3 @@ def _task_or_404(
         raise _Redirect(
             console.error_page(request, 404, str(exc), user=user, session=session)
         ) from exc
-
-
-def _act(console: Console, request: Request, task_id: int, form: dict[str, str]) -> Response:
-    user, session = console.user(request, Role.TASK_MANAGER)
-    console.csrf(request, session, form)
-    engine = console.engine
-    action = form.get("action", "")
-    back = f"/tasks/{task_id}"
-    try:
-        if action in ("retry-subtask", "skip-subtask", "cancel-subtask"):
-            raw = form.get("subtask_id", "")
-            if not raw.isdigit():
-                raise FormError(f"{action} needs the subtask's id (got {raw!r})")
-            sid = int(raw)
-            {
-                "retry-subtask": engine.retry_subtask,
-                "skip-subtask": engine.skip_subtask,
-                "cancel-subtask": engine.cancel_subtask,
-            }[action](task_id, sid, operator=user.name)
-            done = f"{ACTION_LABELS[action].lower()} of subtask {sid}: accepted"
-        elif action in ("retry", "rollback", "cancel"):
-            {"retry": engine.retry, "rollback": engine.rollback, "cancel": engine.cancel}[action](
-                task_id, operator=user.name
-            )
-            done = f"{ACTION_LABELS[action].lower()} {task_id}: accepted"
-        else:
-            raise FormError(
-                f"unknown action {action!r}; use one of {', '.join(sorted(ACTION_LABELS))}"
-            )
-    except FormError as exc:
-        return console.error_page(request, 400, str(exc), user=user, session=session)
-    except TaskNotFoundError as exc:
-        return console.error_page(request, 404, str(exc), user=user, session=session)
-    except DagtaskError as exc:  # 20003 / 20004: refused in this state
-        return console.notice_redirect(back, "error", str(exc))
-    return console.notice_redirect(back, "ok", done)
-
-
-def _template_page(
-    console: Console,
-    request: Request,
-    user: UserInfo,
-    session: Session,
-    name: str,
-    form: Mapping[str, str],
-    message: str | None,
-    status: int,
-) -> Response:
-    try:
-        found = console.engine.template(name)
-    except DagtaskError as exc:
-        return console.error_page(request, 404, str(exc), user=user, session=session)
-    keys = sorted({k for k in (found.host_arg, *(s.split_key for s in found.subtasks)) if k})
-    return console.render(
-        request,
-        "template.html",
-        status,
-        user=user,
-        session=session,
-        template=found,
-        svg=dag.render(dag.template_nodes(found), title=found.name),
-        may_submit=_may_submit(user, found.host_arg or found.host_list_arg),
-        hint_args=[k for k in keys if k != found.host_list_arg],
-        hint_lists=[found.host_list_arg] if found.host_list_arg else [],
-        form=form,
-        message=message,
-    )
-
-
-def _may_submit(user: UserInfo, host_operation: str | None) -> bool:
-    role = Role.HOST_MANAGER if host_operation else Role.TASK_MANAGER
-    return user.has_role(role)
-
-
-def _submit(console: Console, request: Request, name: str, form: dict[str, str]) -> Response:
-    user, session = console.user(request)
-    console.csrf(request, session, form)
-    try:
-        found = console.engine.template(name)
-    except DagtaskError as exc:
-        return console.error_page(request, 404, str(exc), user=user, session=session)
-    if not _may_submit(user, found.host_arg or found.host_list_arg):
-        role = "HOST_MANAGER" if found.host_arg or found.host_list_arg else "TASK_MANAGER"
-        message = f"user {user.name!r} may not submit {name!r}: it needs the {role} role"
-        return console.error_page(request, 403, message, user=user, session=session)
-    try:
-        args = parse_lines(form.get("args", ""), "arguments")
-        lists = parse_list_lines(form.get("lists", ""))
-        task_id = console.engine.submit_id(found, args=args, lists=lists, creator=user.name)
-    except (FormError, DagtaskError) as exc:
-        return _template_page(console, request, user, session, name, form, str(exc), 400)
-    return console.notice_redirect(f"/tasks/{task_id}", "ok", f"task {task_id} submitted")
-
-
-def _diagnosis_zip(engine: Engine, task: TaskInfo) -> bytes:
-    """Everything an expert asks for about a task: its OCP JSON (secrets masked), its history,
-    and every attempt's log of every subtask."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        masked = task.model_copy(update={"context": secrets.mask_context(task.context)})
-        archive.writestr(
-            "task.json",
-            json.dumps(views.task_json(masked), indent=2),
-        )
-        history = engine.history(task.id)
-        archive.writestr(
-            "history.txt",
-            "".join(f"{_when(e.time)}  {e.describe()}\n" for e in history.events),
-        )
-        for sub in sorted(task.subtasks, key=lambda s: s.id):
-            for attempt in range(1, sub.run_time + 1):
-                text = engine.logs(task.id, sub.id, attempt=attempt)
-                if text:
-                    label = f"{sub.name}-{sub.parallel_idx}" if sub.parallel else sub.name
-                    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
-                    archive.writestr(f"logs/{sub.id}-{safe}/attempt-{attempt}.log", text)
-    return buffer.getvalue()
