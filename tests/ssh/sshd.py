@@ -332,6 +332,7 @@ class SshServer:
     config_path: Path = field(init=False)
     pid_file: Path = field(init=False)
     log_path: Path = field(init=False)
+    home: Path = field(init=False)
     _process: subprocess.Popen[bytes] | None = field(init=False, default=None, repr=False)
     _port_fixed: bool = field(init=False, default=False, repr=False)
     _log_offset: int = field(init=False, default=0, repr=False)
@@ -343,6 +344,12 @@ class SshServer:
         self.config_path = self.root / "sshd_config"
         self.pid_file = self.root / "sshd.pid"
         self.log_path = self.root / "sshd.log"
+        # Sessions get a home of their own (``SetEnv HOME``): the login shell then reads no
+        # rc file of the machine's real users (a ``pyenv init`` in root's ~/.bashrc takes a
+        # lock that a killed session can leave behind, and every later login waits 60 s).
+        self.home = self.root / "home"
+        self.home.mkdir(exist_ok=True)
+        self.home.chmod(0o1777)
         if self.host_key_path.exists():
             self._load_host_key()
 
@@ -425,6 +432,7 @@ class SshServer:
             "PrintMotd no",
             "AcceptEnv DAGTASK_*",
             "PermitUserEnvironment no",
+            f"SetEnv HOME={self.home}",
             "Subsystem sftp internal-sftp",
         ]
         version = sshd_version(self.sshd)
