@@ -186,14 +186,21 @@ def merge(outputs: Iterable[TaskContext]) -> TaskContext:
     """Merge upstream output contexts into a downstream input context (docs/templates.md).
 
     Raises :class:`ContextError` (20002) when two upstreams give different values for one
-    stringMap key that the engine does not own. ``parallel``/``parallelIdx`` are not inherited:
-    the engine sets them for the subtask that receives the merged context.
+    stringMap key that the engine does not own. ``prohibit_rollback`` is the exception: "true"
+    from any upstream wins (a subtask that prohibits rollback writes it into its output once it
+    has run, as OCP does, and its siblings still carry the task's "false").
+    ``parallel``/``parallelIdx`` are not inherited: the engine sets them for the subtask that
+    receives the merged context.
     """
     strings: dict[str, str] = {}
     lists: dict[str, list[str]] = {}
     for ctx in outputs:
         for key, value in ctx.string_map.items():
             if key in ENGINE_KEYS:
+                continue
+            if key == PROHIBIT_ROLLBACK:
+                if strings.get(key) != "true":
+                    strings[key] = value
                 continue
             seen = strings.get(key)
             if seen is not None and seen != value:

@@ -3,7 +3,10 @@
 Each attempt starts with ``############{OPERATION}{ISO timestamp}############``; each line after it
 is ``<date time.ms>  <LEVEL> <pid> --- [<thread>] <logger> : <message>``, as in OCP's sample;
 status changes of the subtask are logged as ``Set state for subtask: <id>, current state: <OLD>,
-new state: <NEW>``. The text is buffered per attempt and stored with the attempt's result (and
+new state: <NEW>``, and an attempt's end (a terminal state, or PENDING after a rollback step)
+closes with OCP's bare line ``Set state for subtask: <id>, operation:<OP>, state: <S>`` (OCP's
+``SubtaskAccessor`` stores that message, without the time prefix, as the attempt's last log
+row). The text is buffered per attempt and stored with the attempt's result (and
 flushed every second while a handler runs, so a running subtask's log grows).
 """
 
@@ -12,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Iterable
 from datetime import UTC, datetime, tzinfo
 
 from dagtask.clock import aware, utcnow
@@ -70,6 +74,33 @@ def state_line(subtask_id: int, old: str, new: str, *, when: datetime | None = N
     return line(
         f"Set state for subtask: {subtask_id}, current state: {old}, new state: {new}", when=when
     )
+
+
+def closing_line(subtask_id: int, operation: str, status: str) -> str:
+    """OCP's closing line of an attempt: bare, as OCP stores it."""
+    return f"Set state for subtask: {subtask_id}, operation:{operation}, state: {status}\n"
+
+
+def closes_attempt(status: str, operation: str) -> bool:
+    """Whether reaching ``status`` under ``operation`` ends an attempt (OCP's terminate states,
+    and PENDING after a rollback step)."""
+    return status in ("SUCCESSFUL", "FAILED") or (
+        status == "PENDING" and operation in ("ROLLBACK", "ROLLBACK_SKIP")
+    )
+
+
+def transition_lines(
+    subtask_id: int, old: str, steps: Iterable[tuple[str, str]], *, when: datetime
+) -> str:
+    """The lines for ``old`` → each ``(status, operation)`` of ``steps`` in turn: a state line
+    per change, and the closing line after each change that ends the attempt."""
+    text = ""
+    for status, operation in steps:
+        text += state_line(subtask_id, old, status, when=when)
+        if closes_attempt(status, operation):
+            text += closing_line(subtask_id, operation, status)
+        old = status
+    return text
 
 
 class AttemptLog:

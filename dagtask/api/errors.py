@@ -139,6 +139,19 @@ def ok(request: Request, data: dict[str, Any] | None) -> Response:
     return _with_headers(JSONResponse(body), state)
 
 
+def download(request: Request, content: bytes, media_type: str, filename: str) -> Response:
+    """A 200 answer that is a file to save (no envelope), with the trace and quota headers."""
+    response = Response(
+        content,
+        media_type=media_type,
+        headers={
+            "content-disposition": f'attachment; filename="{filename}"',
+            "cache-control": "no-store",
+        },
+    )
+    return _with_headers(response, request_state(request))
+
+
 def _with_headers(response: Response, state: RequestState) -> Response:
     response.headers[TRACE_HEADER] = state.trace_id
     if state.quota is not None:

@@ -14,9 +14,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response, Security
 from fastapi.security import HTTPBasicCredentials
 
-from dagtask import views
+from dagtask import diagnosis, views
 from dagtask.api.auth import Authenticator, BasicCredentials, check_role
-from dagtask.api.errors import DEBUG_HEADER, TRACE_HEADER, EnvelopeRoute, ok
+from dagtask.api.errors import DEBUG_HEADER, TRACE_HEADER, EnvelopeRoute, download, ok
 from dagtask.api.schedules import add_definition_routes
 from dagtask.api.schemas import (
     MAX_ID,
@@ -233,6 +233,27 @@ def create_router(engine: Engine, authenticator: Authenticator, *, server: str) 
     def subtask_log(request: Request, user: Viewer, id: Id, subtask_id: SubtaskId) -> Response:
         """Every attempt's log of the subtask, as it is now (subtask-log.json)."""
         return ok(request, views.log_json(engine.logs(id, subtask_id)))
+
+    @router.get(
+        tasks + "/{id}/log/download",
+        tags=["tasks"],
+        summary="Download every log of a task",
+        response_class=Response,
+        responses={
+            200: {
+                "content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}},
+                "description": "A zip: task.json, history.txt and logs/<subtask id>-<name>/"
+                "attempt-<runTime>.log for every subtask and attempt that logged anything.",
+                "headers": _HEADER_DOCS,
+            },
+            **error_responses(400, 401, 403, 404, 429, 500),
+        },
+    )
+    def task_logs(request: Request, user: Viewer, id: Id) -> Response:
+        """The task's diagnosis download, as OCP's task center offers it: its JSON, its history
+        and one file per subtask and attempt (secret values masked)."""
+        archive = diagnosis.task_archive(engine, id)
+        return download(request, archive, "application/zip", f"task-{id}-logs.zip")
 
     @router.post(
         tasks + "/{id}/subtasks/{subtask_id}/retry",

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dagtask import live, views
+from dagtask import diagnosis, live, views
 from dagtask.cli import output as out
 from dagtask.cli.common import (
     DEMO_DIR,
@@ -199,10 +199,24 @@ def _subtask_ref(engine: Engine, task_id: int, ref: int | str) -> int:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    """Print the log of every attempt of one subtask (with --follow, as it grows)."""
+    """Print the log of every attempt of one subtask (with --follow, as it grows), of every
+    subtask, or write the task's diagnosis zip (--zip FILE)."""
     if args.follow and args.json:
         raise ArgumentError("--follow prints the log as it grows; it cannot be used with --json")
+    if args.zip is not None and (args.subtask is not None or args.follow or args.json):
+        raise ArgumentError(
+            "--zip writes every log of the task; leave out SUBTASK, --follow and --json"
+        )
+    if args.subtask is None and args.follow:
+        raise ArgumentError("--follow follows one subtask: name it (see `dagtask show ID`)")
     with open_engine(args, read_only=True) as engine:
+        if args.zip is not None:
+            _write_file(args.zip, diagnosis.task_archive(engine, args.id))
+            if args.zip != "-":
+                print(f"task {args.id}: every log, its JSON and its history written to {args.zip}")
+            return 0
+        if args.subtask is None:
+            return _print_task_logs(engine, args.id, as_json=args.json)
         subtask_id = _subtask_ref(engine, args.id, args.subtask)
         if args.follow:
             for chunk in engine.follow_log(args.id, subtask_id):
@@ -214,6 +228,43 @@ def cmd_logs(args: argparse.Namespace) -> int:
     else:
         out.write_log(text if not text or text.endswith("\n") else text + "\n")
     return 0
+
+
+def _print_task_logs(engine: Engine, task_id: int, *, as_json: bool) -> int:
+    """Every attempt's log of every subtask, each under a ``==> ... <==`` header."""
+    task = engine.get(task_id, outputs=False)
+    names = {s.id: (s.name, s.parallel_idx) for s in task.subtasks}
+    found = engine.store.task_logs(task_id)
+    if as_json:
+        out.print_json(
+            [
+                {"subtaskId": sid, "name": names[sid][0], "runTime": rt, "log": text}
+                for sid, rt, text in found
+            ]
+        )
+        return 0
+    for sid, run_time, text in found:
+        name, idx = names[sid]
+        label = f"{name}[{idx}]" if idx >= 0 else name
+        out.write_log(f"==> subtask {sid} {label!r}, attempt {run_time} <==\n")
+        out.write_log(text if text.endswith("\n") else text + "\n")
+    return 0
+
+
+def _write_file(path: str, data: bytes) -> None:
+    """``data`` into ``path`` (``-``: stdout), whole or not at all."""
+    if path == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+        return
+    target = Path(path)
+    partial = target.with_name(f".{target.name}.partial")
+    try:
+        partial.write_bytes(data)
+        partial.replace(target)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise ArgumentError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 # ---- operator actions (docs/actions.md) ----------------------------------------------------------
@@ -385,7 +436,15 @@ def add_commands(commands: Commands) -> None:
         "subtask",
         type=_subtask_arg,
         metavar="SUBTASK",
-        help="the subtask id or name (`name[idx]`: a copy of a fan-out); see `dagtask show ID`",
+        nargs="?",
+        help="the subtask id or name (`name[idx]`: a copy of a fan-out); see `dagtask show ID` "
+        "(default: every subtask's logs, each attempt under a header)",
+    )
+    logs.add_argument(
+        "--zip",
+        metavar="FILE",
+        help="write the task's diagnosis download to FILE (- for stdout): a zip with task.json, "
+        "history.txt and logs/<subtask id>-<name>/attempt-<runTime>.log per subtask and attempt",
     )
     logs.add_argument(
         "--follow",

@@ -9,19 +9,15 @@ action that another operator made stale in between is refused by the engine, and
 
 from __future__ import annotations
 
-import io
-import json
-import zipfile
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from fastapi import Request
 from fastapi.responses import Response
 
-from dagtask import planner, secrets, views
+from dagtask import planner
 from dagtask.console import dag
 from dagtask.console.forms import FormError, parse_lines, parse_list_lines
-from dagtask.engine import Engine
 from dagtask.errors import DagtaskError, TaskNotFoundError
 from dagtask.models import SubtaskInfo, TaskInfo
 from dagtask.users import Role, UserInfo
@@ -163,28 +159,3 @@ def submit(console: Console, request: Request, name: str, form: dict[str, str]) 
     except (FormError, DagtaskError) as exc:
         return template_page(console, request, user, session, name, form, str(exc), 400)
     return console.notice_redirect(f"/tasks/{task_id}", "ok", f"task {task_id} submitted")
-
-
-def diagnosis_zip(engine: Engine, task: TaskInfo) -> bytes:
-    """Everything an expert asks for about a task: its OCP JSON (secrets masked), its history,
-    and every attempt's log of every subtask."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        masked = task.model_copy(update={"context": secrets.mask_context(task.context)})
-        archive.writestr(
-            "task.json",
-            json.dumps(views.task_json(masked), indent=2),
-        )
-        history = engine.history(task.id)
-        archive.writestr(
-            "history.txt",
-            "".join(f"{_when(e.time)}  {e.describe()}\n" for e in history.events),
-        )
-        for sub in sorted(task.subtasks, key=lambda s: s.id):
-            for attempt in range(1, sub.run_time + 1):
-                text = engine.logs(task.id, sub.id, attempt=attempt)
-                if text:
-                    label = f"{sub.name}-{sub.parallel_idx}" if sub.parallel else sub.name
-                    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
-                    archive.writestr(f"logs/{sub.id}-{safe}/attempt-{attempt}.log", text)
-    return buffer.getvalue()

@@ -25,7 +25,7 @@ from fastapi.responses import (
     StreamingResponse,
 )
 
-from dagtask import __version__, planner, secrets
+from dagtask import __version__, diagnosis, planner, secrets
 from dagtask.api.auth import Authenticator
 from dagtask.console import actions, dag
 from dagtask.console.forms import (
@@ -484,11 +484,11 @@ def create_console_router(
 
     @router.get("/tasks/{task_id}/diagnosis.zip")
     @_guard
-    def diagnosis(request: Request, task_id: int) -> Response:
+    def diagnosis_download(request: Request, task_id: int) -> Response:
         user, session = console.user(request)
         info = _task_or_404(console, request, user, session, task_id)
         return Response(
-            actions.diagnosis_zip(engine, info),
+            diagnosis.task_archive(engine, task_id, info),
             media_type="application/zip",
             headers={
                 "content-disposition": f'attachment; filename="task-{task_id}-diagnosis.zip"',

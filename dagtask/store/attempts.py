@@ -53,6 +53,8 @@ class Claim:
     """The input context (without the engine-owned keys)."""
     context_error: str | None = None
     """Why the input context could not be built (upstreams disagree, error 20002)."""
+    prohibit_rollback: bool = False
+    """The subtask cannot be rolled back once it has run: its output then says so (OCP)."""
 
 
 @dataclass(frozen=True)
@@ -172,6 +174,7 @@ class AttemptStore:
                 retry_count=row.retry_count,
                 parallel=bool(row.parallel),
                 parallel_idx=row.parallel_idx,
+                prohibit_rollback=bool(row.prohibit_rollback),
                 start_time=now,
                 **contexts[row.id],
             )

@@ -568,9 +568,14 @@ def finish_attempts(
             continue
         text = report.log_text
         prev, prev_op = plan.old, claim.operation
+        text += logs.transition_lines(
+            claim.subtask_id,
+            prev.value,
+            [(step.status.value, step.operation.value) for step in plan.steps],
+            when=now,
+        )
         for step in plan.steps:
             states.check_subtask_transition(prev, step.status)
-            text += logs.state_line(claim.subtask_id, prev, step.status, when=now)
             events.append(
                 event(
                     claim.task_id,

@@ -202,6 +202,35 @@ class StoreReads:
             text = "".join(parts)
             return mask_values(text, _log_secrets(conn, task_id, subtask_id)) if text else text
 
+    def task_logs(self, task_id: int) -> list[tuple[int, int, str]]:
+        """``(subtask id, runTime, text)`` of every attempt of every subtask of the task that
+        logged anything, by subtask id then attempt (one query), with the secret values of the
+        task's context and of all its subtasks' outputs masked."""
+        with self.db.read() as conn:
+            if conn.execute(sa.select(task.c.id).where(task.c.id == task_id)).first() is None:
+                raise _not_found(task_id)
+            rows = conn.execute(
+                sa.select(subtask_log.c.subtask_id, subtask_log.c.run_time, subtask_log.c.text)
+                .join(subtask, subtask.c.id == subtask_log.c.subtask_id)
+                .where(subtask.c.task_id == task_id)
+                .order_by(subtask_log.c.subtask_id, subtask_log.c.run_time, subtask_log.c.id)
+            ).all()
+            context = conn.execute(sa.select(task.c.context).where(task.c.id == task_id)).scalar()
+            outputs = conn.execute(
+                sa.select(subtask.c.output_context).where(
+                    subtask.c.task_id == task_id, subtask.c.output_context.is_not(None)
+                )
+            ).scalars()
+            secrets = secret_values(context, *outputs)
+        attempts: dict[tuple[int, int], list[str]] = {}
+        for row in rows:
+            attempts.setdefault((row.subtask_id, row.run_time), []).append(row.text)
+        return [
+            (sid, run_time, mask_values("".join(parts), secrets))
+            for (sid, run_time), parts in attempts.items()
+            if any(parts)
+        ]
+
     def log_since(
         self, task_id: int, subtask_id: int, after_id: int, run_time: int | None = None
     ) -> tuple[str, int, S, int]:

@@ -192,6 +192,7 @@ CLAIM_COLUMNS = (
     subtask.c.retry_count,
     _as_int(subtask.c.parallel),
     subtask.c.parallel_idx,
+    _as_int(subtask.c.prohibit_rollback),
 )
 claim_returning = (
     subtask.update()

@@ -345,8 +345,9 @@ class WorkerStore:
         else:
             message = f"{reason}; retry or skip it (recovery policy FAIL)"
         text = logs.line(message, "ERROR")
-        for step in steps:
-            text += logs.state_line(sub.id, status, step.status, when=now)
+        text += logs.transition_lines(
+            sub.id, status.value, [(s.status.value, s.operation.value) for s in steps], when=now
+        )
         changes.insert_log(conn, sub.id, sub.run_time, text, now)
         changes.change_subtasks(
             conn,

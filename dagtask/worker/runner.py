@@ -15,8 +15,8 @@ import logging
 import traceback
 from typing import TYPE_CHECKING
 
-from dagtask import handlers, hooks, logs, secrets
-from dagtask.context import TaskContext
+from dagtask import handlers, hooks, logs, planner, secrets
+from dagtask.context import PROHIBIT_ROLLBACK, TaskContext
 from dagtask.errors import ContextError
 from dagtask.planner import AttemptResult
 from dagtask.states import Operation
@@ -116,4 +116,9 @@ def _call_handler(attempt: Attempt, ctx: handlers.RunContext) -> TaskContext:
         result = handler.retry(ctx)
     else:
         result = handler.execute(ctx)
-    return handlers.output_context(result, ctx.context)
+    output = handlers.output_context(result, ctx.context)
+    if claim.prohibit_rollback and claim.operation in planner.FORWARD_OPERATIONS:
+        # OCP: a subtask that prohibits rollback says so in its output once it has run, so its
+        # downstreams (and whoever reads the task) see that the work cannot be undone.
+        output = output.with_strings({PROHIBIT_ROLLBACK: "true"})
+    return output

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import json
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +74,41 @@ def test_subtask_log_has_every_attempt(api: ApiServer, engine: Engine) -> None:
     assert log.startswith("############{EXECUTE}{")
     assert f"Set state for subtask: {task.subtasks[0].id}" in log
     assert log == engine.logs(task.id, task.subtasks[0].id)
+
+
+def test_the_whole_task_log_download_is_a_zip_per_subtask_and_attempt(
+    api: ApiServer, engine: Engine
+) -> None:
+    t = TemplateBuilder("download")
+    t.add("wobbly", "tests.handlers.flaky", retry_count=1)
+    t.add("talk", "tests.handlers.chatty", after=["wobbly"])
+    task = engine.run(t.build(), args={"fail_times": "1", "api_token": "tok-zyxwv"}, timeout=30)
+    wobbly, talk = task.subtask("wobbly"), task.subtask("talk")
+    response = api.client("viewer").get(f"{TASKS}/{task.id}/log/download")
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/zip"
+    assert f'filename="task-{task.id}-logs.zip"' in response.headers["content-disposition"]
+    assert response.headers["x-trace-id"]
+    with zipfile.ZipFile(io.BytesIO(response.content)) as archive:
+        names = sorted(archive.namelist())
+        assert names == sorted(
+            [
+                "task.json",
+                "history.txt",
+                f"logs/{wobbly.id}-wobbly/attempt-1.log",
+                f"logs/{wobbly.id}-wobbly/attempt-2.log",
+                f"logs/{talk.id}-talk/attempt-1.log",
+            ]
+        )
+        for run_time in (1, 2):
+            text = archive.read(f"logs/{wobbly.id}-wobbly/attempt-{run_time}.log").decode()
+            assert text == engine.logs(task.id, wobbly.id, attempt=run_time)
+        assert json.loads(archive.read("task.json"))["id"] == task.id
+        everything = b"".join(archive.read(n) for n in names)
+    assert b"tok-zyxwv" not in everything and b"******" in everything
+    missing = api.client("viewer").get(f"{TASKS}/987654/log/download")
+    assert error_of(missing, 404)["code"] == 20000
+    assert api.client(None).get(f"{TASKS}/{task.id}/log/download").status_code == 401
 
 
 def test_log_of_a_subtask_of_another_task_is_404(api: ApiServer, engine: Engine) -> None:

@@ -86,9 +86,16 @@ def test_empty_or_missing_fan_out_list_is_refused(lists: dict[str, list[str]]) -
         expand(fan_template("PARALLEL"), TaskContext(list_map=lists))
 
 
-def test_task_context_carries_prohibit_rollback_default_and_overrides() -> None:
-    tpl = TaskTemplate.parse(
+def test_the_templates_prohibit_rollback_is_written_after_the_callers() -> None:
+    """OCP writes the template's flag after the caller's arguments: a template that prohibits
+    rollback cannot be overridden; a caller may prohibit it on a template that allows it."""
+    prohibits = TaskTemplate.parse(
         {"name": "p", "prohibit_rollback": True, "subtasks": [{"name": "a", "handler": "x.y"}]}
     )
-    assert task_context(tpl).string_map["prohibit_rollback"] == "true"
-    assert task_context(tpl, {"prohibit_rollback": "false"}).prohibit_rollback is False
+    allows = TaskTemplate.parse({"name": "q", "subtasks": [{"name": "a", "handler": "x.y"}]})
+    assert task_context(prohibits).string_map["prohibit_rollback"] == "true"
+    assert task_context(prohibits, {"prohibit_rollback": "false"}).prohibit_rollback is True
+    assert task_context(allows).string_map["prohibit_rollback"] == "false"
+    assert task_context(allows, {"prohibit_rollback": "true"}).prohibit_rollback is True
+    ctx = task_context(allows, {"host_id": "2", "prohibit_rollback": "false"})
+    assert list(ctx.string_map) == ["prohibit_rollback", "host_id"]  # OCP's order

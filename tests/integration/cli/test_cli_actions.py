@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -474,3 +475,38 @@ def test_logs_follow_prints_lines_as_they_come(
 
     # Following an ended subtask prints its log once and returns.
     assert dt("logs", task_id, str(wait_id), "--follow") == dt("logs", task_id, str(wait_id))
+
+
+def test_logs_of_the_whole_task_printed_or_zipped(dt: Run, tmp_path: Path) -> None:
+    task = failed_diamond(dt, "--set", "fail=c")
+    task_id = str(task["id"])
+    subs = subtasks_of(task)
+    code, text, err = dt("logs", task_id)
+    assert (code, err) == (0, "")
+    headers = [line for line in text.splitlines() if line.startswith("==> ")]
+    ran = sorted((s["id"], n) for n, s in subs.items() if s["status"] != "PENDING")
+    assert headers == [f"==> subtask {sid} {name!r}, attempt 1 <==" for sid, name in ran]
+    assert "c fails on purpose" in text
+
+    listed = parsed(dt("logs", task_id, "--json"), 0)
+    assert [(e["subtaskId"], e["runTime"]) for e in listed] == [(sid, 1) for sid, _ in ran]
+
+    code, said, err = dt("logs", task_id, "--zip", "all.zip")
+    assert (code, err) == (0, "")
+    assert said == f"task {task_id}: every log, its JSON and its history written to all.zip\n"
+    with zipfile.ZipFile(tmp_path / "all.zip") as archive:
+        logs = sorted(n for n in archive.namelist() if n.startswith("logs/"))
+        assert logs == sorted(f"logs/{sid}-{name}/attempt-1.log" for sid, name in ran)
+        assert (
+            "c fails on purpose"
+            in archive.read(f"logs/{subs['c']['id']}-c/attempt-1.log").decode()
+        )
+
+    # Mistakes: one line, exit 2, nothing written.
+    refused = dt("logs", task_id, "a", "--zip", "x.zip")
+    assert refused[0] == 2 and "--zip writes every log of the task" in refused[2]
+    assert not (tmp_path / "x.zip").exists()
+    nowhere = dt("logs", task_id, "--zip", str(tmp_path / "no" / "such" / "x.zip"))
+    assert nowhere[0] == 2 and "cannot write" in nowhere[2] and len(nowhere[2].splitlines()) == 1
+    assert dt("logs", "424242", "--zip", "y.zip")[0] == 4
+    assert not (tmp_path / "y.zip").exists()
