@@ -27,12 +27,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TextIO
 
-from dagtask import arguments, expand, handlers, planner
+from dagtask import arguments, expand, fidelity, handlers, planner
 from dagtask import history as hist
 from dagtask.builtin import builtin_templates
 from dagtask.errors import ArgumentError, HostNotFoundError, TaskTimeoutError, TemplateError
 from dagtask.hosts.inventory import HostInventory
 from dagtask.models import RollbackPlan, SubtaskInfo, TaskEvent, TaskInfo, TaskPage
+from dagtask.observability import tracing
 from dagtask.schedules import Schedules
 from dagtask.services import Services
 from dagtask.states import SubtaskStatus, TaskStatus, TaskType
@@ -76,6 +77,7 @@ class Engine:
         processes may, each tick fires once). ``webhooks``: whether :meth:`start` also runs the
         notifier that delivers webhooks (:mod:`dagtask.webhooks`; any number of processes may).
         """
+        fidelity.current()  # a bad $DAGTASK_OCP_COMPAT is refused here, not mid-request
         self.database = open_database(db)
         self.store = Store(self.database)
         self.services = Services(self.database)
@@ -235,15 +237,18 @@ class Engine:
             hosts = self._check_host_list(tpl.host_list_arg, context.list_map)
         # The template is stored in the submit's own transaction: a refused submit (a busy
         # host, a lost race) leaves no template row behind.
-        task_id = self.store.submit(
-            expanded,
-            template=tpl,
-            creator=who,
-            executor=socket.gethostname(),
-            host_id=host_id,
-            hosts=hosts,
-            **origin,
-        )
+        with tracing.task_span(tpl.name, who) as span:
+            task_id = self.store.submit(
+                expanded,
+                template=tpl,
+                creator=who,
+                executor=socket.gethostname(),
+                host_id=host_id,
+                hosts=hosts,
+                trace_parent=span.trace_parent,
+                **origin,
+            )
+            span.stored(task_id)
         pool = self._pool
         room = min(tpl.concurrency, len(expanded.subtasks))
 

@@ -6,6 +6,7 @@ store maps table rows to them (nowhere else does).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
@@ -33,6 +34,9 @@ class SubtaskInfo(_Model):
     status: SubtaskStatus
     series_id: int
     run_time: int
+    """The attempt number: every new attempt adds 1 (docs/design.md, "OCP fidelity")."""
+    ocp_run_time: int | None = None
+    """runTime as OCP counts it (only task retries and automatic retries add 1)."""
     timeout: int
     retry_count: int
     parallel: bool
@@ -79,7 +83,8 @@ class TaskInfo(_Model):
     historical: bool = False
     """An imported record of a task run elsewhere: shown as recorded, never run or changed."""
     origin: dict[str, Any] | None = None
-    """Where a historical task was imported from (format, file, original task id)."""
+    """Where a historical task was imported from (format, file, original task id; for a task
+    that came from an OCP document, the document too: see :func:`ocp_original_of`)."""
 
     @property
     def finished(self) -> bool:
@@ -92,6 +97,22 @@ class TaskInfo(_Model):
             if sub.name == name and (parallel_idx < 0 or sub.parallel_idx == parallel_idx):
                 return sub
         raise KeyError(f"task {self.id} has no subtask named {name!r}")
+
+
+def ocp_original_of(origin: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The OCP original of a historical task, from its stored ``origin``, or None.
+
+    A task imported from an OCP document keeps it in its origin (``format`` "ocp", ``file``,
+    ``path``, ``task_id``, ``document``: the task object as OCP sent it, and ``context_text``
+    for Java's context string); a task re-imported from a dagtask export of such a task keeps
+    the same dict under its origin's ``"ocp"`` key.
+    """
+    if not origin:
+        return None
+    found = origin if origin.get("format") == "ocp" else origin.get("ocp")
+    if not isinstance(found, Mapping) or not isinstance(found.get("document"), Mapping):
+        return None
+    return dict(found)
 
 
 class EventKind(StrEnum):
@@ -316,3 +337,6 @@ class TaskRecord(_Model):
     edges: list[EdgeRow]
     events: list[EventRow]
     logs: list[LogRow]
+    ocp_original: dict[str, Any] | None = None
+    """For a task imported from an OCP document: the OCP original (see :func:`ocp_original_of`),
+    which its export carries so that a re-import keeps it."""

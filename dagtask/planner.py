@@ -31,6 +31,9 @@ class Step:
     status: SubtaskStatus
     operation: Operation
     run_time: int
+    ocp_retry: bool = False
+    """A new attempt that OCP numbers too (an automatic retry, a task retry): OCP's runTime
+    count goes up by 1 with it (:mod:`dagtask.fidelity`)."""
 
 
 FORWARD_OPERATIONS = frozenset({Operation.EXECUTE, Operation.RETRY})
@@ -56,7 +59,7 @@ def after_attempt(
         return [Step(SubtaskStatus.FAILED, Operation.CANCEL, run_time)]
     failed = Step(SubtaskStatus.FAILED, operation, run_time)
     if operation in FORWARD_OPERATIONS and run_time <= retry_count:
-        return [failed, Step(SubtaskStatus.READY, Operation.RETRY, run_time + 1)]
+        return [failed, Step(SubtaskStatus.READY, Operation.RETRY, run_time + 1, ocp_retry=True)]
     return [failed]
 
 
@@ -79,7 +82,7 @@ def after_lost(
     if status is SubtaskStatus.CANCELING:
         return [Step(SubtaskStatus.FAILED, Operation.CANCEL, run_time)]
     if policy == "RETRY" and lost_count < MAX_LOST_RETRIES:
-        return [Step(SubtaskStatus.READY, operation, run_time + 1)]
+        return [Step(SubtaskStatus.READY, operation, run_time + 1, ocp_retry=True)]
     return [Step(SubtaskStatus.FAILED, operation, run_time)]
 
 
@@ -142,14 +145,17 @@ def rollback_blockers(
 
 
 def retry_subtask_refusal(
-    status: SubtaskStatus, operation: Operation, task_operation: Operation
+    status: SubtaskStatus, operation: Operation, task_operation: Operation, *, ocp: bool = False
 ) -> str | None:
-    """Retry of one subtask: FAILED and not a failed rollback step (a step of a task that is
-    rolling back is retried by rolling the task back again)."""
+    """Retry of one subtask: FAILED and not a failed rollback step, nor (unless ``ocp``: OCP
+    looks at the subtask's own operation only) a subtask of a task that is rolling back: a
+    rollback is retried by rolling the task back again (:mod:`dagtask.fidelity`)."""
     if status is not SubtaskStatus.FAILED:
         return f"it is {status}; only a FAILED subtask can be retried"
-    if operation is Operation.ROLLBACK or task_operation is Operation.ROLLBACK:
+    if operation is Operation.ROLLBACK:
         return "it failed while rolling back; roll the task back again or skip it"
+    if task_operation is Operation.ROLLBACK and not ocp:
+        return "its task is rolling back; roll the task back again or skip it"
     return None
 
 

@@ -12,7 +12,7 @@ key out (``tests/data/ocp/stop-ocp-agent.json`` vs ``task-detail.json``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -26,9 +26,10 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from dagtask import fidelity
 from dagtask.context import TaskContext
 from dagtask.errors import DagtaskError
-from dagtask.models import SubtaskInfo, TaskInfo, TaskPage
+from dagtask.models import SubtaskInfo, TaskInfo, TaskPage, ocp_original_of
 from dagtask.secrets import mask_context
 from dagtask.states import Operation, SubtaskStatus, TaskStatus, TaskType
 
@@ -102,6 +103,9 @@ class SubtaskView(_View):
     parallel_idx: int
     prohibit_rollback: bool
     run_time: int
+    """dagtask's attempt number; OCP's count with the ``run_time`` switch (dagtask.fidelity)."""
+    attempt: int | None = None
+    """With the ``run_time`` switch only: dagtask's attempt number (logs are per attempt)."""
     series_id: int
     start_time: IsoTime | None = None
     status: SubtaskStatus
@@ -110,21 +114,31 @@ class SubtaskView(_View):
 
 
 class TaskView(_View):
-    """A task with its subtasks, the shape every task action returns (``stop-ocp-agent.json``)."""
+    """A task with its subtasks, the shape every task action returns (``stop-ocp-agent.json``).
 
+    A task imported from an OCP document also shows what that document sent and dagtask has no
+    column for, in OCP's shape: ``creator`` as the object ``{id, name}``, the ``cluster`` and
+    ``tenant`` objects, and ``prohibitRollback`` and ``createTime`` when the document had them
+    (see :func:`_as_ocp_sent`); other tasks leave these out, as the golden sample does.
+    """
+
+    cluster: dict[str, Any] | None = None
     cluster_id: int | None = None
     context: TaskContext
-    creator: str
+    create_time: IsoTime | None = None
+    creator: str | dict[str, Any]
     executor: str
     finish_time: IsoTime | None = None
     host_id: int | None = None
     id: int
     name: str
     operation: Operation
+    prohibit_rollback: bool | None = None
     start_time: IsoTime
     status: TaskStatus
     subtasks: list[SubtaskView]
     task_definition_id: int
+    tenant: dict[str, Any] | None = None
     tenant_id: int | None = None
     type: TaskType
 
@@ -226,6 +240,13 @@ def _subtask_order(subtasks: list[SubtaskInfo]) -> list[SubtaskInfo]:
     return sorted(subtasks, key=lambda sub: (-sub.series_id, sub.id))
 
 
+def _run_time(sub: SubtaskInfo) -> dict[str, int]:
+    """``runTime`` (and ``attempt``) as :mod:`dagtask.fidelity`'s ``run_time`` switch says."""
+    if fidelity.current().run_time and sub.ocp_run_time is not None:
+        return {"run_time": sub.ocp_run_time, "attempt": sub.run_time}
+    return {"run_time": sub.run_time}
+
+
 def _subtask_view(sub: SubtaskInfo) -> SubtaskView:
     return SubtaskView(
         class_name=sub.class_name,
@@ -239,7 +260,7 @@ def _subtask_view(sub: SubtaskInfo) -> SubtaskView:
         operation=sub.operation,
         parallel_idx=sub.parallel_idx,
         prohibit_rollback=sub.prohibit_rollback,
-        run_time=sub.run_time,
+        **_run_time(sub),
         series_id=sub.series_id,
         start_time=sub.start_time,
         status=sub.status,
@@ -254,22 +275,51 @@ def _task_start(task: TaskInfo) -> datetime:
     return task.start_time if task.start_time is not None else task.create_time
 
 
+def _as_ocp_sent(task: TaskInfo) -> dict[str, Any]:
+    """The task-level fields of an imported OCP task that only its OCP original holds.
+
+    ``creator``, ``cluster`` and ``tenant`` are the objects OCP sent, as sent; ``prohibitRollback``
+    and ``createTime`` appear when the document had them, with the values the import stored
+    from them (``createTime`` printed by :func:`iso_ms`, the same instant). Empty for any other
+    task, and for a listed task (lists are read without the origin).
+    """
+    original = ocp_original_of(task.origin)
+    if original is None:
+        return {}
+    document = original["document"]
+    found: dict[str, Any] = {
+        key: dict(document[key])
+        for key in ("creator", "cluster", "tenant")
+        if isinstance(document.get(key), Mapping)
+    }
+    if isinstance(document.get("prohibitRollback"), bool):
+        found["prohibit_rollback"] = task.prohibit_rollback
+    if document.get("createTime"):
+        found["create_time"] = task.create_time
+    return found
+
+
 def _task_view(task: TaskInfo) -> TaskView:
+    sent = _as_ocp_sent(task)
     return TaskView(
+        cluster=sent.get("cluster"),
         cluster_id=task.cluster_id,
         # Secrets are masked in everything shown (docs/security.md); the store keeps them.
         context=mask_context(task.context),
-        creator=task.creator,
+        create_time=sent.get("create_time"),
+        creator=sent.get("creator", task.creator),
         executor=task.executor,
         finish_time=task.finish_time,
         host_id=task.host_id,
         id=task.id,
         name=task.name,
         operation=task.operation,
+        prohibit_rollback=sent.get("prohibit_rollback"),
         start_time=_task_start(task),
         status=task.status,
         subtasks=[_subtask_view(sub) for sub in _subtask_order(task.subtasks)],
         task_definition_id=task.task_definition_id,
+        tenant=sent.get("tenant"),
         tenant_id=task.tenant_id,
         type=task.type,
     )

@@ -28,9 +28,16 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from dagtask import views
+from dagtask import fidelity, views
 from dagtask.api.limits import Quota
-from dagtask.errors import AuthenticationError, DagtaskError, RateLimitedError
+from dagtask.errors import (
+    AuthenticationError,
+    DagtaskError,
+    OperationNotAllowedError,
+    RateLimitedError,
+    RollbackProhibitedError,
+)
+from dagtask.observability import tracing
 from dagtask.users import UserInfo
 
 _log = logging.getLogger("dagtask.api")
@@ -38,6 +45,7 @@ _log = logging.getLogger("dagtask.api")
 TRACE_HEADER = "X-Trace-Id"
 DEBUG_HEADER = "X-Debug"
 _TRACE_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
+_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
 WWW_AUTHENTICATE = 'Basic realm="dagtask", charset="UTF-8"'
 
 
@@ -114,13 +122,18 @@ def request_state(request: Request, server: str | None = None) -> RequestState:
     """The request's :class:`RequestState`, created on first use.
 
     The caller's ``X-Trace-Id`` is kept when it is 1 to 128 characters of ``[A-Za-z0-9._:/+=-]``;
-    anything else is replaced by a fresh id rather than echoed.
+    without one, a W3C ``traceparent``'s trace id is used; anything else is replaced by a fresh
+    id rather than echoed.
     """
     state: RequestState | None = getattr(request.state, "dagtask", None)
     if state is None:
         given = request.headers.get(TRACE_HEADER, "")
+        if not _TRACE_ID.match(given):
+            # No usable X-Trace-Id: a W3C traceparent's trace id, else a fresh one.
+            parent = _TRACEPARENT.match(request.headers.get("traceparent", "").lower())
+            given = parent.group(1) if parent else ""
         state = RequestState(
-            trace_id=given if _TRACE_ID.match(given) else new_trace_id(),
+            trace_id=given or new_trace_id(),
             started=time.monotonic(),
             server=server or "",
         )
@@ -217,14 +230,20 @@ def error_response(request: Request, exc: Exception, server: str | None = None) 
     if error.http_status >= 500 and wants_debug and state.user is not None:
         trace = "".join(traceback.format_exception(exc))
         sub_errors.append(views.ErrorView(code=500, message=trace, target="stackTrace"))
+    status = error.http_status
+    if isinstance(error, OperationNotAllowedError | RollbackProhibitedError):
+        # 409 Conflict: the request was well formed, the task's state refused it; OCP answers
+        # 400 with the code in the body (dagtask.fidelity, switch http_400).
+        status = 400 if fidelity.current().http_400 else status
     body = views.error_envelope(
         error,
+        status=status,
         trace_id=state.trace_id,
         server=state.server,
         duration_ms=state.duration_ms(),
         sub_errors=sub_errors,
     )
-    response = JSONResponse(body, status_code=error.http_status)
+    response = JSONResponse(body, status_code=status)
     if isinstance(error, AuthenticationError):
         response.headers["WWW-Authenticate"] = WWW_AUTHENTICATE
     if isinstance(exc, StarletteHTTPException) and exc.headers and "Allow" in exc.headers:
@@ -247,8 +266,13 @@ class EnvelopeRoute(APIRoute):
 
         async def run(request: Request) -> Response:
             state = request_state(request, server)
+            # The request's trace (traceparent, else a hex X-Trace-Id) becomes the parent of
+            # what the endpoint does, a submitted task's span included; the endpoint runs in a
+            # worker thread that inherits this context.
+            trace_context = tracing.request_context(request.headers, state.trace_id)
             try:
-                response = await handler(request)
+                with tracing.attached(trace_context):
+                    response = await handler(request)
             except Exception as exc:
                 return error_response(request, exc)
             return _with_headers(response, state)

@@ -83,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         args.settings = registry.apply(args)
+        from dagtask import fidelity
+
+        fidelity.current()  # a bad $DAGTASK_OCP_COMPAT: one line, before anything is opened
         code: int = args.func(args)
         sys.stdout.flush()  # here, so that a closed pipe is met inside the try
         return code

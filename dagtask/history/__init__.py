@@ -105,8 +105,10 @@ def attempts(source: Engine | Store, task_id: int) -> list[Attempt]:
 
 
 def record(source: Engine | Store, task_id: int) -> TaskRecord:
-    """Everything stored about the task (template snapshot, subtasks, links, events, logs)."""
-    return sql.read_record(store_of(source).db, task_id)
+    """Everything stored about the task (template snapshot, subtasks, links, events, logs, and
+    the OCP original of a task imported from an OCP document)."""
+    db = store_of(source).db
+    return exchange.with_original(sql.read_record(db, task_id), db)
 
 
 def export_task(source: Engine | Store, task_id: int, out: str | Path | TextIO) -> None:
@@ -150,10 +152,7 @@ def parse_file(path: str | Path, now: datetime | None = None) -> list[tuple[sql.
     when = now or ocp_import.now_utc()
     if exchange.is_export(text):
         return [
-            (
-                sql.Import(rec, {"format": "dagtask", "file": name, "task_id": rec.task.id}),
-                "dagtask",
-            )
+            (sql.Import(rec, exchange.import_origin(rec, name)), "dagtask")
             for rec, _line in exchange.parse_export(text, name)
         ]
     try:

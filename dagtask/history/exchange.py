@@ -9,6 +9,13 @@ JSON object per line, each tagged with ``"record"``::
     {"record": "task", ...}        then "subtask", "edge", "event" and "log" records
     {"record": "end", "task_id": 7, "lines": 42}
 
+A task imported from an OCP document adds one ``"origin"`` record after its task record: the OCP
+original (``format`` "ocp", ``file``, ``path``, ``task_id``, ``document``, ``context_text``), its
+secrets masked like the rest of the export (the contexts in the document; Java's context text by
+value). Importing such an export keeps it in the new task's origin (under ``"ocp"``), so the task
+still shows what OCP sent and its export holds the same origin record again. Other tasks have no
+origin record: the import provenance belongs to the importing database.
+
 A file may hold several such blocks. The header's counts and the end record make a truncated file
 detectable; every line is validated strictly, every id it refers to must be in the block, and the
 task's state must equal the replay of its events, so a corrupt file is refused too, naming the
@@ -22,9 +29,9 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, NoReturn, TextIO
+from typing import Any, Literal, NoReturn, TextIO
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from dagtask.context import TaskContext
 from dagtask.errors import ArgumentError
@@ -39,17 +46,36 @@ from dagtask.models import (
     TaskRecord,
     TaskRow,
     TemplateRecord,
+    ocp_original_of,
 )
-from dagtask.secrets import mask_record
+from dagtask.secrets import mask_json, mask_record, mask_values, secret_values
 
 from . import state as rp
 
 FORMAT = "dagtask-task"
 VERSION = 1
-_ORDER = ("template", "task", "subtask", "edge", "event", "log")
+
+
+class OcpOriginRecord(BaseModel):
+    """The ``origin`` record: the OCP original of a task imported from an OCP document."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    format: Literal["ocp"]
+    file: str
+    path: str
+    task_id: int
+    document: dict[str, Any]
+    """The task object as OCP sent it (secrets masked)."""
+    context_text: str | None = None
+    """Java's ``Context(...)`` string, when the document's context was one."""
+
+
+_ORDER = ("template", "task", "origin", "subtask", "edge", "event", "log")
 _MODELS: dict[str, type[BaseModel]] = {
     "template": TemplateRecord,
     "task": TaskRow,
+    "origin": OcpOriginRecord,
     "subtask": SubtaskRow,
     "edge": EdgeRow,
     "event": EventRow,
@@ -57,14 +83,23 @@ _MODELS: dict[str, type[BaseModel]] = {
 }
 
 
+_LINE_BREAKS = {"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"}
+"""Characters that JSON leaves unescaped but ``str.splitlines`` (and so many JSON-lines readers)
+takes for line ends; a line of an export escapes them, so a value holding one stays on its line."""
+
+
 def _line(kind: str, model: BaseModel | dict[str, Any]) -> str:
     body = model.model_dump(mode="json") if isinstance(model, BaseModel) else model
-    return json.dumps({"record": kind, **body}, ensure_ascii=False)
+    text = json.dumps({"record": kind, **body}, ensure_ascii=False)
+    for char, escaped in _LINE_BREAKS.items():
+        text = text.replace(char, escaped)
+    return text
 
 
 def export_lines(record: TaskRecord) -> Iterator[str]:
     """The lines (without newlines) of ``record``'s export, its secrets masked (so a masked
     export cannot run again with the secret; see docs/security.md)."""
+    original = _masked_original(record) if record.ocp_original is not None else None
     record = mask_record(record)
     counts = {
         "subtasks": len(record.subtasks),
@@ -73,11 +108,13 @@ def export_lines(record: TaskRecord) -> Iterator[str]:
         "logs": len(record.logs),
     }
     header = {"format": FORMAT, "version": VERSION, "task_id": record.task.id, "counts": counts}
-    lines = 2 + (record.template is not None) + sum(counts.values()) + 1
+    lines = 2 + (record.template is not None) + (original is not None) + sum(counts.values()) + 1
     yield _line("header", header)
     if record.template is not None:
         yield _line("template", record.template)
     yield _line("task", record.task)
+    if original is not None:
+        yield _line("origin", original)
     for group, kind in (
         (record.subtasks, "subtask"),
         (record.edges, "edge"),
@@ -87,6 +124,41 @@ def export_lines(record: TaskRecord) -> Iterator[str]:
         for item in group:
             yield _line(kind, item)
     yield _line("end", {"task_id": record.task.id, "lines": lines})
+
+
+def _masked_original(record: TaskRecord) -> dict[str, Any]:
+    """``record``'s OCP original as its origin record holds it: validated, with the secrets of
+    the task's contexts masked in the document's contexts (Java's context text by value, the
+    rule for free text), and nothing else changed."""
+    original = OcpOriginRecord.model_validate(record.ocp_original)
+    contexts: list[Any] = [record.task.context]
+    contexts += [s.output_context for s in record.subtasks if s.output_context]
+    values = secret_values(*contexts)
+
+    def context(value: Any) -> Any:
+        if isinstance(value, dict):
+            return mask_json(value)
+        return mask_values(value, values) if isinstance(value, str) else value
+
+    document = dict(original.document)
+    if "context" in document:
+        document["context"] = context(document["context"])
+    for key in ("subtasks", "tasks"):
+        if isinstance(document.get(key), list):
+            document[key] = [
+                {**sub, "context": context(sub["context"])}
+                if isinstance(sub, dict) and "context" in sub
+                else sub
+                for sub in document[key]
+            ]
+    text = original.context_text
+    masked = original.model_copy(
+        update={
+            "document": document,
+            "context_text": None if text is None else mask_values(text, values),
+        }
+    )
+    return masked.model_dump(mode="json", exclude_none=True)
 
 
 def write_export(record: TaskRecord, out: TextIO) -> None:
@@ -118,7 +190,10 @@ def parse_export(text: str, name: str) -> list[tuple[TaskRecord, int]]:
     blocks: list[_Block] = []
     block: _Block | None = None
     last = 0
-    for number, raw in enumerate(text.splitlines(), start=1):
+    lines = text.split("\n")  # only "\n" ends a line: JSON escapes it inside values
+    if lines and not lines[-1]:
+        lines.pop()
+    for number, raw in enumerate(lines, start=1):
         last = number
         if not raw.strip():
             continue
@@ -141,7 +216,8 @@ def parse_export(text: str, name: str) -> list[tuple[TaskRecord, int]]:
             _fail(name, number, f"unknown record type {kind!r} (known: {known})")
         later = _ORDER[_ORDER.index(kind) + 1 :]
         if any(block.items[k] for k in later):
-            _fail(name, number, f"a {kind} record after the {'/'.join(later)} records")
+            article = "an" if kind[0] in "aeiou" else "a"
+            _fail(name, number, f"{article} {kind} record after the {'/'.join(later)} records")
         try:
             model = _MODELS[kind].model_validate(data)
         except ValidationError as exc:
@@ -218,9 +294,16 @@ def _check_end(block: _Block, data: dict[str, Any], number: int, name: str) -> N
         )
     if data.get("task_id") != header["task_id"] or data.get("lines") != number - block.start + 1:
         _fail(name, number, "the end record does not match its header (task id or line count)")
-    if len(block.items["task"]) != 1 or len(block.items["template"]) > 1:
+    if (
+        len(block.items["task"]) != 1
+        or len(block.items["template"]) > 1
+        or len(block.items["origin"]) > 1
+    ):
         _fail(
-            name, number, "a task's block needs exactly one task record (and at most one template)"
+            name,
+            number,
+            "a task's block needs exactly one task record (and at most one template and one "
+            "origin)",
         )
 
 
@@ -253,6 +336,17 @@ def _record(block: _Block, name: str) -> TaskRecord:
         if log.subtask_id not in subs:
             _fail(name, number, f"the log names subtask {log.subtask_id}, not in this task")
     template = items["template"][0][1] if items["template"] else None
+    original: dict[str, Any] | None = None
+    if items["origin"]:
+        origin_line, origin = items["origin"][0]
+        if origin.document.get("id") != origin.task_id:
+            _fail(
+                name,
+                origin_line,
+                f"the origin record names OCP task {origin.task_id} but its document is task "
+                f"{json.dumps(origin.document.get('id'))}",
+            )
+        original = origin.model_dump(mode="json", exclude_none=True)
     record = TaskRecord(
         template=template,
         task=task_row,
@@ -260,6 +354,7 @@ def _record(block: _Block, name: str) -> TaskRecord:
         edges=[m for _, m in items["edge"]],
         events=[m for _, m in items["event"]],
         logs=[m for _, m in items["log"]],
+        ocp_original=original,
     )
     check_replay(record, name, task_line, subs)
     return record
@@ -355,6 +450,34 @@ def task_events(record: TaskRecord) -> list[TaskEvent]:
 
 def _fail(name: str, line: int, message: str) -> NoReturn:
     raise ArgumentError(f"{name} line {line}: {message}; nothing was imported")
+
+
+def import_origin(record: TaskRecord, name: str) -> dict[str, Any]:
+    """The origin to store for ``record``, read from the export file ``name``: format, file and
+    the task's id in the file, and the OCP original under ``"ocp"`` when the export had one."""
+    origin: dict[str, Any] = {"format": "dagtask", "file": name, "task_id": record.task.id}
+    if record.ocp_original is not None:
+        origin["ocp"] = record.ocp_original
+    return origin
+
+
+def stored_original(db: Any, task_id: int) -> dict[str, Any] | None:
+    """The OCP original stored with task ``task_id`` (None if it has none or does not exist).
+    ``db`` is a :class:`dagtask.store.db.Database`."""
+    import sqlalchemy as sa  # the export side of this module never touches a database
+
+    from dagtask.store.schema import task
+
+    with db.read() as conn:
+        origin = conn.execute(sa.select(task.c.origin).where(task.c.id == task_id)).scalar()
+    return ocp_original_of(origin if isinstance(origin, dict) else None)
+
+
+def with_original(record: TaskRecord, db: Any) -> TaskRecord:
+    """``record`` (as the store reads it) with the OCP original its task keeps, if any, so that
+    its export carries it."""
+    original = stored_original(db, record.task.id)
+    return record if original is None else record.model_copy(update={"ocp_original": original})
 
 
 def already_imported(db: Any, record: TaskRecord, origin: dict[str, Any]) -> int | None:

@@ -10,7 +10,11 @@ without data) is refused, saying what the document is.
 Decisions (OCP's documents say nothing about them):
 
 * Ids are new; the OCP ids stay visible: the task's ``origin`` holds the OCP task id, the file,
-  the JSON path and the whole original object, each subtask its ``original_id``.
+  the JSON path and the whole original object, each subtask its ``original_id``. What the
+  original has and the task row has no column for (``creator`` as ``{id, name}``, the
+  ``cluster`` and ``tenant`` objects) is shown from there, in OCP's shape, as are the task's
+  ``prohibitRollback`` and ``createTime`` when OCP sent them (:func:`dagtask.views.task_json`).
+  The record carries the original too (``TaskRecord.ocp_original``), so its export does.
 * A missing ``operation`` is EXECUTE, except for a SUCCESSFUL task whose subtasks are all PENDING,
   which only a finished rollback leaves (ROLLBACK). A missing ``seriesId`` is the position in
   reverse topological order (dagtask's own rule), a missing ``runTime`` 1, ``timeout`` 0,
@@ -21,6 +25,12 @@ Decisions (OCP's documents say nothing about them):
   ``finishTime`` if it has ended), for any other subtask not in its initial state one event to
   the state it was recorded in, and the task's final status at its ``finishTime``. The stored
   subtask fields follow from these events, so replaying an imported task gives what it shows.
+* A subtask recorded with operation CANCEL was cancelled in OCP, which shows the cancel as
+  RUNNING / CANCEL between CANCELING and the end (dagtask goes CANCELING -> FAILED / CANCEL). Its
+  attempt is recorded along OCP's path: claimed under EXECUTE (RETRY when its runTime is above
+  1), RUNNING -> CANCELING -> RUNNING / CANCEL, then the recorded end at ``finishTime`` if it has
+  ended; the cancel's own times are not in the document, so its two events take the end's time
+  (the start's while it still runs).
 """
 
 from __future__ import annotations
@@ -168,7 +178,7 @@ def to_record(
         creator=_creator(data.get("creator")),
         executor=str(data.get("executor") or ""),
         context=context.to_json(),
-        prohibit_rollback=bool(data.get("prohibitRollback", context.prohibit_rollback)),
+        prohibit_rollback=_bool(data, "prohibitRollback", where, context.prohibit_rollback),
         host_id=_subject(data, "hostId", None),
         cluster_id=_subject(data, "clusterId", "cluster"),
         tenant_id=_subject(data, "tenantId", "tenant"),
@@ -179,14 +189,6 @@ def to_record(
         finish_time=None,
     )
     end = finished or max(times, default=begin)
-    record = TaskRecord(
-        template=None,
-        task=row,
-        subtasks=subs,
-        edges=[EdgeRow(upstream_id=u, downstream_id=d) for u, d in sorted(edges)],
-        events=_events(row, subs, raw_subs, ocp_id, name, begin, end),
-        logs=[],
-    )
     origin: dict[str, Any] = {
         "format": "ocp",
         "file": name,
@@ -196,6 +198,15 @@ def to_record(
     }
     if context_text is not None:
         origin["context_text"] = context_text
+    record = TaskRecord(
+        template=None,
+        task=row,
+        subtasks=subs,
+        edges=[EdgeRow(upstream_id=u, downstream_id=d) for u, d in sorted(edges)],
+        events=_events(row, subs, raw_subs, ocp_id, name, begin, end),
+        logs=[],
+        ocp_original=origin,
+    )
     return _settle(record), origin, {local[o]: o for o in ocp_ids}
 
 
@@ -256,7 +267,7 @@ def _subtask_row(
         retry_count=0,
         parallel=idx >= 0,
         parallel_idx=idx,
-        prohibit_rollback=bool(raw.get("prohibitRollback", False)),
+        prohibit_rollback=_bool(raw, "prohibitRollback", here, False),
         executor=None,
         recovery="FAIL",
         lost_count=0,
@@ -308,21 +319,25 @@ def _events(
         op = sub.operation.value
         if started is not None and sub.status is not S.READY:
             at_end = sub.status not in (S.RUNNING, S.CANCELING)
+            cancelled = sub.operation is Operation.CANCEL and sub.status is not S.CANCELING
+            ran = op  # the operation of the attempt (a cancel interrupts an EXECUTE or a RETRY)
+            if sub.operation is Operation.CANCEL:
+                ran = (Operation.EXECUTE if sub.run_time == 1 else Operation.RETRY).value
             add(
                 started,
                 **base,
                 old_status="PENDING",
                 new_status="READY",
                 old_operation="EXECUTE",
-                new_operation=op,
+                new_operation=ran,
             )
             add(
                 started,
                 **base,
                 old_status="READY",
                 new_status="RUNNING",
-                old_operation=op,
-                new_operation=op,
+                old_operation=ran,
+                new_operation=ran,
                 executor=raw.get("executor"),
             )
             if sub.status is S.CANCELING:
@@ -331,16 +346,35 @@ def _events(
                     **base,
                     old_status="RUNNING",
                     new_status="CANCELING",
-                    old_operation=op,
+                    old_operation=ran,
                     new_operation=op,
                 )
-            elif at_end:
+            elif cancelled:  # OCP's path: RUNNING -> CANCELING -> RUNNING / CANCEL -> the end
+                when = (ended or started) if at_end else started
+                add(
+                    when,
+                    **base,
+                    old_status="RUNNING",
+                    new_status="CANCELING",
+                    old_operation=ran,
+                    new_operation=ran,
+                )
+                add(
+                    when,
+                    **base,
+                    old_status="CANCELING",
+                    new_status="RUNNING",
+                    old_operation=ran,
+                    new_operation=op,
+                    executor=raw.get("executor"),
+                )
+            if at_end:
                 add(
                     ended or started,
                     **base,
                     old_status="RUNNING",
                     new_status=sub.status.value,
-                    old_operation=op,
+                    old_operation=op if cancelled else ran,
                     new_operation=op,
                     executor=raw.get("executor"),
                     message=None,
@@ -415,6 +449,15 @@ def _int(data: Mapping[str, Any], key: str, where: str, default: int | None = No
         return default
     if isinstance(value, bool) or not isinstance(value, int):
         _bad(where, f"{key} must be an integer, got {json.dumps(value)}")
+    return value
+
+
+def _bool(data: Mapping[str, Any], key: str, where: str, default: bool) -> bool:
+    value = data.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        _bad(where, f"{key} must be true or false, got {json.dumps(value)}")
     return value
 
 

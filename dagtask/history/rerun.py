@@ -25,7 +25,7 @@ from dagtask.errors import (
     TaskNotFoundError,
     TemplateError,
 )
-from dagtask.models import SubtaskInfo, TaskInfo
+from dagtask.models import SubtaskInfo, TaskInfo, ocp_original_of
 from dagtask.states import SubtaskStatus, TaskStatus
 from dagtask.store import history as sql
 from dagtask.template import TaskTemplate
@@ -42,8 +42,8 @@ def template_of(engine: Engine, task: TaskInfo) -> TaskTemplate:
     """The stored template version ``task`` was expanded from (TemplateError if none)."""
     found = sql.template_by_id(store_of(engine).db, task.template_id) if task.template_id else None
     if found is None:
-        origin = (task.origin or {}).get("format")
-        why = "it was imported from an OCP document" if origin == "ocp" else "none was stored"
+        ocp = ocp_original_of(task.origin) is not None  # also once re-imported from an export
+        why = "it was imported from an OCP document" if ocp else "none was stored"
         raise TemplateError(
             f"task {task.id} has no template to rerun ({why}); run a template anew with "
             "`dagtask run TEMPLATE`"

@@ -10,6 +10,9 @@ subtask PENDING / EXECUTE / runTime 1, never run) and applies the events in orde
   executor (the worker) and start time; the end of an attempt sets its finish time and message
   (the error, none after a success; a lost worker's attempt that runs again, RUNNING -> READY,
   clears the finish time); an output reused by a rerun sets both times and the message.
+* a cancel ends its attempt FAILED / CANCEL, straight from CANCELING (dagtask's path) or after
+  RUNNING / CANCEL (OCP's path, in imported histories): CANCELING -> RUNNING is not the end of
+  the attempt, so it sets only status, operation and runTime.
 
 :func:`snapshot` reads the same fields from what is stored; after the last event the two are
 equal (the property test in ``tests/history`` checks it after every event, on SQLite and

@@ -9,7 +9,11 @@ task status change, or a state recorded by an import. Nothing here writes.
 How an event is recognised (the store records no "cause" column, so the cause is derived):
 
 * READY -> RUNNING is a worker claiming the subtask: an attempt starts; ``executor`` is the worker.
-* RUNNING -> anything but CANCELING, and CANCELING -> FAILED, is the end of that attempt.
+* RUNNING -> anything but CANCELING, and CANCELING -> anything but RUNNING, is the end of that
+  attempt.
+* CANCELING -> RUNNING (operation CANCEL) is OCP's path of a cancel, which shows the cancel running
+  before the subtask ends FAILED / CANCEL; the attempt goes on (dagtask's own cancel goes
+  CANCELING -> FAILED / CANCEL). Only imported histories have it.
 * FAILED -> READY written by the same worker right after an attempt ended is an automatic retry.
 * An operator action writes its events with the operator as ``executor`` and a fixed message
   (:data:`OPERATOR_MESSAGES`; task events say ``"<action> by <operator>"``); the events of one
@@ -181,6 +185,20 @@ class AttemptStarted(_Event):
         )
 
 
+class CancelRunning(_Event):
+    """OCP's path of a cancel: CANCELING -> RUNNING / CANCEL, the worker running the cancel; the
+    attempt ends with the next change (FAILED / CANCEL). dagtask never writes it (its own cancel
+    goes CANCELING -> FAILED / CANCEL); imported OCP histories may have it."""
+
+    kind: Literal["cancel_running"] = "cancel_running"
+
+    def describe(self) -> str:
+        return (
+            f"{self.subtask}: cancel running (OCP's path), {_move(self)}: attempt "
+            f"{self.run_time} not ended yet"
+        )
+
+
 class AttemptEnded(_Event):
     """An attempt ended: its result, its error and how long it ran."""
 
@@ -235,6 +253,7 @@ HistoryEvent = Annotated[
     | OperatorChange
     | Promoted
     | AttemptStarted
+    | CancelRunning
     | AttemptEnded
     | AutoRetry
     | Reused
@@ -323,10 +342,15 @@ def is_claim(event: TaskEvent | _Event) -> bool:
     return event.old_status == S.READY.value and event.new_status == S.RUNNING.value
 
 
+def is_cancel_running(event: TaskEvent | _Event) -> bool:
+    """CANCELING -> RUNNING: OCP's intermediate state of a cancel (RUNNING / CANCEL), not an end."""
+    return event.old_status == S.CANCELING.value and event.new_status == S.RUNNING.value
+
+
 def is_attempt_end(event: TaskEvent | _Event) -> bool:
     """The first change of the end of an attempt."""
     if event.old_status == S.CANCELING.value:
-        return True
+        return not is_cancel_running(event)
     return event.old_status == S.RUNNING.value and event.new_status != S.CANCELING.value
 
 
@@ -371,6 +395,8 @@ def typed_events(
         elif is_claim(event):
             started[sid] = (event.time, event.run_time)
             typed = AttemptStarted(**base, worker=event.executor)
+        elif is_cancel_running(event):
+            typed = CancelRunning(**base)
         elif is_attempt_end(event):
             typed = _ended(base, event, started.pop(sid, None))
             ended_by[sid] = event.executor

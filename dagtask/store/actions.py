@@ -12,7 +12,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from dagtask import planner
+from dagtask import fidelity, planner
 from dagtask.clock import utcnow
 from dagtask.context import TaskContext
 from dagtask.errors import (
@@ -48,7 +48,7 @@ class ActionStore:
                     task_id,
                     [sub.id],
                     S.FAILED,
-                    [planner.Step(S.READY, Operation.RETRY, sub.run_time + 1)],
+                    [planner.Step(S.READY, Operation.RETRY, sub.run_time + 1, ocp_retry=True)],
                     now,
                     operator,
                     "retried by the operator",
@@ -117,7 +117,10 @@ class ActionStore:
 
         def decide(row: Any, sub: Any) -> tuple[str | None, Operation]:
             refusal = planner.retry_subtask_refusal(
-                S(sub.status), Operation(sub.operation), Operation(row.operation)
+                S(sub.status),
+                Operation(sub.operation),
+                Operation(row.operation),
+                ocp=fidelity.current().retry_in_rollback,
             )
             return refusal, Operation.RETRY
 

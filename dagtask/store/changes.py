@@ -83,6 +83,7 @@ def change_subtasks(
                 "new_status": step.status.value,
                 "new_operation": step.operation.value,
                 "new_run_time": step.run_time,
+                "ocp_step": int(step.ocp_retry),
             }
             for sid in subtask_ids
         ]
@@ -465,6 +466,7 @@ def _plan(report: Report, old: SubtaskStatus, result: AttemptResult, now: dateti
         "new_status": final.status.value,
         "new_operation": final.operation.value,
         "new_run_time": final.run_time,
+        "ocp_step": int(any(step.ocp_retry for step in steps)),
         "message": None if result.ok else result.message,
         "now": now,
     }

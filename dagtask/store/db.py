@@ -424,7 +424,7 @@ class Database:
             self.read_engine.dispose()
 
 
-SCHEMA_HEAD = "0006"
+SCHEMA_HEAD = "0007"
 """The newest schema revision this version of dagtask ships (``migrations/versions``; a test
 checks it against Alembic's own view). Opening a database compares with it without importing
 Alembic, which only migrations need."""

@@ -304,6 +304,9 @@ def _insert_one(
                     "recorded_status": s.status.value,
                     "original_id": originals.get(s.id),
                     "run_time": s.run_time,
+                    # OCP's count is what an OCP document recorded as runTime (an export of a
+                    # dagtask task carries dagtask's, its upper bound).
+                    "ocp_run_time": s.run_time,
                     "timeout": s.timeout,
                     "retry_count": s.retry_count,
                     "parallel": s.parallel,

@@ -378,6 +378,7 @@ def _task_info(
             status=S(s.recorded_status or s.status),
             series_id=s.series_id,
             run_time=s.run_time,
+            ocp_run_time=s.ocp_run_time,
             timeout=s.timeout,
             retry_count=s.retry_count,
             parallel=s.parallel,

@@ -82,16 +82,18 @@ set_subtask = (
         status=sa.bindparam("new_status"),
         operation=sa.bindparam("new_operation"),
         run_time=sa.bindparam("new_run_time"),
+        ocp_run_time=subtask.c.ocp_run_time + sa.bindparam("ocp_step"),
     )
 )
 
 
 def _finish_statement(*, keep_output: bool) -> sa.Update:
     """The end of an attempt, conditional on the subtask still being in that attempt."""
-    values: dict[str, sa.BindParameter[Any]] = {
+    values: dict[str, sa.ColumnElement[Any]] = {
         "status": sa.bindparam("new_status"),
         "operation": sa.bindparam("new_operation"),
         "run_time": sa.bindparam("new_run_time"),
+        "ocp_run_time": subtask.c.ocp_run_time + sa.bindparam("ocp_step"),
         "message": sa.bindparam("message"),
         "finish_time": sa.bindparam("now"),
     }

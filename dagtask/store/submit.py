@@ -88,6 +88,7 @@ class SubmitStore:
         definition_id: int = -1,
         task_type: states.TaskType = states.TaskType.MANUAL,
         in_transaction: Callable[[sa.Connection, int], None] | None = None,
+        trace_parent: str | None = None,
     ) -> int:
         """Store a new task and its subtasks, make its roots READY; return the task id.
 
@@ -104,6 +105,7 @@ class SubmitStore:
         ``definition_id`` and ``task_type``: the task definition that created it (a schedule)
         and its type; ``in_transaction(conn, task_id)`` runs inside the submit's transaction
         (a scheduler records its fire there: an exception from it stores nothing).
+        ``trace_parent``: the W3C traceparent of the submit's span, for the attempts' spans.
         """
         reused = reused or {}
         subs = sorted(expanded.subtasks, key=lambda s: s.series_id)
@@ -128,6 +130,7 @@ class SubmitStore:
             "host_id": host_id,
             "source_task_id": source_task_id,
             "concurrency": expanded.template.concurrency,
+            "trace_parent": trace_parent,
             "create_time": now,
             "start_time": now,
         }

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from dagtask import handlers, hooks, logs, planner, secrets
 from dagtask.context import PROHIBIT_ROLLBACK, TaskContext
 from dagtask.errors import ContextError
+from dagtask.observability import tracing
 from dagtask.planner import AttemptResult
 from dagtask.states import Operation
 from dagtask.worker.attempt import Attempt
@@ -32,6 +33,15 @@ def run_attempt(pool: WorkerPool, attempt: Attempt) -> None:
     log = attempt.log
     log.write(logs.separator(claim.operation.value, claim.start_time))
     log.write(logs.state_line(claim.subtask_id, "READY", "RUNNING", when=claim.start_time))
+    with tracing.attempt_span(claim, attempt.trace_parent, pool.name) as span:
+        result, output = _run(pool, attempt)
+        span.ended(result)
+    pool.end(attempt, result, output)
+
+
+def _run(pool: WorkerPool, attempt: Attempt) -> tuple[AttemptResult, TaskContext | None]:
+    claim = attempt.claim
+    log = attempt.log
     pool.watchdog.watch(attempt)
     pool.capture.bind(log)
     output: TaskContext | None = None
@@ -83,7 +93,7 @@ def run_attempt(pool: WorkerPool, attempt: Attempt) -> None:
         # Asked to stop (timeout, fence, a stopping worker): whatever the handler did, the
         # attempt failed for that reason (if the watchdog ended it first, this is discarded).
         result = AttemptResult(ok=False, message=attempt.token.reason)
-    pool.end(attempt, result, output)
+    return result, output
 
 
 def _run_context(pool: WorkerPool, attempt: Attempt, given: TaskContext) -> handlers.RunContext:

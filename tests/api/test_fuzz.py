@@ -65,6 +65,7 @@ def test_the_schema_lists_every_endpoint(fuzzed_api: ApiServer) -> None:
         ("POST", tasks + "/{id}/retry"),
         ("POST", tasks + "/{id}/rollback"),
         ("GET", tasks + "/{id}/subtasks/{subtask_id}/log"),
+        ("GET", tasks + "/{id}/log/download"),
         ("POST", tasks + "/{id}/subtasks/{subtask_id}/retry"),
         ("POST", tasks + "/{id}/subtasks/{subtask_id}/skip"),
         ("POST", tasks + "/{id}/subtasks/{subtask_id}/cancel"),
@@ -137,8 +138,12 @@ def test_the_schema_documents_auth_and_the_envelopes(fuzzed_api: ApiServer) -> N
             for status in ("400", "401", "403", "429", "500", "default"):
                 content = responses[status]["content"]["application/json"]["schema"]
                 assert content == {"$ref": error_ref}, where
-            ok = responses["200"]["content"]["application/json"]["schema"]["$ref"]
-            assert ok.endswith("Envelope"), where
+            if path.endswith("/log/download"):  # a file to save, not an envelope
+                ok = responses["200"]["content"]["application/zip"]["schema"]
+                assert ok == {"type": "string", "format": "binary"}, where
+            else:
+                ok = responses["200"]["content"]["application/json"]["schema"]["$ref"]
+                assert ok.endswith("Envelope"), where
             assert "RateLimit-Remaining" in responses["200"]["headers"], where
     envelope = schema["components"]["schemas"]["TaskEnvelope"]["properties"]
     assert set(envelope) == {

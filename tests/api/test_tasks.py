@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from dagtask import Engine, TaskTemplate, TemplateBuilder
+from dagtask import Engine, TaskTemplate, TemplateBuilder, fidelity
 from tests.api.support import ApiServer, sample, task_over_http, until, wait_for_end
 from tests.integration.test_golden_stop_agent import assert_same_shape
 
@@ -238,6 +238,25 @@ def test_retry_of_a_successful_task_is_20003_in_a_409(api: ApiServer, engine: En
     task = engine.run(chain("fine"), timeout=30)
     error = error_of(api.client("manager").post(f"{TASKS}/{task.id}/retry"), 409)
     assert error["code"] == 20003
+
+
+def test_refusals_answer_400_as_ocp_does_with_the_switch(
+    api: ApiServer, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fine = engine.run(chain("fine"), timeout=30)
+    guarded = engine.run(chain("guarded", "tests.handlers.Guarded"), args={"fail": "c"})
+    monkeypatch.setenv(fidelity.VARIABLE, "http_400")
+    fidelity.configure(None)  # read the variable again
+    try:
+        manager = api.client("manager")
+        assert error_of(manager.post(f"{TASKS}/{fine.id}/retry"), 400)["code"] == 20003
+        assert error_of(manager.post(f"{TASKS}/{guarded.id}/rollback"), 400)["code"] == 20004
+        # Only the refusals: a missing task is still 404.
+        assert error_of(manager.post(f"{TASKS}/987654/retry"), 404)["code"] == 20000
+    finally:
+        fidelity.configure(None)
+        monkeypatch.delenv(fidelity.VARIABLE)
+    assert error_of(api.client("manager").post(f"{TASKS}/{fine.id}/retry"), 409)["code"] == 20003
 
 
 def test_rollback_undoes_the_task(api: ApiServer, engine: Engine) -> None:

@@ -74,7 +74,7 @@ def test_after_attempt_follows_the_spec(
     elif operation in (Operation.EXECUTE, Operation.RETRY) and run_time <= retry_count:
         assert steps == [
             planner.Step(SubtaskStatus.FAILED, operation, run_time),
-            planner.Step(SubtaskStatus.READY, Operation.RETRY, run_time + 1),
+            planner.Step(SubtaskStatus.READY, Operation.RETRY, run_time + 1, ocp_retry=True),
         ]
     else:
         assert steps == [planner.Step(SubtaskStatus.FAILED, operation, run_time)]

@@ -1,0 +1,200 @@
+"""OpenTelemetry spans for tasks and attempts (the ``tracing`` extra: ``opentelemetry-api``).
+
+- **``dagtask.task <template>``** (kind PRODUCER): opened around a submit, as a child of the
+  caller's current span: an instrumented application's span, or, in ``dagtask serve``, the REST
+  request's trace (its W3C ``traceparent`` header, else OCP's ``X-Trace-Id`` when it is a trace
+  id of 32 or 16 hex digits). The span ends when the task is stored; its W3C traceparent is stored
+  with the task (``dagtask_task.trace_parent``), so any worker process can continue the trace.
+- **``dagtask.attempt <subtask>``** (kind CONSUMER): one per attempt, a child of its task's span,
+  from the moment a worker took the subtask to the attempt's end. It is the current span while
+  the handler runs, so spans the handler makes (HTTP clients, SQL, ...) nest under it. Its
+  attributes name the task, subtask, attempt (runTime) and operation; a failed attempt has
+  status ERROR with its message.
+
+dagtask never sets a tracer provider: it asks the global one (``opentelemetry.trace``) for a
+tracer, so an application's provider is used as it is and is never replaced. Without the API
+installed, or with no provider set (the API's default does not record), nothing is recorded, no
+traceparent is stored, and the cost is a function call per submit and attempt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import secrets
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from dagtask.planner import AttemptResult
+    from dagtask.store.attempts import Claim
+
+trace: Any = None
+otel_context: Any = None
+TraceContextTextMapPropagator: Any = None
+_loaded = False
+
+
+def _load() -> bool:
+    """Import the OpenTelemetry API on first use (``import dagtask`` stays fast); whether it
+    is installed."""
+    global trace, otel_context, TraceContextTextMapPropagator, _loaded
+    if not _loaded:
+        try:
+            from opentelemetry import context as found_context
+            from opentelemetry import trace as found_trace
+            from opentelemetry.trace.propagation import tracecontext
+        except ImportError:  # the tracing extra is not installed
+            pass
+        else:
+            trace, otel_context = found_trace, found_context
+            TraceContextTextMapPropagator = tracecontext.TraceContextTextMapPropagator
+        _loaded = True
+    return trace is not None
+
+
+TRACER = "dagtask"
+TRACEPARENT = "traceparent"
+_HEX_TRACE_ID = re.compile(r"^(?:[0-9a-f]{32}|[0-9a-f]{16})$")
+
+
+def available() -> bool:
+    """Whether the OpenTelemetry API is installed."""
+    return _load()
+
+
+def _tracer() -> Any:
+    from dagtask import __version__
+
+    return trace.get_tracer(TRACER, __version__)
+
+
+def _traceparent(span: Any) -> str | None:
+    ctx = span.get_span_context()
+    if not ctx.is_valid:
+        return None
+    return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}"
+
+
+def _parent_context(trace_parent: str | None) -> Any:
+    """The context whose span is the stored ``trace_parent`` (None: no parent)."""
+    if not trace_parent:
+        return None
+    return TraceContextTextMapPropagator().extract({TRACEPARENT: trace_parent})
+
+
+@dataclass
+class TaskSpan:
+    """The span of one submit, for the store: its traceparent, and the task id once known."""
+
+    span: Any = None
+
+    @property
+    def trace_parent(self) -> str | None:
+        """The W3C traceparent to store with the task (None: nothing records this trace)."""
+        return _traceparent(self.span) if self.span is not None else None
+
+    def stored(self, task_id: int) -> None:
+        """The task was stored as ``task_id``."""
+        if self.span is not None:
+            self.span.set_attribute("dagtask.task.id", task_id)
+
+
+@contextlib.contextmanager
+def task_span(template: str, creator: str) -> Iterator[TaskSpan]:
+    """The ``dagtask.task`` span around a submit (a failed submit ends it with status ERROR)."""
+    if not _load():
+        yield TaskSpan()
+        return
+    attributes = {"dagtask.template": template, "dagtask.task.creator": creator}
+    with _tracer().start_as_current_span(
+        f"dagtask.task {template}", kind=trace.SpanKind.PRODUCER, attributes=attributes
+    ) as span:
+        yield TaskSpan(span)
+
+
+@contextlib.contextmanager
+def attempt_span(claim: Claim, trace_parent: str | None, worker: str) -> Iterator[AttemptSpan]:
+    """The ``dagtask.attempt`` span of one attempt, current while it runs (its handler's spans
+    nest under it)."""
+    if not _load():
+        yield AttemptSpan()
+        return
+    attributes = {
+        "dagtask.task.id": claim.task_id,
+        "dagtask.subtask.id": claim.subtask_id,
+        "dagtask.subtask.name": claim.name,
+        "dagtask.attempt": claim.run_time,
+        "dagtask.operation": claim.operation.value,
+        "dagtask.handler": claim.class_name,
+        "dagtask.worker": worker,
+    }
+    with _tracer().start_as_current_span(
+        f"dagtask.attempt {claim.name}",
+        context=_parent_context(trace_parent),
+        kind=trace.SpanKind.CONSUMER,
+        attributes=attributes,
+        record_exception=False,
+        set_status_on_exception=False,
+    ) as span:
+        yield AttemptSpan(span)
+
+
+@dataclass
+class AttemptSpan:
+    """The span of one attempt, to record how it ended."""
+
+    span: Any = None
+
+    def ended(self, result: AttemptResult) -> None:
+        """Record the attempt's outcome (status ERROR with the message if it failed)."""
+        if self.span is None:
+            return
+        self.span.set_attribute("dagtask.outcome", "SUCCESSFUL" if result.ok else "FAILED")
+        if not result.ok:
+            self.span.set_status(trace.Status(trace.StatusCode.ERROR, result.message or ""))
+
+
+def current_trace_id() -> str | None:
+    """The trace id (32 hex digits) of the current span, if one records (for log lines)."""
+    if not _load():
+        return None
+    ctx = trace.get_current_span().get_span_context()
+    return f"{ctx.trace_id:032x}" if ctx.is_valid else None
+
+
+def request_context(headers: Mapping[str, str], trace_id: str | None) -> Any:
+    """The context a REST request's work continues: None when a span is already current (an
+    instrumented application's server span), else the request's ``traceparent``, else OCP's
+    ``X-Trace-Id`` ``trace_id`` when it is a trace id (32 hex digits, or 16 padded with zeros
+    as B3 does), under a remote parent made up for it; None when there is none of these."""
+    if not _load() or trace.get_current_span().get_span_context().is_valid:
+        return None
+    given = headers.get(TRACEPARENT)
+    if given:
+        found = TraceContextTextMapPropagator().extract({TRACEPARENT: given})
+        if trace.get_current_span(found).get_span_context().is_valid:
+            return found
+    if trace_id and _HEX_TRACE_ID.match(trace_id.lower()):
+        parent = trace.SpanContext(
+            trace_id=int(trace_id, 16),
+            span_id=secrets.randbits(64) or 1,
+            is_remote=True,
+            trace_flags=trace.TraceFlags(trace.TraceFlags.SAMPLED),
+        )
+        return trace.set_span_in_context(trace.NonRecordingSpan(parent))
+    return None
+
+
+@contextlib.contextmanager
+def attached(ctx: Any) -> Iterator[None]:
+    """Make ``ctx`` (from :func:`request_context`; None: nothing to do) current in the block."""
+    if ctx is None or not _load():
+        yield
+        return
+    token = otel_context.attach(ctx)
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
