@@ -30,7 +30,7 @@ import traceback
 from collections import OrderedDict
 from collections.abc import Collection
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
@@ -41,6 +41,7 @@ from dagtask.states import TaskStatus
 from dagtask.template import Hooks
 
 if TYPE_CHECKING:
+    from dagtask.store.reads import TaskRunFacts
     from dagtask.store.sql import Store
 
 _log = logging.getLogger("dagtask.hooks")
@@ -119,30 +120,33 @@ def run_after(
 
 @dataclass(frozen=True)
 class Loaded:
-    """The hooks of one task, as its stored template gives them."""
+    """What a pool keeps of one task it runs: the hooks its stored template gives, the
+    template's name (for metrics) and its span's traceparent (for the attempts' spans)."""
 
     hooks: Hooks
     problem: str = ""
     """Why they cannot be used (an invalid stored definition): its attempts fail saying so."""
+    template: str = ""
+    """Its template's name ("" for a task stored without a template)."""
+    trace_parent: str | None = None
 
 
-NO_HOOKS = Loaded(Hooks())
-
-
-def _parse(task_id: int, definition: dict[str, Any] | None) -> Loaded:
-    value = (definition or {}).get("hooks")
-    if not value:
-        return NO_HOOKS
+def _parse(task_id: int, facts: TaskRunFacts | None) -> Loaded:
+    definition = (facts.definition if facts is not None else None) or {}
+    template = str(definition.get("name") or "")
+    trace_parent = facts.trace_parent if facts is not None else None
+    value = definition.get("hooks")
     try:
-        return Loaded(Hooks.model_validate(value))
+        found = Hooks.model_validate(value) if value else Hooks()
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
-        return Loaded(
-            Hooks(),
+        problem = (
             f"the hooks stored with the template of task {task_id} are not valid "
-            f"({where}: {first['msg']}); submit the task again from a corrected template",
+            f"({where}: {first['msg']}); submit the task again from a corrected template"
         )
+        return Loaded(Hooks(), problem, template, trace_parent)
+    return Loaded(found, "", template, trace_parent)
 
 
 class PoolHooks:
@@ -170,8 +174,8 @@ class PoolHooks:
             found = {tid: self._known[tid] for tid in task_ids if tid in self._known}
         missing = [tid for tid in task_ids if tid not in found]
         if missing:
-            definitions = self.store.task_template_definitions(missing)
-            read = {tid: _parse(tid, definitions.get(tid)) for tid in missing}
+            facts = self.store.task_run_facts(missing)
+            read = {tid: _parse(tid, facts.get(tid)) for tid in missing}
             with self._lock:
                 self._known.update(read)
                 while len(self._known) > self.MAX_TASKS:

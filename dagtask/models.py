@@ -86,6 +86,15 @@ class TaskInfo(_Model):
     """Where a historical task was imported from (format, file, original task id; for a task
     that came from an OCP document, the document too: see :func:`ocp_original_of`)."""
 
+    trace_parent: str | None = None
+    """The W3C traceparent of the task's span, when a tracer recorded its submit
+    (:mod:`dagtask.observability.tracing`)."""
+
+    @property
+    def trace_id(self) -> str | None:
+        """The task's OpenTelemetry trace id (32 hex digits), if it was traced."""
+        return self.trace_parent.split("-")[1] if self.trace_parent else None
+
     @property
     def finished(self) -> bool:
         """Whether the task has ended (SUCCESSFUL or FAILED)."""

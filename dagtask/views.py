@@ -119,7 +119,9 @@ class TaskView(_View):
     A task imported from an OCP document also shows what that document sent and dagtask has no
     column for, in OCP's shape: ``creator`` as the object ``{id, name}``, the ``cluster`` and
     ``tenant`` objects, and ``prohibitRollback`` and ``createTime`` when the document had them
-    (see :func:`_as_ocp_sent`); other tasks leave these out, as the golden sample does.
+    (see :func:`_as_ocp_sent`); other tasks leave these out, as the golden sample does, except
+    in the answers whose OCP samples carry ``prohibitRollback`` and ``createTime`` (the task
+    detail, retry and rollback: :func:`task_json`'s ``detail``).
     """
 
     cluster: dict[str, Any] | None = None
@@ -299,8 +301,11 @@ def _as_ocp_sent(task: TaskInfo) -> dict[str, Any]:
     return found
 
 
-def _task_view(task: TaskInfo) -> TaskView:
+def _task_view(task: TaskInfo, *, detail: bool = False) -> TaskView:
     sent = _as_ocp_sent(task)
+    if detail:
+        sent.setdefault("prohibit_rollback", task.prohibit_rollback)
+        sent.setdefault("create_time", task.create_time)
     return TaskView(
         cluster=sent.get("cluster"),
         cluster_id=task.cluster_id,
@@ -349,15 +354,22 @@ def _list_item_view(task: TaskInfo) -> TaskListItemView:
     )
 
 
-def task_json(task: TaskInfo) -> dict[str, Any]:
-    """A task as OCP's JSON: the keys of ``stop-ocp-agent.json``'s ``data``.
+def task_json(task: TaskInfo, *, detail: bool = False) -> dict[str, Any]:
+    """A task as OCP's JSON: the keys of ``stop-ocp-agent.json``'s ``data``; with ``detail``
+    (the task detail, retry and rollback answers, whose OCP samples have them) also the
+    task-level ``prohibitRollback`` and ``createTime`` of every task.
 
     ``hostId``/``clusterId``/``tenantId`` appear only when the task has that subject and
     ``finishTime`` only once the task has finished; subtasks are ordered by seriesId descending
     (roots first, see :func:`_subtask_order`) and rendered by :func:`subtask_json`'s rules.
     The values of secret context keys are masked (:mod:`dagtask.secrets`).
     """
-    return _task_view(task).to_json()
+    return _task_view(task, detail=detail).to_json()
+
+
+def detail_json(task: TaskInfo) -> dict[str, Any]:
+    """:func:`task_json` with ``detail``: a task as OCP's task detail shows it."""
+    return task_json(task, detail=True)
 
 
 def subtask_json(sub: SubtaskInfo) -> dict[str, Any]:

@@ -66,6 +66,7 @@ from urllib.parse import urlsplit
 from dagtask import __version__, views
 from dagtask.clock import utcnow
 from dagtask.errors import ArgumentError, DagtaskError, TaskNotFoundError, WebhookNotFoundError
+from dagtask.observability import logfields, recorder
 from dagtask.store.webhooks import (
     ENDINGS,
     Delivery,
@@ -192,6 +193,7 @@ class Webhooks:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.store = WebhookStore(engine.database)
+        self._metrics = recorder.for_store(engine.store)
         self._marks: builtins.list[tuple[float, int]] = []
         """(monotonic time, newest event id then): what has settled (see SETTLE_SECONDS)."""
         self._marks_lock = threading.Lock()
@@ -299,6 +301,7 @@ class Webhooks:
             self.store.record(
                 delivery, ok=False, status_code=None, error=gone, next_attempt_at=None
             )
+            self._metrics.webhook_attempt("dropped")
             return self.store.get_delivery(delivery.id)
         except Exception as exc:  # a bug here must not stop the other deliveries
             code, error = None, f"{type(exc).__name__}: {exc}"
@@ -309,6 +312,7 @@ class Webhooks:
         if not ok and attempts < MAX_ATTEMPTS:
             retry = utcnow() + timedelta(seconds=backoff(attempts))
         self.store.record(delivery, ok=ok, status_code=code, error=error, next_attempt_at=retry)
+        self._metrics.webhook_attempt("delivered" if ok else "retrying" if retry else "failed")
         self._log_outcome(hook, delivery, attempts, error, retry)
         return self.store.get_delivery(delivery.id)
 
@@ -333,6 +337,7 @@ class Webhooks:
                 delivery.task_id,
                 attempts,
                 error,
+                extra=logfields.task_fields(delivery.task_id),
             )
         elif hook.id not in self._failing:
             self._failing.add(hook.id)

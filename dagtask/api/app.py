@@ -38,6 +38,7 @@ from dagtask.api.errors import install_error_handlers
 from dagtask.api.limits import LoginBackoff, RateLimit, RateLimiter
 from dagtask.api.routes import create_router
 from dagtask.engine import Engine
+from dagtask.observability import http as observability_http
 from dagtask.store.users import UserStore
 from dagtask.users import ScryptCost
 
@@ -74,6 +75,11 @@ class ApiSettings:
     login_backoff: LoginBackoff | None = None
     """When failed logins lock an account or a client out (None: from the ``DAGTASK_LOGIN_*``
     environment variables, else the defaults; see ``docs/security.md``)."""
+    metrics: bool = True
+    """Serve Prometheus metrics at ``/metrics`` (``docs/observability.md``; 501 without the
+    metrics extra). ``/health`` and ``/ready`` are always served, without a login."""
+    metrics_login: bool = False
+    """``/metrics`` needs the login of a TASK_VIEWER user (default: open, for scrapers)."""
 
 
 def _authenticator(engine: Engine, settings: ApiSettings) -> Authenticator:
@@ -119,6 +125,14 @@ def create_app(engine: Engine, settings: ApiSettings | None = None) -> FastAPI:
 
         # One user check for both: the login back-off counts sign-ins and Basic logins alike.
         app.include_router(create_console_router(engine, authenticator))
+    observability_http.install(
+        app,
+        engine,
+        authenticator=authenticator,
+        server=settings.server,
+        metrics=settings.metrics,
+        metrics_login=settings.metrics_login,
+    )
     install_error_handlers(app, settings.server)
     _install_docs(app)
     return app

@@ -199,7 +199,7 @@ def create_router(engine: Engine, authenticator: Authenticator, *, server: str) 
     )
     def get_task(request: Request, user: Viewer, id: Id) -> Response:
         """The task with its subtasks (task-detail.json)."""
-        return ok(request, views.task_json(engine.get(id)))
+        return ok(request, views.task_json(engine.get(id), detail=True))
 
     @router.post(
         tasks + "/{id}/retry",
@@ -210,7 +210,7 @@ def create_router(engine: Engine, authenticator: Authenticator, *, server: str) 
     )
     def retry_task(request: Request, user: Manager, id: Id) -> Response:
         """Every FAILED subtask runs again as RETRY (20003 unless the task is FAILED)."""
-        return ok(request, views.task_json(engine.retry(id, operator=user.name)))
+        return ok(request, views.task_json(engine.retry(id, operator=user.name), detail=True))
 
     @router.post(
         tasks + "/{id}/rollback",
@@ -221,7 +221,7 @@ def create_router(engine: Engine, authenticator: Authenticator, *, server: str) 
     )
     def rollback_task(request: Request, user: Manager, id: Id) -> Response:
         """Undo the task in reverse topological order (20003 / 20004 if refused)."""
-        return ok(request, views.task_json(engine.rollback(id, operator=user.name)))
+        return ok(request, views.task_json(engine.rollback(id, operator=user.name), detail=True))
 
     @router.get(
         tasks + "/{id}/subtasks/{subtask_id}/log",

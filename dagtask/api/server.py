@@ -20,9 +20,11 @@ from typing import Any
 
 import uvicorn
 
+from dagtask import observability
 from dagtask.api.app import ApiSettings, create_app
 from dagtask.engine import Engine
 from dagtask.errors import ArgumentError
+from dagtask.observability import logfields
 from dagtask.store.users import UserStore
 
 _log = logging.getLogger("dagtask.api")
@@ -64,11 +66,15 @@ def uvicorn_config(
     port: int = 8080,
     trusted_proxies: Sequence[str] = (),
     log_level: str = "info",
+    log_format: str = "text",
 ) -> uvicorn.Config:
     """uvicorn's configuration for the API: ``X-Forwarded-*`` honoured only from
-    ``trusted_proxies`` (IP addresses or networks such as ``10.0.0.0/8``; none by default)."""
+    ``trusted_proxies`` (IP addresses or networks such as ``10.0.0.0/8``; none by default).
+    ``log_format`` ``json``: uvicorn leaves its loggers to the caller (``dagtask serve
+    --log-format json`` gives them JSON lines)."""
     trusted = checked_proxies(trusted_proxies)
     # No "server: uvicorn" header: the envelope's `server` says who answered.
+    logging_config: dict[str, Any] = {"log_config": None} if log_format == "json" else {}
     return uvicorn.Config(
         app,
         host=host,
@@ -77,6 +83,7 @@ def uvicorn_config(
         server_header=False,
         proxy_headers=bool(trusted),
         forwarded_allow_ips=trusted or None,
+        **logging_config,
     )
 
 
@@ -89,10 +96,13 @@ def serve(
     settings: ApiSettings | None = None,
     trusted_proxies: Sequence[str] = (),
     announce: Callable[[str], None] = print,
+    log_format: str = "text",
 ) -> None:
     """Serve the API on ``host:port`` until SIGINT/SIGTERM, running ``workers`` worker threads
     in this process (0: none; run ``dagtask worker`` processes instead). ``X-Forwarded-For``
-    is believed only from ``trusted_proxies`` (see :func:`uvicorn_config`)."""
+    is believed only from ``trusted_proxies`` (see :func:`uvicorn_config`). ``log_format``
+    ``json``: the log lines of a request carry its trace id (the caller configures the loggers,
+    as ``dagtask serve --log-format json`` does)."""
     trusted_proxies = checked_proxies(trusted_proxies)  # refused before the engine starts
     settings = settings or ApiSettings()
     with Engine(db, workers=workers) as engine:
@@ -104,14 +114,22 @@ def serve(
         sock = bind(host, port)
         address = sock.getsockname()
         shown = f"[{address[0]}]" if sock.family == socket.AF_INET6 else address[0]
-        app = create_app(engine, settings)
-        config = uvicorn_config(app, host=host, port=address[1], trusted_proxies=trusted_proxies)
+        app: Any = create_app(engine, settings)
+        if log_format == "json":
+            app = logfields.TraceIdContext(app)
+        config = uvicorn_config(
+            app,
+            host=host,
+            port=address[1],
+            trusted_proxies=trusted_proxies,
+            log_format=log_format,
+        )
         server = uvicorn.Server(config)
         if workers:
             engine.start()
         announce(
             f"dagtask API on http://{shown}:{address[1]} (console: /, OpenAPI: /openapi.json, "
-            f"docs: /docs); "
+            f"docs: /docs, probes: /health /ready, metrics: {_metrics_path(settings)}); "
             f"workers in this process: {workers}; rate limit: {settings.rate_limit} per user; "
             f"trusted proxies: {', '.join(trusted_proxies) or 'none'}"
         )
@@ -121,6 +139,14 @@ def serve(
         finally:
             sock.close()
         announce("dagtask API stopped")
+
+
+def _metrics_path(settings: ApiSettings) -> str:
+    if not settings.metrics:
+        return "off"
+    if not observability.metrics_available():
+        return "off (pip install 'dagtask[metrics]')"
+    return "/metrics" + (" (login)" if settings.metrics_login else "")
 
 
 @contextmanager

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import getpass
 import json
@@ -11,12 +12,14 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Iterator
 from types import FrameType
 from typing import Any
 
 import sqlalchemy as sa
 from alembic.util import CommandError
 
+from dagtask import observability
 from dagtask.builtin import builtin_templates
 from dagtask.cli import output as out
 from dagtask.cli.common import (
@@ -26,6 +29,7 @@ from dagtask.cli.common import (
     agent_log,
     json_flag,
     open_engine,
+    port_number,
     positive,
 )
 from dagtask.engine import Engine
@@ -229,6 +233,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     stop = threading.Event()
+    if args.metrics_port is not None:
+        observability.require_metrics()  # before the engine: one line, exit 2
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         _log.info("received %s, stopping", signal.Signals(signum).name)
@@ -242,7 +248,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         poll_interval=args.poll,
     )
     code = 0
-    with engine:
+    with engine, _probe_server(engine, args):
         previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             engine.start()
@@ -270,6 +276,30 @@ def cmd_worker(args: argparse.Namespace) -> int:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
     return code
+
+
+@contextlib.contextmanager
+def _probe_server(engine: Engine, args: argparse.Namespace) -> Iterator[None]:
+    """``--metrics-port``: /metrics, /health and /ready of the worker while the block runs."""
+    if args.metrics_port is None:
+        yield
+        return
+    from dagtask.observability.metrics import for_engine
+    from dagtask.observability.server import ProbeServer
+
+    try:
+        probes = ProbeServer(engine, for_engine(engine), args.metrics_address, args.metrics_port)
+    except OSError as exc:
+        raise ArgumentError(
+            f"--metrics-address {args.metrics_address} --metrics-port {args.metrics_port}: "
+            f"cannot listen there ({exc.strerror or exc}); choose another port or address"
+        ) from exc
+    probes.start()
+    _log.info("worker metrics on %s/metrics (health: /health, readiness: /ready)", probes.url)
+    try:
+        yield
+    finally:
+        probes.stop()
 
 
 def cmd_workers(args: argparse.Namespace) -> int:
@@ -450,7 +480,22 @@ def add_commands(commands: Commands) -> None:
         "--log-format",
         choices=["text", "json"],
         default="text",
-        help="text lines, or one JSON object per line for a log collector (default text)",
+        help="text lines, or one JSON object per line for a log collector (default text; JSON "
+        "lines about an attempt carry task_id, subtask_id, attempt and trace_id)",
+    )
+    worker.add_argument(
+        "--metrics-port",
+        type=port_number,
+        default=None,
+        metavar="PORT",
+        help="serve Prometheus /metrics, /health and /ready on this port (0: any free one, "
+        "logged; needs the metrics extra; default: none; see docs/observability.md)",
+    )
+    worker.add_argument(
+        "--metrics-address",
+        default="127.0.0.1",
+        metavar="ADDR",
+        help="the address --metrics-port listens on (default 127.0.0.1; no login is asked)",
     )
     json_flag(commands.add("workers", cmd_workers), "the workers as JSON")
 

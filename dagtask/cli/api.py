@@ -8,11 +8,14 @@ command line (where other users could read it in the process list).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import getpass
 import sys
 from typing import TYPE_CHECKING
 
+from dagtask import observability
 from dagtask.cli import output as out
+from dagtask.cli.common import port_number
 from dagtask.errors import ArgumentError, UserError
 from dagtask.store.db import open_database, resolve_url
 from dagtask.store.users import UserStore
@@ -155,6 +158,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = ApiSettings(rate_limit=RateLimit.parse(args.rate_limit))
     if args.server_name:
         settings = ApiSettings(rate_limit=settings.rate_limit, server=args.server_name)
+    if args.metrics_login:
+        observability.require_metrics()
+    settings = dataclasses.replace(
+        settings, metrics=not args.no_metrics, metrics_login=args.metrics_login
+    )
+    if args.log_format == "json":
+        out.configure_logging("INFO", "json", names=out.SERVE_LOGGERS)
+        out.configure_logging("WARNING", "json", names=out.SERVE_WORKER_LOGGERS)
     serve(
         resolve_url(args.db),
         host=args.host,
@@ -163,18 +174,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         settings=settings,
         trusted_proxies=args.trusted_proxy,
         announce=lambda line: print(line, flush=True),
+        log_format=args.log_format,
     )
     return 0
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"a port is between 0 and 65535, got {text}")
-    return value
 
 
 def _count(text: str) -> int:
@@ -197,7 +199,7 @@ def add_commands(commands: Commands) -> None:
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
     serve.add_argument(
-        "--port", type=_port, default=8080, help="port to listen on (8080; 0: any free port)"
+        "--port", type=port_number, default=8080, help="port to listen on (8080; 0: any free port)"
     )
     serve.add_argument(
         "--workers-in-process",
@@ -223,6 +225,22 @@ def add_commands(commands: Commands) -> None:
         metavar="IP",
         help="a reverse proxy (address or network) whose X-Forwarded-For is believed "
         "(repeatable; default: none, the peer's address counts)",
+    )
+    serve.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default="text",
+        help="the server and access log as text lines, or one JSON object per line with the "
+        "request's trace_id (default text)",
+    )
+    serve.add_argument(
+        "--metrics-login",
+        action="store_true",
+        help="/metrics needs the login of a TASK_VIEWER user (default: open, as scrapers "
+        "expect; see docs/observability.md)",
+    )
+    serve.add_argument(
+        "--no-metrics", action="store_true", help="do not serve Prometheus metrics at /metrics"
     )
 
     users = commands.nested(commands.add("users", "Manage the users of the REST API"))

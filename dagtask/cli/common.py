@@ -135,6 +135,17 @@ def positive(kind: type[_N], maximum: _N | None = None) -> Callable[[str], _N]:
     return convert
 
 
+def port_number(text: str) -> int:
+    """A TCP port, 0 (any free port) to 65535, for argparse."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is between 0 and 65535, got {text}")
+    return value
+
+
 def an_id(text: str) -> int:
     """An argparse type: a task or subtask id (1 to 2**63 - 1)."""
     value = int(text)  # ValueError: argparse says "invalid int value", as for type=int

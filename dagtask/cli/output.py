@@ -30,6 +30,7 @@ from dagtask.models import (
     TaskInfo,
     TaskPage,
 )
+from dagtask.observability import logfields
 from dagtask.secrets import mask_values, secret_values
 from dagtask.states import SubtaskStatus, TaskStatus
 from dagtask.template import TaskTemplate
@@ -65,11 +66,14 @@ def log_to_stderr(log: logging.Logger) -> None:
 
 
 class JsonLines(logging.Formatter):
-    """One JSON object per record: time (UTC, ISO 8601), level, logger, message."""
+    """One JSON object per record: time (UTC, ISO 8601), level, logger, message; then, when the
+    record is about one, ``task_id``, ``subtask_id``, ``attempt`` (the runTime) and
+    ``trace_id`` (:mod:`dagtask.observability.logfields`); for uvicorn's access lines also
+    ``client``, ``method``, ``path`` and ``status``."""
 
     def format(self, record: logging.LogRecord) -> str:
         """The record as one line of JSON."""
-        data = {
+        data: dict[str, Any] = {
             "time": datetime.fromtimestamp(record.created, tz=UTC).isoformat(
                 timespec="milliseconds"
             ),
@@ -77,22 +81,41 @@ class JsonLines(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        for key in logfields.FIELDS:
+            value = getattr(record, key, None)
+            if value is not None:
+                data[key] = value
+        args = record.args
+        if record.name == "uvicorn.access" and isinstance(args, tuple) and len(args) == 5:
+            client, method, path, _version, status = args  # '%s - "%s %s HTTP/%s" %d'
+            data.update(client=client, method=method, path=path, status=status)
         if record.exc_info:
             data["exception"] = self.formatException(record.exc_info)
-        return json.dumps(data, ensure_ascii=False)
+        return json.dumps(data, ensure_ascii=False, default=str)
 
 
-def configure_logging(level: str = "INFO", form: str = "text") -> None:
-    """Show the CLI's and the workers' own log on stderr (``dagtask worker``), as text lines
-    with their time or as JSON lines. Handlers' logs are not touched: they go to the subtask
-    logs."""
+WORKER_LOGGERS = ("dagtask.cli", "dagtask.worker")
+"""The loggers ``dagtask worker`` shows."""
+SERVE_LOGGERS = ("dagtask.cli", "dagtask.api", "uvicorn.error", "uvicorn.access")
+"""The loggers ``dagtask serve --log-format json`` shows from INFO: its server and access log."""
+SERVE_WORKER_LOGGERS = ("dagtask.worker", "dagtask.webhooks", "dagtask.schedules", "dagtask.hooks")
+"""The loggers of the work ``dagtask serve`` runs, shown from WARNING (as in text mode)."""
+
+
+def configure_logging(
+    level: str = "INFO", form: str = "text", names: Sequence[str] = WORKER_LOGGERS
+) -> None:
+    """Show the loggers ``names`` (by default the CLI's and the workers' own log, for ``dagtask
+    worker``) on stderr, as text lines with their time or as JSON lines. Handlers' logs are not
+    touched: they go to the subtask logs."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         JsonLines()
         if form == "json"
         else logging.Formatter("%(asctime)s %(levelname)s %(message)s")
     )
-    for name in ("dagtask.cli", "dagtask.worker"):
+    handler.addFilter(logfields.ContextFilter())
+    for name in names:
         log = logging.getLogger(name)
         for old in list(log.handlers):
             log.removeHandler(old)

@@ -160,7 +160,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     """Show one task and its subtasks."""
     with open_engine(args, read_only=True) as engine:
         task = engine.get(args.id)
-    out.show_task(task, views.task_json if args.json else None)
+    out.show_task(task, views.detail_json if args.json else None)
     return 0
 
 

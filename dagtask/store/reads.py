@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 
@@ -285,22 +285,25 @@ class StoreReads:
             ).scalar()
         return None if value is None else dict(value)
 
-    def task_template_definitions(
-        self, task_ids: Collection[int]
-    ) -> dict[int, dict[str, Any] | None]:
-        """The stored template definition of each task of ``task_ids`` (None for a task stored
-        without one, e.g. an imported one); tasks that do not exist are left out. Workers read
-        the hooks of the tasks they run from it (:mod:`dagtask.hooks`)."""
+    def task_run_facts(self, task_ids: Collection[int]) -> dict[int, TaskRunFacts]:
+        """What a worker needs once per task it runs, for each task of ``task_ids`` (tasks that
+        do not exist are left out), in one query: the stored template definition (its hooks,
+        :mod:`dagtask.hooks`; its name, for metrics) and the task span's traceparent."""
         if not task_ids:
             return {}
         joined = task.outerjoin(template_table, task.c.template_id == template_table.c.id)
         with self.db.read() as conn:
             rows = conn.execute(
-                sa.select(task.c.id, template_table.c.definition)
+                sa.select(task.c.id, template_table.c.definition, task.c.trace_parent)
                 .select_from(joined)
                 .where(task.c.id.in_(sorted(task_ids)))
             ).all()
-        return {int(r.id): None if r.definition is None else dict(r.definition) for r in rows}
+        return {
+            int(r.id): TaskRunFacts(
+                None if r.definition is None else dict(r.definition), r.trace_parent
+            )
+            for r in rows
+        }
 
     def stored_templates(self) -> list[tuple[str, int, int]]:
         """(name, newest version, id) of every template name stored in the database."""
@@ -314,6 +317,15 @@ class StoreReads:
         for name, version, tid in rows:
             newest[name] = (name, version, tid)
         return list(newest.values())
+
+
+class TaskRunFacts(NamedTuple):
+    """What :meth:`StoreReads.task_run_facts` reads of one task."""
+
+    definition: dict[str, Any] | None
+    """Its template's stored definition (None for a task stored without one, e.g. imported)."""
+    trace_parent: str | None
+    """The W3C traceparent of its span, when a tracer recorded its submit."""
 
 
 def _not_found(task_id: int) -> TaskNotFoundError:
@@ -421,6 +433,7 @@ def _task_info(
         source_task_id=row.source_task_id,
         historical=row.historical,
         origin=None if listed or not row.origin else dict(row.origin),
+        trace_parent=row.trace_parent,
     )
 
 

@@ -29,6 +29,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
+from dagtask.observability import logfields
 from dagtask.states import SubtaskStatus
 from dagtask.store.sql import FinishOutcome, Report
 from dagtask.worker.attempt import End
@@ -175,7 +176,9 @@ class Dispatcher:
                 # Idle: nothing to claim, so no write transaction; poll less often.
                 self._poll = min(self._poll * 2, max(pool.poll_interval, self.MAX_IDLE_POLL))
                 return
+        started = time.perf_counter()
         claims = self.store.claim(pool.name, limit=free, task_id=pool.task_id)
+        pool.metrics.claimed(started, len(claims))
         self._maybe_ready = len(claims) == free
         if claims:
             self._poll = pool.poll_interval
@@ -187,6 +190,7 @@ class Dispatcher:
             Report(e.attempt.claim, e.result, e.output, e.attempt.log.drain()) for e in pending
         ]
         claim_any = self._maybe_ready or search
+        started = time.perf_counter()
         try:
             batch = self.store.finish_many(
                 reports,
@@ -199,6 +203,7 @@ class Dispatcher:
             for end, report in zip(pending, reports, strict=True):
                 end.attempt.log.unshift(report.log_text)
             raise
+        pool.metrics.finished(started, len(batch.claims))
         if claim_any:
             self._maybe_ready = len(batch.claims) == free
         if batch.claims:
@@ -292,6 +297,7 @@ class Dispatcher:
         pool = self.pool
         lost = self.store.recover_lost_workers(pool.name)
         if lost:
+            pool.metrics.workers_recovered(len(lost))
             _log.warning("recovered the subtasks of lost workers: %s", ", ".join(lost))
             pool.wake(pool.size)
 
@@ -305,15 +311,26 @@ def _log_end(end: End, outcome: FinishOutcome) -> None:
     claim = end.attempt.claim
     took = time.monotonic() - end.attempt.started
     what = f"subtask {claim.subtask_id} {claim.name!r} of task {claim.task_id}"
+    fields = logfields.AttemptFields(claim, end.attempt.trace_parent)
     if not outcome.applied:
-        _attempts_log.debug("end %s: result discarded (the attempt had ended already)", what)
+        _attempts_log.debug(
+            "end %s: result discarded (the attempt had ended already)", what, extra=fields
+        )
     elif outcome.status is SubtaskStatus.FAILED:
         _attempts_log.warning(
-            "end %s: FAILED after %.2f s: %s", what, took, end.result.message or "failed"
+            "end %s: FAILED after %.2f s: %s",
+            what,
+            took,
+            end.result.message or "failed",
+            extra=fields,
         )
     elif end.result.ok:
         _attempts_log.info(
-            "end %s: %s after %.2f s", what, outcome.status.value if outcome.status else "", took
+            "end %s: %s after %.2f s",
+            what,
+            outcome.status.value if outcome.status else "",
+            took,
+            extra=fields,
         )
     else:  # failed, but it goes on (an automatic retry)
         _attempts_log.warning(
@@ -322,4 +339,5 @@ def _log_end(end: End, outcome: FinishOutcome) -> None:
             took,
             end.result.message or "failed",
             "retrying" if outcome.status is SubtaskStatus.READY else "recorded",
+            extra=fields,
         )

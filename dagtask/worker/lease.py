@@ -113,8 +113,10 @@ class LeaseKeeper:
             try:
                 alive = pool.store.heartbeat(pool.name)
             except Exception as exc:
+                pool.metrics.heartbeat("failed")
                 pool.outage.failed("renewing the lease", exc)
                 continue
+            pool.metrics.heartbeat("ok" if alive else "lost")
             pool.outage.ok()
             if alive:
                 pool.renewed(sent)

@@ -35,6 +35,7 @@ from pathlib import Path
 
 from dagtask import handlers, hooks, logs
 from dagtask.context import TaskContext
+from dagtask.observability import logfields, recorder
 from dagtask.planner import AttemptResult
 from dagtask.services import Services
 from dagtask.store.sql import Claim, FinishOutcome, Store
@@ -151,6 +152,8 @@ class WorkerPool:
         self._runners = 0
         self._idle_runners = 0
         self._counter = itertools.count(1)
+        self.metrics = recorder.for_store(store)
+        """Where the pool reports claims, ends, timeouts, heartbeats (nothing when off)."""
         self.hooks = hooks.PoolHooks(store)
         self.watchdog = Watchdog(self)
         self.dispatcher = Dispatcher(self)
@@ -353,12 +356,15 @@ class WorkerPool:
             self.outage.failed("reading the hooks of the tasks it claimed", exc)
             self.dispatcher.reconcile_needed = True
             return
+        self.metrics.learn_templates({tid: known.template for tid, known in found.items()})
         for claim in claims:
+            known = found[claim.task_id]
             attempt = Attempt(
                 claim,
                 token=handlers.CancellationToken(self.fence_reason),
-                hooks=found[claim.task_id].hooks,
-                hooks_problem=found[claim.task_id].problem,
+                hooks=known.hooks,
+                hooks_problem=known.problem,
+                trace_parent=known.trace_parent,
             )
             _attempts_log.info(
                 "start subtask %d %r of task %d: %s, attempt %d",
@@ -367,6 +373,7 @@ class WorkerPool:
                 claim.task_id,
                 claim.operation.value,
                 claim.run_time,
+                extra=logfields.AttemptFields(claim, attempt.trace_parent),
             )
             with self.cond:
                 self.open += 1
@@ -389,6 +396,7 @@ class WorkerPool:
             self.open -= 1
             self.done.append(End(attempt, result, output))
             self.cond.notify_all()
+        self.metrics.attempt_ended(attempt, result.ok)
         return True
 
     def forget(self, attempt: Attempt) -> None:

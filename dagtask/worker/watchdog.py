@@ -115,6 +115,7 @@ class Watchdog:
             message = f"timed out after {claim.timeout} s"
             # The end first: the slot is free and the result fixed before any user code runs.
             if self.pool.end(attempt, AttemptResult(ok=False, message=message)):
+                self.pool.metrics.timed_out(claim)
                 interrupt(attempt, message)
             return
         attempt.log.write(

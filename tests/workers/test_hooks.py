@@ -321,7 +321,7 @@ def test_a_skipped_subtask_runs_no_hooks(engine: Engine) -> None:
 def test_a_failed_read_of_the_hooks_hands_the_claim_back(
     engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = engine.store.task_template_definitions
+    real = engine.store.task_run_facts
     failures = []
 
     def flaky_read(task_ids: Any) -> Any:
@@ -330,7 +330,7 @@ def test_a_failed_read_of_the_hooks_hands_the_claim_back(
             raise sa.exc.OperationalError("SELECT", {}, Exception("database is locked"))
         return real(task_ids)
 
-    monkeypatch.setattr(engine.store, "task_template_definitions", flaky_read)
+    monkeypatch.setattr(engine.store, "task_run_facts", flaky_read)
     done = _run(engine, _template("read again", before=("note_before",)))
     assert failures, "the read never failed"
     assert done.status is TaskStatus.SUCCESSFUL

@@ -498,8 +498,7 @@ def test_logs_of_the_whole_task_printed_or_zipped(dt: Run, tmp_path: Path) -> No
         logs = sorted(n for n in archive.namelist() if n.startswith("logs/"))
         assert logs == sorted(f"logs/{sid}-{name}/attempt-1.log" for sid, name in ran)
         assert (
-            "c fails on purpose"
-            in archive.read(f"logs/{subs['c']['id']}-c/attempt-1.log").decode()
+            "c fails on purpose" in archive.read(f"logs/{subs['c']['id']}-c/attempt-1.log").decode()
         )
 
     # Mistakes: one line, exit 2, nothing written.
