@@ -64,10 +64,27 @@ def available() -> bool:
     return _load()
 
 
-def _tracer() -> Any:
-    from dagtask import __version__
+_cached_tracer: Any = None
 
-    return trace.get_tracer(TRACER, __version__)
+
+def _provided() -> bool:
+    """Whether the API is installed and an application has set a tracer provider (until then
+    the global one is the API's proxy, which records nothing: skip the span altogether)."""
+    if not _load():
+        return False
+    provider = trace.get_tracer_provider()
+    return not isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider)
+
+
+def _tracer() -> Any:
+    """dagtask's tracer from the global provider (the API's proxy until an application sets a
+    provider, then that provider's: safe to keep)."""
+    global _cached_tracer
+    if _cached_tracer is None:
+        from dagtask import __version__
+
+        _cached_tracer = trace.get_tracer(TRACER, __version__)
+    return _cached_tracer
 
 
 def _traceparent(span: Any) -> str | None:
@@ -104,7 +121,7 @@ class TaskSpan:
 @contextlib.contextmanager
 def task_span(template: str, creator: str) -> Iterator[TaskSpan]:
     """The ``dagtask.task`` span around a submit (a failed submit ends it with status ERROR)."""
-    if not _load():
+    if not _provided():
         yield TaskSpan()
         return
     attributes = {"dagtask.template": template, "dagtask.task.creator": creator}
@@ -118,7 +135,7 @@ def task_span(template: str, creator: str) -> Iterator[TaskSpan]:
 def attempt_span(claim: Claim, trace_parent: str | None, worker: str) -> Iterator[AttemptSpan]:
     """The ``dagtask.attempt`` span of one attempt, current while it runs (its handler's spans
     nest under it)."""
-    if not _load():
+    if not _provided():
         yield AttemptSpan()
         return
     attributes = {
