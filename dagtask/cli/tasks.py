@@ -234,7 +234,8 @@ def _print_task_logs(engine: Engine, task_id: int, *, as_json: bool) -> int:
     """Every attempt's log of every subtask, each under a ``==> ... <==`` header."""
     task = engine.get(task_id, outputs=False)
     names = {s.id: (s.name, s.parallel_idx) for s in task.subtasks}
-    found = engine.store.task_logs(task_id)
+    order = {s.id: i for i, s in enumerate(task.subtasks)}  # as `dagtask show`: roots first
+    found = sorted(engine.store.task_logs(task_id), key=lambda e: (order[e[0]], e[1]))
     if as_json:
         out.print_json(
             [

@@ -484,8 +484,10 @@ def test_logs_of_the_whole_task_printed_or_zipped(dt: Run, tmp_path: Path) -> No
     code, text, err = dt("logs", task_id)
     assert (code, err) == (0, "")
     headers = [line for line in text.splitlines() if line.startswith("==> ")]
-    ran = sorted((s["id"], n) for n, s in subs.items() if s["status"] != "PENDING")
+    # In the task's order (roots first, as `dagtask show` lists them), the ones that ran.
+    ran = [(s["id"], s["name"]) for s in task["subtasks"] if s["status"] != "PENDING"]
     assert headers == [f"==> subtask {sid} {name!r}, attempt 1 <==" for sid, name in ran]
+    assert headers[0] == f"==> subtask {subs['a']['id']} 'a', attempt 1 <=="
     assert "c fails on purpose" in text
 
     listed = parsed(dt("logs", task_id, "--json"), 0)
