@@ -150,11 +150,13 @@ class TaskListItemView(_View):
 
     OCP shows ``creator`` as an object ``{id, name}`` and the subject as ``cluster``/``tenant``
     objects here; dagtask has no user or cluster records, so ``creator`` is the same string as in
-    a task object and the subject is the ``hostId``/``clusterId``/``tenantId`` of the task.
+    a task object and the subject is the ``hostId``/``clusterId``/``tenantId`` of the task, except
+    for a task imported from an OCP document, which shows the objects OCP sent.
     """
 
+    cluster: dict[str, Any] | None = None
     cluster_id: int | None = None
-    creator: str
+    creator: str | dict[str, Any]
     finish_time: IsoTime | None = None
     host_id: int | None = None
     id: int
@@ -162,6 +164,7 @@ class TaskListItemView(_View):
     start_time: IsoTime
     status: TaskStatus
     subtasks: list[BasicSubtaskView]
+    tenant: dict[str, Any] | None = None
     tenant_id: int | None = None
 
 
@@ -283,7 +286,7 @@ def _as_ocp_sent(task: TaskInfo) -> dict[str, Any]:
     ``creator``, ``cluster`` and ``tenant`` are the objects OCP sent, as sent; ``prohibitRollback``
     and ``createTime`` appear when the document had them, with the values the import stored
     from them (``createTime`` printed by :func:`iso_ms`, the same instant). Empty for any other
-    task, and for a listed task (lists are read without the origin).
+    task.
     """
     original = ocp_original_of(task.origin)
     if original is None:
@@ -331,9 +334,11 @@ def _task_view(task: TaskInfo, *, detail: bool = False) -> TaskView:
 
 
 def _list_item_view(task: TaskInfo) -> TaskListItemView:
+    sent = _as_ocp_sent(task)
     return TaskListItemView(
+        cluster=sent.get("cluster"),
         cluster_id=task.cluster_id,
-        creator=task.creator,
+        creator=sent.get("creator", task.creator),
         finish_time=task.finish_time,
         host_id=task.host_id,
         id=task.id,
@@ -350,6 +355,7 @@ def _list_item_view(task: TaskInfo) -> TaskListItemView:
             )
             for sub in _subtask_order(task.subtasks)
         ],
+        tenant=sent.get("tenant"),
         tenant_id=task.tenant_id,
     )
 

@@ -179,10 +179,25 @@ class StoreReads:
                 if ids
                 else []
             )
+            # Imported tasks show what OCP sent (creator, cluster, tenant objects) from their
+            # origin, which other rows do not have and a list does not read otherwise.
+            imported = [r.id for r in rows if r.historical]
+            origins = (
+                dict(
+                    conn.execute(
+                        sa.select(task.c.id, task.c.origin).where(task.c.id.in_(imported))
+                    ).all()
+                )
+                if imported
+                else {}
+            )
         by_task: dict[int, list[Any]] = {}
         for sub in subs:
             by_task.setdefault(sub.task_id, []).append(sub)
-        tasks = [_task_info(r, by_task.get(r.id, []), (), listed=True) for r in rows]
+        tasks = [
+            _task_info(r, by_task.get(r.id, []), (), listed=True, origin=origins.get(r.id))
+            for r in rows
+        ]
         return TaskPage(tasks=tasks, number=page, size=size, total_elements=int(total or 0))
 
     def read_log(self, task_id: int, subtask_id: int, run_time: int | None = None) -> str:
@@ -368,6 +383,7 @@ def _task_info(
     *,
     listed: bool = False,
     outputs: bool = True,
+    origin: Any = None,
 ) -> TaskInfo:
     """Map a task row, its subtask rows and its edge rows to the domain model (``listed``:
     rows of a list page, without output contexts, messages or origin)."""
@@ -432,7 +448,9 @@ def _task_info(
         subtasks=subtasks,
         source_task_id=row.source_task_id,
         historical=row.historical,
-        origin=None if listed or not row.origin else dict(row.origin),
+        origin=(dict(origin) if origin else None)
+        if listed
+        else (dict(row.origin) if row.origin else None),
         trace_parent=row.trace_parent,
     )
 

@@ -615,3 +615,22 @@ def test_an_origin_record_out_of_place_is_refused(engine: Engine, tmp_path: Path
     bad.write_text("\n".join(lines) + "\n")
     with pytest.raises(ArgumentError, match="at most one template and one origin"):
         history.import_files(engine, [bad])
+
+
+def test_a_task_list_shows_what_ocp_sent_for_imported_tasks(engine: Engine) -> None:
+    """The list (query-task-list.json's shape) shows the creator, cluster and tenant objects of
+    imported tasks too, read from their origin; a native task beside them keeps its string."""
+    document = json.loads((SAMPLES / "query-task-list.json").read_text())
+    sent = {item["name"]: item for item in document["data"]["contents"]}
+    history.import_files(engine, [SAMPLES / "query-task-list.json"])
+    t = TemplateBuilder("native")
+    t.add("a", "tests.handlers.record")
+    engine.submit(t.build(), creator="alice")
+    listed = views.task_list_json(engine.list(size=10))["contents"]
+    by_name = {item["name"]: item for item in listed}
+    assert by_name["native"]["creator"] == "alice"
+    assert "cluster" not in by_name["native"] and "tenant" not in by_name["native"]
+    for name, original in sent.items():
+        for key in ("creator", "cluster", "tenant"):
+            if isinstance(original.get(key), dict):
+                assert by_name[name][key] == original[key], (name, key)
