@@ -92,6 +92,8 @@ class SubtaskView(_View):
     """A subtask with the fields of ``stop-ocp-agent.json`` (plus run times once it has run)."""
 
     class_name: str
+    create_time: IsoTime | None = None
+    """In the task detail's answers only (``task-detail.json``)."""
     description: str
     downstreams: list[int]
     executor: str | None = None
@@ -252,9 +254,10 @@ def _run_time(sub: SubtaskInfo) -> dict[str, int]:
     return {"run_time": sub.run_time}
 
 
-def _subtask_view(sub: SubtaskInfo) -> SubtaskView:
+def _subtask_view(sub: SubtaskInfo, *, detail: bool = False) -> SubtaskView:
     return SubtaskView(
         class_name=sub.class_name,
+        create_time=sub.create_time if detail else None,
         description=sub.description,
         downstreams=list(sub.downstreams),
         executor=sub.executor,
@@ -325,7 +328,7 @@ def _task_view(task: TaskInfo, *, detail: bool = False) -> TaskView:
         prohibit_rollback=sent.get("prohibit_rollback"),
         start_time=_task_start(task),
         status=task.status,
-        subtasks=[_subtask_view(sub) for sub in _subtask_order(task.subtasks)],
+        subtasks=[_subtask_view(sub, detail=detail) for sub in _subtask_order(task.subtasks)],
         task_definition_id=task.task_definition_id,
         tenant=sent.get("tenant"),
         tenant_id=task.tenant_id,
@@ -363,7 +366,8 @@ def _list_item_view(task: TaskInfo) -> TaskListItemView:
 def task_json(task: TaskInfo, *, detail: bool = False) -> dict[str, Any]:
     """A task as OCP's JSON: the keys of ``stop-ocp-agent.json``'s ``data``; with ``detail``
     (the task detail, retry and rollback answers, whose OCP samples have them) also the
-    task-level ``prohibitRollback`` and ``createTime`` of every task.
+    task-level ``prohibitRollback`` and ``createTime`` of every task and each subtask's
+    ``createTime``.
 
     ``hostId``/``clusterId``/``tenantId`` appear only when the task has that subject and
     ``finishTime`` only once the task has finished; subtasks are ordered by seriesId descending

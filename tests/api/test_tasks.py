@@ -53,6 +53,14 @@ def test_task_detail_is_the_task_with_its_subtasks(api: ApiServer, engine: Engin
     assert [s["name"] for s in data["subtasks"]] == ["a", "b", "c"]
     assert all(s["status"] == "SUCCESSFUL" and "finishTime" in s for s in data["subtasks"])
     assert "finishTime" in data
+    # Every key of OCP's task detail is there, at the task and at each subtask.
+    reference = sample("task-detail.json")["data"]
+    assert set(reference) <= set(data), sorted(set(reference) - set(data))
+    for sub in data["subtasks"]:
+        assert set(reference["subtasks"][0]) <= set(sub), sorted(
+            set(reference["subtasks"][0]) - set(sub)
+        )
+    assert data["prohibitRollback"] is False and data["createTime"] <= data["startTime"]
 
 
 def test_unknown_task_is_20000_in_a_404(api: ApiServer) -> None:
