@@ -20,6 +20,7 @@ traceparent is stored, and the cost is a function call per submit and attempt.
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 import secrets
 from collections.abc import Iterator, Mapping
@@ -53,6 +54,8 @@ def _load() -> bool:
         _loaded = True
     return trace is not None
 
+
+_log = logging.getLogger("dagtask.worker")
 
 TRACER = "dagtask"
 TRACEPARENT = "traceparent"
@@ -110,12 +113,18 @@ class TaskSpan:
     @property
     def trace_parent(self) -> str | None:
         """The W3C traceparent to store with the task (None: nothing records this trace)."""
-        return _traceparent(self.span) if self.span is not None else None
+        if self.span is None:
+            return None
+        try:
+            return _traceparent(self.span)
+        except Exception:  # a broken span: the task is stored untraced
+            return None
 
     def stored(self, task_id: int) -> None:
         """The task was stored as ``task_id``."""
         if self.span is not None:
-            self.span.set_attribute("dagtask.task.id", task_id)
+            with contextlib.suppress(Exception):
+                self.span.set_attribute("dagtask.task.id", task_id)
 
 
 @contextlib.contextmanager
@@ -125,10 +134,37 @@ def task_span(template: str, creator: str) -> Iterator[TaskSpan]:
         yield TaskSpan()
         return
     attributes = {"dagtask.template": template, "dagtask.task.creator": creator}
-    with _tracer().start_as_current_span(
+    with _opened(
         f"dagtask.task {template}", kind=trace.SpanKind.PRODUCER, attributes=attributes
     ) as span:
         yield TaskSpan(span)
+
+
+@contextlib.contextmanager
+def _opened(name: str, **options: Any) -> Iterator[Any]:
+    """A current span from dagtask's tracer, or None when the tracer fails: a broken tracer
+    never keeps a task from being stored or an attempt from running. An exception of the block
+    goes through (after ending the span with it, as OpenTelemetry does)."""
+    try:
+        opened = _tracer().start_as_current_span(name, **options)
+        span = opened.__enter__()
+    except Exception:
+        _log.warning("could not open the span %r; going on without it", name, exc_info=True)
+        yield None
+        return
+    try:
+        yield span
+    except BaseException as exc:
+        _close(opened, name, type(exc), exc, exc.__traceback__)
+        raise
+    _close(opened, name, None, None, None)
+
+
+def _close(opened: Any, name: str, *exc_info: Any) -> None:
+    try:
+        opened.__exit__(*exc_info)
+    except Exception:
+        _log.warning("could not close the span %r", name, exc_info=True)
 
 
 @contextlib.contextmanager
@@ -147,7 +183,7 @@ def attempt_span(claim: Claim, trace_parent: str | None, worker: str) -> Iterato
         "dagtask.handler": claim.class_name,
         "dagtask.worker": worker,
     }
-    with _tracer().start_as_current_span(
+    with _opened(
         f"dagtask.attempt {claim.name}",
         context=_parent_context(trace_parent),
         kind=trace.SpanKind.CONSUMER,
@@ -168,9 +204,10 @@ class AttemptSpan:
         """Record the attempt's outcome (status ERROR with the message if it failed)."""
         if self.span is None:
             return
-        self.span.set_attribute("dagtask.outcome", "SUCCESSFUL" if result.ok else "FAILED")
-        if not result.ok:
-            self.span.set_status(trace.Status(trace.StatusCode.ERROR, result.message or ""))
+        with contextlib.suppress(Exception):  # the attempt's end is recorded whatever happens
+            self.span.set_attribute("dagtask.outcome", "SUCCESSFUL" if result.ok else "FAILED")
+            if not result.ok:
+                self.span.set_status(trace.Status(trace.StatusCode.ERROR, result.message or ""))
 
 
 def current_trace_id() -> str | None:

@@ -17,6 +17,8 @@ from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.trace import SpanKind, StatusCode
 
 from dagtask import Engine, TaskStatus, TemplateBuilder
+from dagtask.errors import HostBusyError
+from dagtask.observability import tracing
 from tests.api.support import add_users, serve
 
 
@@ -189,3 +191,31 @@ def ancestors(span: ReadableSpan, spans: list[ReadableSpan]) -> list[int]:
         above = by_id.get(parent)
         parent = parent_of(above) if above is not None else None
     return found
+
+
+def test_a_broken_tracer_never_stops_an_attempt(
+    engine: Engine, caught: Catcher, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Broken:
+        def start_as_current_span(self, *_args: Any, **_kwargs: Any) -> Any:
+            raise RuntimeError("the exporter's queue is gone")
+
+    monkeypatch.setattr(tracing, "_tracer", Broken)
+    t = TemplateBuilder("untraced")
+    t.add("only", "tests.handlers.record")
+    done = engine.run(t.build(), timeout=30)
+    assert done.status is TaskStatus.SUCCESSFUL  # the submit's span failed too: still stored
+    assert caught.named("dagtask.attempt ") == []
+
+
+def test_a_refused_submit_ends_its_span_with_the_error(engine: Engine, caught: Catcher) -> None:
+    t = TemplateBuilder("on a host", host_arg="host_id")
+    t.add("only", "tests.handlers.record")
+    engine.register_template(t.build())
+    host = engine.hosts.add("h", "127.0.0.1", "/nonexistent-agent-home")
+    engine.submit("on a host", args={"host_id": str(host.id)})  # takes the host
+    with pytest.raises(HostBusyError):
+        engine.submit("on a host", args={"host_id": str(host.id)})
+    spans = caught.named("dagtask.task on a host")
+    assert [s.status.status_code for s in spans] == [StatusCode.UNSET, StatusCode.ERROR]
+    assert "dagtask.task.id" not in dict(spans[1].attributes or {})
