@@ -22,6 +22,14 @@ if TYPE_CHECKING:
     from dagtask.models import TaskInfo
 
 
+def attachment(filename: str) -> dict[str, str]:
+    """The headers of an answer that is a file to save: the REST download and the console's."""
+    return {
+        "content-disposition": f'attachment; filename="{filename}"',
+        "cache-control": "no-store",
+    }
+
+
 def log_path(subtask_id: int, name: str, parallel_idx: int, run_time: int) -> str:
     """Where one attempt's log sits in the archive (names reduced to safe characters)."""
     label = f"{name}-{parallel_idx}" if parallel_idx >= 0 else name

@@ -63,17 +63,12 @@ def task_context(
     past the bounds of :func:`dagtask.context.check_arguments`) is a :class:`ContextError`.
     """
     check_arguments(strings or {}, lists or {})
-    given = strings or {}
-    flag = "true" if template.prohibit_rollback else "false"
-    if not template.prohibit_rollback:
-        # OCP writes the template's flag after the caller's arguments, so a template that
-        # prohibits rollback cannot be overridden; a caller may still prohibit it for one task
-        # of a template that allows it (docs/design.md, "prohibit_rollback").
-        flag = given.get(PROHIBIT_ROLLBACK, flag)
-    string_map = {
-        PROHIBIT_ROLLBACK: flag,
-        **{k: v for k, v in given.items() if k != PROHIBIT_ROLLBACK},
-    }
+    given = dict(strings or {})
+    asked = given.pop(PROHIBIT_ROLLBACK, "false")
+    # OCP writes the template's flag after the caller's arguments, so a template that prohibits
+    # rollback cannot be overridden; a caller may still prohibit it for one task of a template
+    # that allows it (docs/design.md, "prohibit_rollback"). The flag comes first, as in OCP.
+    string_map = {PROHIBIT_ROLLBACK: "true" if template.prohibit_rollback else asked, **given}
     try:
         return TaskContext(string_map=string_map, list_map=dict(lists or {}))
     except ValidationError as exc:

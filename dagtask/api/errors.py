@@ -28,7 +28,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from dagtask import fidelity, views
+from dagtask import diagnosis, fidelity, views
 from dagtask.api.limits import Quota
 from dagtask.errors import (
     AuthenticationError,
@@ -154,14 +154,7 @@ def ok(request: Request, data: dict[str, Any] | None) -> Response:
 
 def download(request: Request, content: bytes, media_type: str, filename: str) -> Response:
     """A 200 answer that is a file to save (no envelope), with the trace and quota headers."""
-    response = Response(
-        content,
-        media_type=media_type,
-        headers={
-            "content-disposition": f'attachment; filename="{filename}"',
-            "cache-control": "no-store",
-        },
-    )
+    response = Response(content, media_type=media_type, headers=diagnosis.attachment(filename))
     return _with_headers(response, request_state(request))
 
 

@@ -490,10 +490,7 @@ def create_console_router(
         return Response(
             diagnosis.task_archive(engine, task_id, info),
             media_type="application/zip",
-            headers={
-                "content-disposition": f'attachment; filename="task-{task_id}-diagnosis.zip"',
-                "cache-control": "no-store",
-            },
+            headers=diagnosis.attachment(f"task-{task_id}-diagnosis.zip"),
         )
 
     @router.post("/tasks/{task_id}/actions")

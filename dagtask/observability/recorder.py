@@ -7,8 +7,9 @@ is an attribute check and a return, so the hot path (thousands of claims and fin
 pays nothing measurable and no optional package is imported. A sink attached later is seen by
 pools started earlier too.
 
-The recorder adds no SQL: the template name an attempt is labelled with comes from the template
-definitions a pool reads anyway, once per task, for the task's hooks (:meth:`Recorder.naming`).
+The recorder adds no SQL: the template name an attempt is labelled with is the attempt's own
+(``Attempt.template``), from what a pool reads anyway, once per task, with the task's hooks
+(:meth:`dagtask.hooks.PoolHooks.load`).
 """
 
 from __future__ import annotations
@@ -16,8 +17,6 @@ from __future__ import annotations
 import threading
 import time
 import weakref
-from collections import OrderedDict
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -56,14 +55,8 @@ class Sink(Protocol):
 class Recorder:
     """One store's event recorder (see the module docstring)."""
 
-    MAX_TASKS = 16384
-    """Task ids whose template name is remembered (the oldest are forgotten first; a pool's
-    hook cache holds 4096, and several pools of one engine share this recorder)."""
-
     def __init__(self) -> None:
         self.sink: Sink | None = None
-        self._templates: OrderedDict[int, str] = OrderedDict()
-        self._lock = threading.Lock()
 
     # ---- the pool's events ---------------------------------------------------------------------
 
@@ -85,7 +78,7 @@ class Recorder:
         it took from its claim until now, whenever the database records it."""
         sink = self.sink
         if sink is not None:
-            template = self._templates.get(attempt.claim.task_id, UNKNOWN_TEMPLATE)
+            template = attempt.template or UNKNOWN_TEMPLATE
             sink.attempt_ended(template, attempt.claim, ok, time.monotonic() - attempt.started)
 
     def timed_out(self, claim: Claim) -> None:
@@ -111,19 +104,6 @@ class Recorder:
         sink = self.sink
         if sink is not None:
             sink.webhook_attempt(outcome)
-
-    # ---- template names ------------------------------------------------------------------------
-
-    def learn_templates(self, names: Mapping[int, str]) -> None:
-        """Remember the template name of each task of ``names`` (task id -> name, "" when it
-        has none), when metrics are on: the pool passes what it read once per task anyway."""
-        if self.sink is None:
-            return
-        with self._lock:
-            for task_id, name in names.items():
-                self._templates[task_id] = name or UNKNOWN_TEMPLATE
-            while len(self._templates) > self.MAX_TASKS:
-                self._templates.popitem(last=False)
 
 
 _recorders: weakref.WeakKeyDictionary[Store, Recorder] = weakref.WeakKeyDictionary()

@@ -31,6 +31,13 @@ if TYPE_CHECKING:
     from dagtask.planner import AttemptResult
     from dagtask.store.attempts import Claim
 
+_log = logging.getLogger("dagtask.worker")
+
+TRACER = "dagtask"
+TRACEPARENT = "traceparent"
+_HEX_TRACE_ID = re.compile(r"^(?:[0-9a-f]{32}|[0-9a-f]{16})$")
+
+
 trace: Any = None
 otel_context: Any = None
 TraceContextTextMapPropagator: Any = None
@@ -53,18 +60,6 @@ def _load() -> bool:
             TraceContextTextMapPropagator = tracecontext.TraceContextTextMapPropagator
         _loaded = True
     return trace is not None
-
-
-_log = logging.getLogger("dagtask.worker")
-
-TRACER = "dagtask"
-TRACEPARENT = "traceparent"
-_HEX_TRACE_ID = re.compile(r"^(?:[0-9a-f]{32}|[0-9a-f]{16})$")
-
-
-def available() -> bool:
-    """Whether the OpenTelemetry API is installed."""
-    return _load()
 
 
 _cached_tracer: Any = None
@@ -210,20 +205,12 @@ class AttemptSpan:
                 self.span.set_status(trace.Status(trace.StatusCode.ERROR, result.message or ""))
 
 
-def current_trace_id() -> str | None:
-    """The trace id (32 hex digits) of the current span, if one records (for log lines)."""
-    if not _load():
-        return None
-    ctx = trace.get_current_span().get_span_context()
-    return f"{ctx.trace_id:032x}" if ctx.is_valid else None
-
-
 def request_context(headers: Mapping[str, str], trace_id: str | None) -> Any:
     """The context a REST request's work continues: None when a span is already current (an
     instrumented application's server span), else the request's ``traceparent``, else OCP's
     ``X-Trace-Id`` ``trace_id`` when it is a trace id (32 hex digits, or 16 padded with zeros
     as B3 does), under a remote parent made up for it; None when there is none of these."""
-    if not _load() or trace.get_current_span().get_span_context().is_valid:
+    if not _provided() or trace.get_current_span().get_span_context().is_valid:
         return None
     given = headers.get(TRACEPARENT)
     if given:

@@ -222,7 +222,8 @@ class StoreReads:
         logged anything, by subtask id then attempt (one query), with the secret values of the
         task's context and of all its subtasks' outputs masked."""
         with self.db.read() as conn:
-            if conn.execute(sa.select(task.c.id).where(task.c.id == task_id)).first() is None:
+            found = conn.execute(sa.select(task.c.context).where(task.c.id == task_id)).first()
+            if found is None:
                 raise _not_found(task_id)
             rows = conn.execute(
                 sa.select(subtask_log.c.subtask_id, subtask_log.c.run_time, subtask_log.c.text)
@@ -230,13 +231,12 @@ class StoreReads:
                 .where(subtask.c.task_id == task_id)
                 .order_by(subtask_log.c.subtask_id, subtask_log.c.run_time, subtask_log.c.id)
             ).all()
-            context = conn.execute(sa.select(task.c.context).where(task.c.id == task_id)).scalar()
             outputs = conn.execute(
                 sa.select(subtask.c.output_context).where(
                     subtask.c.task_id == task_id, subtask.c.output_context.is_not(None)
                 )
             ).scalars()
-            secrets = secret_values(context, *outputs)
+            secrets = secret_values(found.context, *outputs)
         attempts: dict[tuple[int, int], list[str]] = {}
         for row in rows:
             attempts.setdefault((row.subtask_id, row.run_time), []).append(row.text)

@@ -34,6 +34,8 @@ class Attempt:
     """Why its task's hooks cannot be used: it fails saying so, its handler not run."""
     trace_parent: str | None = None
     """Its task's span (W3C traceparent), the parent of this attempt's span, if traced."""
+    template: str = ""
+    """Its task's template name (for metrics; "" when the task was stored without one)."""
     ended: bool = False
     """Its end was decided (by its runner, the watchdog or a fence): its slot is free. Changed
     only under the pool's lock."""

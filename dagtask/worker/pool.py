@@ -356,7 +356,6 @@ class WorkerPool:
             self.outage.failed("reading the hooks of the tasks it claimed", exc)
             self.dispatcher.reconcile_needed = True
             return
-        self.metrics.learn_templates({tid: known.template for tid, known in found.items()})
         for claim in claims:
             known = found[claim.task_id]
             attempt = Attempt(
@@ -365,6 +364,7 @@ class WorkerPool:
                 hooks=known.hooks,
                 hooks_problem=known.problem,
                 trace_parent=known.trace_parent,
+                template=known.template,
             )
             _attempts_log.info(
                 "start subtask %d %r of task %d: %s, attempt %d",
