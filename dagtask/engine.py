@@ -27,7 +27,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TextIO
 
-from dagtask import arguments, expand, fidelity, handlers, planner
+from dagtask import arguments, expand, fidelity, handlers, memory, planner
 from dagtask import history as hist
 from dagtask.builtin import builtin_templates
 from dagtask.errors import ArgumentError, HostNotFoundError, TaskTimeoutError, TemplateError
@@ -221,6 +221,17 @@ class Engine:
             raise ArgumentError(
                 f"template must be a TaskTemplate or a template's name, got {type(tpl).__name__}"
             )
+        with memory.paused_gc(len(tpl.subtasks) >= memory.LARGE):
+            return self._store_checked(tpl, args, lists, creator, **origin)
+
+    def _store_checked(
+        self,
+        tpl: TaskTemplate,
+        args: Mapping[str, str] | None,
+        lists: Mapping[str, Sequence[str]] | None,
+        creator: str | None,
+        **origin: Any,
+    ) -> tuple[int, Callable[[], None]]:
         tpl.check_handlers()
         strings = arguments.string_args(args)
         list_map = arguments.list_args(lists)

@@ -132,10 +132,9 @@ class Loaded:
 
 
 def _parse(task_id: int, facts: TaskRunFacts | None) -> Loaded:
-    definition = (facts.definition if facts is not None else None) or {}
-    template = str(definition.get("name") or "")
+    template = str((facts.template if facts is not None else None) or "")
     trace_parent = facts.trace_parent if facts is not None else None
-    value = definition.get("hooks")
+    value = facts.hooks if facts is not None else None
     try:
         found = Hooks.model_validate(value) if value else Hooks()
     except ValidationError as exc:

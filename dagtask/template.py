@@ -295,10 +295,18 @@ class TaskTemplate(BaseModel):
     def digest(self) -> str:
         """A stable hash of :meth:`definition`, used to version stored templates (computed once:
         a template is immutable, and every submit asks for it)."""
-        if self._digest is None:
-            body = json.dumps(self.definition(), sort_keys=True, separators=(",", ":"))
-            self._digest = hashlib.sha256(body.encode()).hexdigest()
-        return self._digest
+        return self.digest_and_dump()[0]
+
+    def digest_and_dump(self) -> tuple[str, dict[str, Any] | None]:
+        """:meth:`digest`, and the :meth:`definition` it was computed from when this call
+        computed it (``None`` when the digest was already known). A 100,000-subtask template's
+        dump takes most of a second: the first submit stores the definition it hashed."""
+        if self._digest is not None:
+            return self._digest, None
+        data = self.definition()
+        body = json.dumps(data, sort_keys=True, separators=(",", ":"))
+        self._digest = hashlib.sha256(body.encode()).hexdigest()
+        return self._digest, data
 
     @classmethod
     def parse(cls, data: Mapping[str, Any], *, source: str = "template") -> TaskTemplate:

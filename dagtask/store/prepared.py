@@ -168,6 +168,50 @@ def _values(entry: _Compiled, params: Params, memo: dict[Any, Any] | None = None
     return {name: merged[name] for name in entry.names}
 
 
+_MEMO_TYPES = (type(None), bool, int, str, datetime)
+"""Values whose processed form an executemany computes once per distinct value and column."""
+
+
+def _many_values(entry: _Compiled, rows: list[dict[str, Any]]) -> list[Any]:
+    """The driver's parameters for an executemany, built column by column: a column's
+    processor runs once per distinct scalar value (a submit's 100,000 rows share their
+    timestamp, statuses and NULLs), and the rows are zipped together in C.
+
+    Every row has the keys of the first (SQLAlchemy's executemany asks the same); a key the
+    first row lacks takes the statement's default.
+    """
+    if entry.expanding:
+        memo: dict[Any, Any] = {}
+        return [_values(entry, p, memo) for p in rows]
+    first = rows[0]
+    columns: list[list[Any]] = []
+    for name in entry.names:
+        if name in first:
+            column = [row[name] for row in rows]
+        else:
+            column = [entry.defaults[name]] * len(rows)
+        processor = entry.processors.get(name)
+        if processor is not None:
+            done: dict[tuple[type, Any], Any] = {}
+            out = []
+            for value in column:
+                kind = type(value)
+                if kind in _MEMO_TYPES:
+                    key = (kind, value)
+                    found = done.get(key, done)
+                    if found is done:
+                        found = done[key] = processor(value)
+                    out.append(found)
+                else:
+                    out.append(processor(value))
+            column = out
+        columns.append(column)
+    if entry.positional:
+        return list(zip(*columns, strict=True))
+    names = entry.names
+    return [dict(zip(names, values, strict=True)) for values in zip(*columns, strict=True)]
+
+
 def execute(
     conn: sa.Connection,
     stmt: sa.Executable,
@@ -193,8 +237,7 @@ def execute(
     if entry is _FALLBACK:
         return conn.execute(stmt, params)
     if many and isinstance(params, list):
-        memo: dict[Any, Any] = {}
-        values: Any = [_values(entry, p, memo) for p in params]
+        values: Any = _many_values(entry, params)
     else:
         values = _values(entry, first)
     observers = _on_driver(conn)

@@ -302,23 +302,24 @@ class StoreReads:
 
     def task_run_facts(self, task_ids: Collection[int]) -> dict[int, TaskRunFacts]:
         """What a worker needs once per task it runs, for each task of ``task_ids`` (tasks that
-        do not exist are left out), in one query: the stored template definition (its hooks,
-        :mod:`dagtask.hooks`; its name, for metrics) and the task span's traceparent."""
+        do not exist are left out), in one query: its template's name (for metrics) and the
+        hooks of its stored definition (:mod:`dagtask.hooks`), and the task span's traceparent.
+
+        Only the definition's ``hooks`` member is read (a JSON path in SQL): a 100,000-subtask
+        template's definition is tens of megabytes, and its subtasks are not needed here."""
         if not task_ids:
             return {}
         joined = task.outerjoin(template_table, task.c.template_id == template_table.c.id)
+        hooks = template_table.c.definition["hooks"]
         with self.db.read() as conn:
             rows = conn.execute(
-                sa.select(task.c.id, template_table.c.definition, task.c.trace_parent)
+                sa.select(
+                    task.c.id, template_table.c.name, hooks.label("hooks"), task.c.trace_parent
+                )
                 .select_from(joined)
                 .where(task.c.id.in_(sorted(task_ids)))
             ).all()
-        return {
-            int(r.id): TaskRunFacts(
-                None if r.definition is None else dict(r.definition), r.trace_parent
-            )
-            for r in rows
-        }
+        return {int(r.id): TaskRunFacts(r.name, r.hooks, r.trace_parent) for r in rows}
 
     def stored_templates(self) -> list[tuple[str, int, int]]:
         """(name, newest version, id) of every template name stored in the database."""
@@ -337,8 +338,10 @@ class StoreReads:
 class TaskRunFacts(NamedTuple):
     """What :meth:`StoreReads.task_run_facts` reads of one task."""
 
-    definition: dict[str, Any] | None
-    """Its template's stored definition (None for a task stored without one, e.g. imported)."""
+    template: str | None
+    """Its template's name (None for a task stored without one)."""
+    hooks: Any
+    """The ``hooks`` member of its template's stored definition, as stored (None if absent)."""
     trace_parent: str | None
     """The W3C traceparent of its span, when a tracer recorded its submit."""
 

@@ -4,7 +4,7 @@ Ids come from a hi-lo allocator table, so a task, its subtasks and its edges are
 one transaction, and its roots are promoted to READY in the same one.
 """
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -15,7 +15,7 @@ from dagtask.clock import utcnow
 from dagtask.errors import (
     StoreError,
 )
-from dagtask.expand import ExpandedTask
+from dagtask.expand import ExpandedSubtask, ExpandedTask
 from dagtask.models import EventKind
 from dagtask.states import Operation, SubtaskStatus, TaskStatus
 from dagtask.store import changes, host_locks
@@ -54,12 +54,16 @@ class SubmitStore:
 
     def _template_id_in(self, conn: sa.Connection, template: TaskTemplate) -> int:
         """The id of ``template``'s definition, stored in the caller's transaction if new."""
-        digest = template.digest()
+        digest, dumped = template.digest_and_dump()
         known = self._template_ids.get(digest)
         if known is not None:
             return known
         return stored_template_id(
-            conn, name=template.name, digest=digest, definition=template.definition(), now=utcnow()
+            conn,
+            name=template.name,
+            digest=digest,
+            definition=dumped if dumped is not None else template.definition,
+            now=utcnow(),
         )
 
     @staticmethod
@@ -109,14 +113,10 @@ class SubmitStore:
         """
         reused = reused or {}
         subs = sorted(expanded.subtasks, key=lambda s: s.series_id)
-        # Rows are built with ids relative to the task's block of ids, shifted once the block
-        # is allocated inside the transaction (one transaction per submit).
-        ids = {sub.index: i for i, sub in enumerate(subs)}
-        task_id = 0
         now = utcnow()
         ctx = expanded.context
         task_row: dict[str, Any] = {
-            "id": task_id,
+            "id": 0,
             "name": expanded.template.name,
             "template_id": template_id,
             "task_definition_id": definition_id,
@@ -134,53 +134,14 @@ class SubmitStore:
             "create_time": now,
             "start_time": now,
         }
-        sub_rows: list[dict[str, Any]] = [
-            {
-                "id": ids[sub.index],
-                "task_id": task_id,
-                "series_id": sub.series_id,
-                "name": sub.spec.instance_name,
-                "description": sub.spec.description,
-                "class_name": sub.spec.handler,
-                "node_type": "JAVA_TASK",
-                "operation": Operation.EXECUTE.value,
-                "status": S.PENDING.value,
-                "run_time": 1,
-                "timeout": sub.spec.timeout,
-                "retry_count": sub.spec.retry_count,
-                "parallel": sub.parallel,
-                "parallel_idx": sub.parallel_idx,
-                "prohibit_rollback": sub.prohibit_rollback,
-                "recovery": sub.spec.on_worker_lost.value,
-                "pending_upstreams": (
-                    sum(1 for up in sub.upstreams if up not in reused)
-                    if reused
-                    else len(sub.upstreams)
-                ),
-                "create_time": now,
-            }
-            for sub in subs
-        ]
-        for row, sub in zip(sub_rows, subs, strict=True):
-            done = sub.index in reused
-            row.update(
-                status=S.SUCCESSFUL.value if done else S.PENDING.value,
-                output_context=dict(reused[sub.index]) if done else None,
-                message=f"output reused from task {source_task_id}" if done else None,
-                start_time=now if done else None,
-                finish_time=now if done else None,
-            )
-        edge_rows: list[dict[str, Any]] = [
-            {"upstream_id": ids[up], "downstream_id": ids[down], "task_id": task_id}
-            for up, down in expanded.edges
-        ]
+        rows = _Rows(expanded, subs, reused, source_task_id, now)
         host_list = sorted({*hosts, *([host_id] if host_id is not None else [])})
         for attempt in range(3):
             try:
                 with self.db.begin() as conn:
                     if template is not None:
                         task_row["template_id"] = self._template_id_in(conn, template)
-                    task_id = self._insert_new(conn, expanded, task_row, sub_rows, edge_rows, now)
+                    task_id = self._insert_new(conn, task_row, rows, now)
                     if host_list:
                         conn.execute(
                             q.insert_task_hosts,
@@ -204,26 +165,13 @@ class SubmitStore:
         return task_id
 
     def _insert_new(
-        self,
-        conn: sa.Connection,
-        expanded: ExpandedTask,
-        task_row: dict[str, Any],
-        sub_rows: list[dict[str, Any]],
-        edge_rows: list[dict[str, Any]],
-        now: datetime,
+        self, conn: sa.Connection, task_row: dict[str, Any], rows: "_Rows", now: datetime
     ) -> int:
-        """Allocate the new task's block of ids, shift its rows onto them, insert them with the
-        submission event (and one per reused subtask) and make its first subtasks READY."""
+        """Allocate the new task's block of ids, insert its rows on them with the submission
+        event (and one per reused subtask) and make its first subtasks READY."""
         task_id = self._allocate(conn, "task", 1)
-        first = self._allocate(conn, "subtask", len(sub_rows))
+        first = self._allocate(conn, "subtask", len(rows.subs))
         task_row["id"] = task_id
-        for row in sub_rows:
-            row["id"] += first
-            row["task_id"] = task_id
-        for row in edge_rows:
-            row["upstream_id"] += first
-            row["downstream_id"] += first
-            row["task_id"] = task_id
         creator, executor = task_row["creator"], task_row["executor"]
         events = [
             changes.event(
@@ -234,13 +182,13 @@ class SubmitStore:
                 new_status=TaskStatus.RUNNING.value,
                 new_operation=Operation.EXECUTE.value,
                 executor=executor,
-                message=f"submitted by {creator}: {len(sub_rows)} subtasks",
+                message=f"submitted by {creator}: {len(rows.subs)} subtasks",
             )
         ]
         events.extend(
             changes.event(
                 task_id,
-                row["id"],
+                first + position,
                 now,
                 EventKind.SUBTASK_STATUS,
                 S.PENDING.value,
@@ -249,17 +197,19 @@ class SubmitStore:
                 Operation.EXECUTE.value,
                 1,
                 executor,
-                row["message"],
+                rows.reused_message,
             )
-            for row in sub_rows
-            if row["status"] == S.SUCCESSFUL.value
+            for position, sub in enumerate(rows.subs)
+            if sub.index in rows.reused
         )
-        # On the driver (dagtask.store.prepared): a 100k-subtask submit is two executemany calls
-        # of plain tuples, not 300k rows of per-row statement processing.
+        # On the driver (dagtask.store.prepared): each chunk is one executemany of plain
+        # tuples, and only one chunk of rows exists at a time (a 100k-subtask submit's rows
+        # would otherwise take more memory than the task's template).
         run(conn, q.insert_task, task_row)
-        run(conn, q.insert_subtasks, sub_rows)
-        if edge_rows:
-            run(conn, q.insert_edges, edge_rows)
+        for chunk in rows.subtask_rows(task_id, first):
+            run(conn, q.insert_subtasks, chunk)
+        for chunk in rows.edge_rows(task_id, first):
+            run(conn, q.insert_edges, chunk)
         promoted, _ = changes.progress(
             conn, task_id, changes.relock_task(conn, task_id), now, events
         )
@@ -270,18 +220,103 @@ class SubmitStore:
         return task_id
 
 
+ROW_CHUNK = 10_000
+"""Rows per executemany of a submit: few statements, and a bounded amount of rows in memory."""
+
+
+class _Rows:
+    """A new task's subtask and edge rows, made chunk by chunk once its ids are allocated.
+
+    A subtask's id is ``first`` plus its position in seriesId order, so ids grow with
+    seriesId (sinks first, as in OCP's sample).
+    """
+
+    def __init__(
+        self,
+        expanded: ExpandedTask,
+        subs: list[ExpandedSubtask],
+        reused: Mapping[int, Mapping[str, Any]],
+        source_task_id: int | None,
+        now: datetime,
+    ) -> None:
+        self.expanded, self.subs, self.reused, self.now = expanded, subs, reused, now
+        self.reused_message = f"output reused from task {source_task_id}"
+        self.position = {sub.index: i for i, sub in enumerate(subs)}
+
+    def subtask_rows(self, task_id: int, first: int) -> Iterator[list[dict[str, Any]]]:
+        """The subtask rows, ``ROW_CHUNK`` at a time."""
+        now, reused = self.now, self.reused
+        execute, pending, successful = (
+            Operation.EXECUTE.value,
+            S.PENDING.value,
+            S.SUCCESSFUL.value,
+        )
+        for start in range(0, len(self.subs), ROW_CHUNK):
+            chunk = []
+            for position, sub in enumerate(self.subs[start : start + ROW_CHUNK], start):
+                spec, done = sub.spec, sub.index in reused
+                chunk.append(
+                    {
+                        "id": first + position,
+                        "task_id": task_id,
+                        "series_id": sub.series_id,
+                        "name": spec.instance_name,
+                        "description": spec.description,
+                        "class_name": spec.handler,
+                        "node_type": "JAVA_TASK",
+                        "operation": execute,
+                        "status": successful if done else pending,
+                        "run_time": 1,
+                        "timeout": spec.timeout,
+                        "retry_count": spec.retry_count,
+                        "parallel": sub.parallel,
+                        "parallel_idx": sub.parallel_idx,
+                        "prohibit_rollback": sub.prohibit_rollback,
+                        "recovery": spec.on_worker_lost.value,
+                        "pending_upstreams": (
+                            sum(1 for up in sub.upstreams if up not in reused)
+                            if reused
+                            else len(sub.upstreams)
+                        ),
+                        "create_time": now,
+                        "output_context": dict(reused[sub.index]) if done else None,
+                        "message": self.reused_message if done else None,
+                        "start_time": now if done else None,
+                        "finish_time": now if done else None,
+                    }
+                )
+            yield chunk
+
+    def edge_rows(self, task_id: int, first: int) -> Iterator[list[dict[str, Any]]]:
+        """The link rows (upstream, downstream), ``ROW_CHUNK`` at a time."""
+        position = self.position
+        chunk: list[dict[str, Any]] = []
+        for sub in self.expanded.subtasks:
+            down = first + position[sub.index]
+            for up in sub.upstreams:
+                chunk.append(
+                    {"upstream_id": first + position[up], "downstream_id": down, "task_id": task_id}
+                )
+            if len(chunk) >= ROW_CHUNK:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
+
+
 def stored_template_id(
     conn: sa.Connection,
     *,
     name: str,
     digest: str,
-    definition: Mapping[str, Any],
+    definition: Mapping[str, Any] | Callable[[], Mapping[str, Any]],
     now: datetime,
     version: int | None = None,
 ) -> int:
     """The id of the stored definition with ``digest``, inserted (caller's transaction) if it is
     new, as ``name``'s next version, or as ``version`` when that is newer than any stored (an
-    imported task keeps the version it was recorded with)."""
+    imported task keeps the version it was recorded with). ``definition`` may be a callable,
+    called only when the definition is inserted."""
     found = conn.execute(
         sa.select(template_table.c.id).where(template_table.c.digest == digest)
     ).scalar()
@@ -294,7 +329,11 @@ def stored_template_id(
         version = (latest or 0) + 1
     result = conn.execute(
         template_table.insert().values(
-            name=name, version=version, digest=digest, definition=dict(definition), create_time=now
+            name=name,
+            version=version,
+            digest=digest,
+            definition=dict(definition() if callable(definition) else definition),
+            create_time=now,
         )
     )
     assert result.inserted_primary_key is not None
