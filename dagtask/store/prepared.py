@@ -173,9 +173,7 @@ _MEMO_TYPES = (type(None), bool, int, str, datetime)
 
 
 def _many_values(entry: _Compiled, rows: list[dict[str, Any]]) -> list[Any]:
-    """The driver's parameters for an executemany, built column by column: a column's
-    processor runs once per distinct scalar value (a submit's 100,000 rows share their
-    timestamp, statuses and NULLs), and the rows are zipped together in C.
+    """The driver's parameters for an executemany of ``rows`` (see :func:`_column_values`).
 
     Every row has the keys of the first (SQLAlchemy's executemany asks the same); a key the
     first row lacks takes the statement's default.
@@ -184,12 +182,20 @@ def _many_values(entry: _Compiled, rows: list[dict[str, Any]]) -> list[Any]:
         memo: dict[Any, Any] = {}
         return [_values(entry, p, memo) for p in rows]
     first = rows[0]
+    columns = {name: [row[name] for row in rows] for name in entry.names if name in first}
+    return _column_values(entry, columns, len(rows))
+
+
+def _column_values(entry: _Compiled, given: Mapping[str, list[Any]], count: int) -> list[Any]:
+    """The driver's parameters for an executemany, built column by column: a column's
+    processor runs once per distinct scalar value (a submit's 100,000 rows share their
+    timestamp, statuses and NULLs), and the rows are zipped together in C. A column ``given``
+    lacks takes the statement's default."""
     columns: list[list[Any]] = []
     for name in entry.names:
-        if name in first:
-            column = [row[name] for row in rows]
-        else:
-            column = [entry.defaults[name]] * len(rows)
+        column = given.get(name)
+        if column is None:
+            column = [entry.defaults[name]] * count
         processor = entry.processors.get(name)
         if processor is not None:
             done: dict[tuple[type, Any], Any] = {}
@@ -210,6 +216,31 @@ def _many_values(entry: _Compiled, rows: list[dict[str, Any]]) -> list[Any]:
         return list(zip(*columns, strict=True))
     names = entry.names
     return [dict(zip(names, values, strict=True)) for values in zip(*columns, strict=True)]
+
+
+def execute_columns(conn: sa.Connection, stmt: sa.Executable, columns: dict[str, list[Any]]) -> Any:
+    """:func:`execute` of an executemany whose rows are given column by column (``{name:
+    values}``, every list as long): a bulk insert builds no dict per row. Statements with
+    ``IN`` lists are not for this (use :func:`execute`)."""
+    count = len(next(iter(columns.values())))
+    if count <= 1:
+        return execute(conn, stmt, [{name: values[0] for name, values in columns.items()}])
+    shape = tuple(columns)
+    key = (stmt, conn.dialect.name, shape, ())
+    entry = _cache.get(key)
+    if entry is None:
+        first = {name: values[0] for name, values in columns.items()}
+        entry = _cache[key] = _compile(stmt, conn.dialect, shape, first)
+    if entry is _FALLBACK or entry.expanding:
+        rows = [
+            dict(zip(shape, values, strict=True)) for values in zip(*columns.values(), strict=True)
+        ]
+        return execute(conn, stmt, rows)
+    values = _column_values(entry, columns, count)
+    observers = _on_driver(conn)
+    if observers is None:
+        return conn.exec_driver_sql(entry.sql, values)
+    return _run(conn, entry.sql, values, True, observers)
 
 
 def execute(

@@ -22,6 +22,7 @@ from dagtask.store import changes, host_locks
 from dagtask.store import statements as q
 from dagtask.store.db import Database
 from dagtask.store.prepared import execute as run
+from dagtask.store.prepared import execute_columns as run_columns
 from dagtask.store.schema import task_template as template_table
 from dagtask.template import TaskTemplate
 
@@ -206,10 +207,10 @@ class SubmitStore:
         # tuples, and only one chunk of rows exists at a time (a 100k-subtask submit's rows
         # would otherwise take more memory than the task's template).
         run(conn, q.insert_task, task_row)
-        for chunk in rows.subtask_rows(task_id, first):
-            run(conn, q.insert_subtasks, chunk)
-        for chunk in rows.edge_rows(task_id, first):
-            run(conn, q.insert_edges, chunk)
+        for columns in rows.subtask_rows(task_id, first):
+            run_columns(conn, q.insert_subtasks, columns)
+        for columns in rows.edge_rows(task_id, first):
+            run_columns(conn, q.insert_edges, columns)
         promoted, _ = changes.progress(
             conn, task_id, changes.relock_task(conn, task_id), now, events
         )
@@ -243,65 +244,62 @@ class _Rows:
         self.reused_message = f"output reused from task {source_task_id}"
         self.position = {sub.index: i for i, sub in enumerate(subs)}
 
-    def subtask_rows(self, task_id: int, first: int) -> Iterator[list[dict[str, Any]]]:
-        """The subtask rows, ``ROW_CHUNK`` at a time."""
-        now, reused = self.now, self.reused
-        execute, pending, successful = (
-            Operation.EXECUTE.value,
-            S.PENDING.value,
-            S.SUCCESSFUL.value,
-        )
+    def subtask_rows(self, task_id: int, first: int) -> Iterator[dict[str, list[Any]]]:
+        """The subtask rows, ``ROW_CHUNK`` at a time, column by column (no dict per row)."""
+        now, reused, message = self.now, self.reused, self.reused_message
         for start in range(0, len(self.subs), ROW_CHUNK):
-            chunk = []
-            for position, sub in enumerate(self.subs[start : start + ROW_CHUNK], start):
-                spec, done = sub.spec, sub.index in reused
-                chunk.append(
-                    {
-                        "id": first + position,
-                        "task_id": task_id,
-                        "series_id": sub.series_id,
-                        "name": spec.instance_name,
-                        "description": spec.description,
-                        "class_name": spec.handler,
-                        "node_type": "JAVA_TASK",
-                        "operation": execute,
-                        "status": successful if done else pending,
-                        "run_time": 1,
-                        "timeout": spec.timeout,
-                        "retry_count": spec.retry_count,
-                        "parallel": sub.parallel,
-                        "parallel_idx": sub.parallel_idx,
-                        "prohibit_rollback": sub.prohibit_rollback,
-                        "recovery": spec.on_worker_lost.value,
-                        "pending_upstreams": (
-                            sum(1 for up in sub.upstreams if up not in reused)
-                            if reused
-                            else len(sub.upstreams)
-                        ),
-                        "create_time": now,
-                        "output_context": dict(reused[sub.index]) if done else None,
-                        "message": self.reused_message if done else None,
-                        "start_time": now if done else None,
-                        "finish_time": now if done else None,
-                    }
-                )
-            yield chunk
+            subs = self.subs[start : start + ROW_CHUNK]
+            specs = [sub.spec for sub in subs]
+            count = len(subs)
+            done = [sub.index in reused for sub in subs] if reused else [False] * count
+            yield {
+                "id": list(range(first + start, first + start + count)),
+                "task_id": [task_id] * count,
+                "series_id": [sub.series_id for sub in subs],
+                "name": [spec.display_name or spec.name for spec in specs],
+                "description": [spec.description for spec in specs],
+                "class_name": [spec.handler for spec in specs],
+                "node_type": ["JAVA_TASK"] * count,
+                "operation": [Operation.EXECUTE.value] * count,
+                "status": [S.SUCCESSFUL.value if d else S.PENDING.value for d in done],
+                "run_time": [1] * count,
+                "timeout": [spec.timeout for spec in specs],
+                "retry_count": [spec.retry_count for spec in specs],
+                "parallel": [sub.parallel for sub in subs],
+                "parallel_idx": [sub.parallel_idx for sub in subs],
+                "prohibit_rollback": [sub.prohibit_rollback for sub in subs],
+                "recovery": [spec.on_worker_lost.value for spec in specs],
+                "pending_upstreams": [
+                    sum(1 for up in sub.upstreams if up not in reused)
+                    if reused
+                    else len(sub.upstreams)
+                    for sub in subs
+                ],
+                "create_time": [now] * count,
+                "output_context": [
+                    dict(reused[sub.index]) if d else None
+                    for sub, d in zip(subs, done, strict=True)
+                ],
+                "message": [message if d else None for d in done],
+                "start_time": [now if d else None for d in done],
+                "finish_time": [now if d else None for d in done],
+            }
 
-    def edge_rows(self, task_id: int, first: int) -> Iterator[list[dict[str, Any]]]:
-        """The link rows (upstream, downstream), ``ROW_CHUNK`` at a time."""
+    def edge_rows(self, task_id: int, first: int) -> Iterator[dict[str, list[Any]]]:
+        """The link rows (upstream, downstream), about ``ROW_CHUNK`` at a time, by column."""
         position = self.position
-        chunk: list[dict[str, Any]] = []
+        ups: list[int] = []
+        downs: list[int] = []
         for sub in self.expanded.subtasks:
             down = first + position[sub.index]
             for up in sub.upstreams:
-                chunk.append(
-                    {"upstream_id": first + position[up], "downstream_id": down, "task_id": task_id}
-                )
-            if len(chunk) >= ROW_CHUNK:
-                yield chunk
-                chunk = []
-        if chunk:
-            yield chunk
+                ups.append(first + position[up])
+                downs.append(down)
+            if len(ups) >= ROW_CHUNK:
+                yield {"upstream_id": ups, "downstream_id": downs, "task_id": [task_id] * len(ups)}
+                ups, downs = [], []
+        if ups:
+            yield {"upstream_id": ups, "downstream_id": downs, "task_id": [task_id] * len(ups)}
 
 
 def stored_template_id(
