@@ -910,9 +910,9 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--workers",
         type=int,
-        default=8,
-        help="worker threads (default 8; per process with --pool processes); sleep100 always "
-        "uses 16 in all, split over the processes with --pool processes",
+        default=32,
+        help="worker threads (default 32, the Engine's; per process with --pool processes); "
+        "sleep100 always uses 16 in all, split over the processes with --pool processes",
     )
     parser.add_argument(
         "--repeat", type=int, default=1, help="runs per workload; figures are their median"

@@ -33,6 +33,12 @@ from typing import Any
 
 from dagtask.errors import ConfigError
 
+DEFAULT_WORKERS = 32
+"""Worker threads of an :class:`~dagtask.Engine`, ``dagtask worker``, ``dagtask serve`` and
+``--wait`` when none is given: the count that does best on this project's 2-core machine
+(benchmarks/README.md, "Worker threads"): fans and lattices gain a quarter from 8 to 32 (larger
+batches per transaction), chains and single tasks do not change, and 64 gains nothing more."""
+
 CONFIG_VAR = "DAGTASK_CONFIG"
 CONFIG_FILE = "dagtask.toml"
 SECTIONS = ("worker", "serve")

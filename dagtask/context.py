@@ -149,7 +149,9 @@ class TaskContext(BaseModel):
         return self.model_copy(update={"string_map": {**self.string_map, **updates}})
 
     def without_engine_keys(self) -> TaskContext:
-        """A copy without the engine-owned stringMap keys."""
+        """A copy without the engine-owned stringMap keys (this context when it has none)."""
+        if ENGINE_KEYS.isdisjoint(self.string_map):
+            return self
         clean = {k: v for k, v in self.string_map.items() if k not in ENGINE_KEYS}
         return self.model_copy(update={"string_map": clean})
 

@@ -30,6 +30,7 @@ from typing import Any, Self, TextIO
 from dagtask import arguments, expand, fidelity, handlers, memory, planner
 from dagtask import history as hist
 from dagtask.builtin import builtin_templates
+from dagtask.config import DEFAULT_WORKERS
 from dagtask.errors import ArgumentError, HostNotFoundError, TaskTimeoutError, TemplateError
 from dagtask.hosts.inventory import HostInventory
 from dagtask.models import RollbackPlan, SubtaskInfo, TaskEvent, TaskInfo, TaskPage
@@ -58,7 +59,7 @@ class Engine:
         self,
         db: str | None = None,
         *,
-        workers: int = 8,
+        workers: int = DEFAULT_WORKERS,
         name: str | None = None,
         templates: Iterable[TaskTemplate] = (),
         poll_interval: float = 0.25,

@@ -22,6 +22,7 @@ import uvicorn
 
 from dagtask import observability
 from dagtask.api.app import ApiSettings, create_app
+from dagtask.config import DEFAULT_WORKERS
 from dagtask.engine import Engine
 from dagtask.errors import ArgumentError
 from dagtask.observability import logfields
@@ -92,7 +93,7 @@ def serve(
     *,
     host: str = "127.0.0.1",
     port: int = 8080,
-    workers: int = 4,
+    workers: int = DEFAULT_WORKERS,
     settings: ApiSettings | None = None,
     trusted_proxies: Sequence[str] = (),
     announce: Callable[[str], None] = print,

@@ -32,6 +32,7 @@ from dagtask.cli.common import (
     port_number,
     positive,
 )
+from dagtask.config import DEFAULT_WORKERS
 from dagtask.engine import Engine
 from dagtask.errors import (
     ArgumentError,
@@ -437,9 +438,9 @@ def add_commands(commands: Commands) -> None:
     worker.add_argument(
         "--concurrency",
         type=positive(int, MAX_THREADS),
-        default=8,
+        default=DEFAULT_WORKERS,
         metavar="N",
-        help="subtasks run at a time (default 8)",
+        help=f"subtasks run at a time (default {DEFAULT_WORKERS})",
     )
     worker.add_argument(
         "--name",

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from dagtask import observability
 from dagtask.cli import output as out
 from dagtask.cli.common import port_number
+from dagtask.config import DEFAULT_WORKERS
 from dagtask.errors import ArgumentError, UserError
 from dagtask.store.db import open_database, resolve_url
 from dagtask.store.users import UserStore
@@ -204,10 +205,10 @@ def add_commands(commands: Commands) -> None:
     serve.add_argument(
         "--workers-in-process",
         type=_count,
-        default=8,
+        default=DEFAULT_WORKERS,
         metavar="N",
-        help="worker threads running tasks in this process (default 8; 0: none, run "
-        "`dagtask worker` processes instead)",
+        help=f"worker threads running tasks in this process (default {DEFAULT_WORKERS}; "
+        "0: none, run `dagtask worker` processes instead)",
     )
     serve.add_argument(
         "--rate-limit",

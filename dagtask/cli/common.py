@@ -15,6 +15,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TypeVar
 
+from dagtask.config import DEFAULT_WORKERS
 from dagtask.engine import Engine
 from dagtask.errors import (
     ArgumentError,
@@ -290,9 +291,9 @@ def wait_options(parser: Parser, wait: str) -> None:
     parser.add_argument(
         "--workers",
         type=positive(int, MAX_THREADS),
-        default=8,
+        default=DEFAULT_WORKERS,
         metavar="N",
-        help="with --wait: worker threads (default 8)",
+        help=f"with --wait: worker threads (default {DEFAULT_WORKERS})",
     )
 
 

@@ -219,8 +219,11 @@ class AttemptStore:
             except ContextError as exc:
                 found[row.id] = {"context": TaskContext(), "context_error": str(exc)}
         for row in rows:
-            copy = {"parallel": bool(row.parallel), "parallel_idx": row.parallel_idx}
-            found[row.id]["context"] = found[row.id]["context"].model_copy(update=copy)
+            given: TaskContext = found[row.id]["context"]
+            parallel = bool(row.parallel)
+            if given.parallel is not parallel or given.parallel_idx != row.parallel_idx:
+                copy = {"parallel": parallel, "parallel_idx": row.parallel_idx}
+                found[row.id]["context"] = given.model_copy(update=copy)
         return found
 
     def finish(

@@ -29,7 +29,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from dagtask.observability import logfields
+from dagtask.observability import logfields, tracing
 from dagtask.states import SubtaskStatus
 from dagtask.store.sql import FinishOutcome, Report
 from dagtask.worker.attempt import End
@@ -76,6 +76,7 @@ class Dispatcher:
     # ---- the loop --------------------------------------------------------------------------
 
     def _loop(self) -> None:
+        tracing.preload()
         self.store.db.keep_hot_connection()
         try:
             self._turns()
