@@ -21,13 +21,14 @@ import re
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TextIO
 
-from dagtask import arguments, expand, fidelity, handlers, memory, planner
+from dagtask import arguments, expand, fidelity, handlers, hooks, memory, planner
 from dagtask import history as hist
 from dagtask.builtin import builtin_templates
 from dagtask.config import DEFAULT_WORKERS
@@ -100,6 +101,11 @@ class Engine:
         self._generation = (
             0  # bumped (under _changed) whenever a task of this engine may have ended
         )
+        self._waiting: Counter[int] = Counter()
+        """Under _changed: the tasks wait_status() calls are waiting for."""
+        self._ended: dict[int, TaskStatus] = {}
+        """Under _changed: how this engine's workers ended a task of _waiting (committed before
+        it is put here), so that the wait returns without reading it back."""
 
     @property
     def schedules(self) -> Schedules:
@@ -262,6 +268,10 @@ class Engine:
             )
             span.stored(task_id)
         pool = self._pool
+        if pool is not None:  # what its first claim would read back (hooks.PoolHooks.known)
+            pool.hooks.known(
+                task_id, hooks.Loaded(tpl.hooks, template=tpl.name, trace_parent=span.trace_parent)
+            )
         room = min(tpl.concurrency, len(expanded.subtasks))
 
         def wake() -> None:
@@ -567,9 +577,17 @@ class Engine:
             lease_seconds=self.lease_seconds,
         )
 
-    def _finished(self, _claim: Claim, outcome: FinishOutcome) -> None:
-        if outcome.task_status is not None:
-            self._bump()
+    def _finished(self, claim: Claim, outcome: FinishOutcome) -> None:
+        status = outcome.task_status
+        if status is None:
+            return
+        with self._changed:
+            if status is TaskStatus.RUNNING:  # restarted (a retry): read it again
+                self._ended.pop(claim.task_id, None)
+            elif claim.task_id in self._waiting:
+                self._ended[claim.task_id] = status
+            self._generation += 1
+            self._changed.notify_all()
 
     def _bump(self) -> None:
         with self._changed:
@@ -589,21 +607,34 @@ class Engine:
 
     def wait_status(self, task_id: int, timeout: float | None = None) -> TaskStatus:
         """Block until the task is no longer RUNNING; return only its status (one small read
-        per wake-up, and none of the task's subtasks: the cheap wait)."""
+        per wake-up, and none of the task's subtasks: the cheap wait). When this engine's own
+        workers end the task, the status they committed is taken as it is, without a read."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            seen = self._generation  # read before the status, so no ending is missed
-            status = self.store.task_status(task_id)
-            if status is not TaskStatus.RUNNING:
-                return status
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                raise TaskTimeoutError(
-                    f"task {task_id} is still RUNNING after {timeout} s; "
-                    f"see its progress with `dagtask show {task_id}`"
-                )
-            # Short polls still catch tasks that workers in other processes end.
-            self._wait_for_change(seen, min(0.1, left) if left is not None else 0.1)
+        with self._changed:
+            self._waiting[task_id] += 1
+        try:
+            while True:
+                with self._changed:
+                    seen = self._generation  # read before the status, so no end is missed
+                    status = self._ended.get(task_id)
+                if status is None:
+                    status = self.store.task_status(task_id)
+                if status is not TaskStatus.RUNNING:
+                    return status
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise TaskTimeoutError(
+                        f"task {task_id} is still RUNNING after {timeout} s; "
+                        f"see its progress with `dagtask show {task_id}`"
+                    )
+                # Short polls still catch tasks that workers in other processes end.
+                self._wait_for_change(seen, min(0.1, left) if left is not None else 0.1)
+        finally:
+            with self._changed:
+                self._waiting[task_id] -= 1
+                if self._waiting[task_id] <= 0:
+                    del self._waiting[task_id]
+                    self._ended.pop(task_id, None)
 
     def run_task(self, task_id: int, timeout: float | None = None) -> TaskInfo:
         """Work on one task in this process until it ends (alongside workers elsewhere)."""

@@ -182,6 +182,15 @@ class PoolHooks:
             found.update(read)
         return found
 
+    def known(self, task_id: int, loaded: Loaded) -> None:
+        """Keep what a task's first claim would read (its engine's own submit knows it: the
+        template it stored, and the span it stored the task under), so that claim reads
+        nothing more."""
+        with self._lock:
+            self._known[task_id] = loaded
+            while len(self._known) > self.MAX_TASKS:
+                self._known.popitem(last=False)
+
     def task_ended(self, task_id: int, status: TaskStatus) -> None:
         """A worker of the pool recorded the end of task ``task_id``: queue its after-task
         hooks (the dispatcher, after the commit; returns at once)."""

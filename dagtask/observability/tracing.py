@@ -23,6 +23,7 @@ import contextlib
 import logging
 import re
 import secrets
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -44,21 +45,29 @@ TraceContextTextMapPropagator: Any = None
 _loaded = False
 
 
+_load_lock = threading.Lock()
+
+
 def _load() -> bool:
     """Import the OpenTelemetry API on first use (``import dagtask`` stays fast); whether it
-    is installed."""
+    is installed. One thread imports (a worker pool's, as it starts, or the first caller's);
+    the others wait for it: two threads importing the same package at once can see it
+    half-initialized, which would look like an API that is not installed."""
     global trace, otel_context, TraceContextTextMapPropagator, _loaded
-    if not _loaded:
-        try:
-            from opentelemetry import context as found_context
-            from opentelemetry import trace as found_trace
-            from opentelemetry.trace.propagation import tracecontext
-        except ImportError:  # the tracing extra is not installed
-            pass
-        else:
-            trace, otel_context = found_trace, found_context
-            TraceContextTextMapPropagator = tracecontext.TraceContextTextMapPropagator
-        _loaded = True
+    if _loaded:
+        return trace is not None
+    with _load_lock:
+        if not _loaded:
+            try:
+                from opentelemetry import context as found_context
+                from opentelemetry import trace as found_trace
+                from opentelemetry.trace.propagation import tracecontext
+            except ImportError:  # the tracing extra is not installed
+                pass
+            else:
+                trace, otel_context = found_trace, found_context
+                TraceContextTextMapPropagator = tracecontext.TraceContextTextMapPropagator
+            _loaded = True
     return trace is not None
 
 

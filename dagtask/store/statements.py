@@ -285,6 +285,8 @@ next_ids = (
     .values(next_value=id_sequence.c.next_value + sa.bindparam("n"))
 )
 read_next_id = sa.select(id_sequence.c.next_value).where(id_sequence.c.name == sa.bindparam("seq"))
+next_ids_returning = next_ids.returning(id_sequence.c.next_value)
+"""``next_ids`` and ``read_next_id`` in one statement, where UPDATE ... RETURNING exists."""
 
 
 _down = subtask.alias("down")

@@ -70,12 +70,18 @@ class SubmitStore:
     @staticmethod
     def _allocate(conn: sa.Connection, sequence: str, count: int) -> int:
         """Reserve ``count`` consecutive ids of ``sequence`` (in the caller's transaction)."""
-        if not conn.execute(q.next_ids, {"seq": sequence, "n": count}).rowcount:
+        params = {"seq": sequence, "n": count}
+        if conn.dialect.name in ("sqlite", "postgresql"):  # UPDATE ... RETURNING: one statement
+            end = run(conn, q.next_ids_returning, params).scalar()
+        elif run(conn, q.next_ids, params).rowcount:
+            end = run(conn, q.read_next_id, {"seq": sequence}).scalar_one()
+        else:
+            end = None
+        if end is None:
             raise StoreError(
                 f"the database has no id sequence {sequence!r} (it was not created by dagtask); "
                 "use an empty database or run `dagtask db upgrade`"
             )
-        end = conn.execute(q.read_next_id, {"seq": sequence}).scalar_one()
         return int(end) - count
 
     def submit(

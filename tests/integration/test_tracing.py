@@ -210,12 +210,13 @@ def test_a_broken_tracer_never_stops_an_attempt(
 
 def test_a_refused_submit_ends_its_span_with_the_error(engine: Engine, caught: Catcher) -> None:
     t = TemplateBuilder("on a host", host_arg="host_id")
-    t.add("only", "tests.handlers.record")
+    t.add("only", "tests.handlers.sleep_with_token")  # holds the host until the engine stops
     engine.register_template(t.build())
     host = engine.hosts.add("h", "127.0.0.1", "/nonexistent-agent-home")
-    engine.submit("on a host", args={"host_id": str(host.id)})  # takes the host
+    holder = engine.submit("on a host", args={"host_id": str(host.id), "seconds": "30"})
     with pytest.raises(HostBusyError):
         engine.submit("on a host", args={"host_id": str(host.id)})
+    engine.cancel(holder.id)
     spans = caught.named("dagtask.task on a host")
     assert [s.status.status_code for s in spans] == [StatusCode.UNSET, StatusCode.ERROR]
     assert "dagtask.task.id" not in dict(spans[1].attributes or {})

@@ -318,8 +318,25 @@ def test_a_skipped_subtask_runs_no_hooks(engine: Engine) -> None:
     assert h.calls(done.id, "handler") == []
 
 
-def test_a_failed_read_of_the_hooks_hands_the_claim_back(
+def test_the_submitting_engine_reads_no_hooks_back(
     engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads: list[Any] = []
+    real = engine.store.task_run_facts
+
+    def counted(task_ids: Any) -> Any:
+        reads.append(task_ids)
+        return real(task_ids)
+
+    monkeypatch.setattr(engine.store, "task_run_facts", counted)
+    done = _run(engine, _template("known", before=("note_before",), after=("note_after",)))
+    assert done.status is TaskStatus.SUCCESSFUL
+    assert [e[0] for e in h.LEDGER[done.id]] == ["before", "handler", "after"]
+    assert reads == []  # its pool was told the hooks by the submit itself
+
+
+def test_a_failed_read_of_the_hooks_hands_the_claim_back(
+    engine: Engine, sqlite_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     real = engine.store.task_run_facts
     failures = []
@@ -331,7 +348,11 @@ def test_a_failed_read_of_the_hooks_hands_the_claim_back(
         return real(task_ids)
 
     monkeypatch.setattr(engine.store, "task_run_facts", flaky_read)
-    done = _run(engine, _template("read again", before=("note_before",)))
+    # Submitted by another engine (another process, say): the workers must read the hooks.
+    with Engine(sqlite_url, workers=0) as submitter:
+        task_id = submitter.submit_id(_template("read again", before=("note_before",)))
+    engine.wait_status(task_id, 60)
+    done = engine.get(task_id)
     assert failures, "the read never failed"
     assert done.status is TaskStatus.SUCCESSFUL
     # Handed back unstarted (no hook, no handler ran), then run once.
