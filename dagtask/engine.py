@@ -586,8 +586,7 @@ class Engine:
                 self._ended.pop(claim.task_id, None)
             elif claim.task_id in self._waiting:
                 self._ended[claim.task_id] = status
-            self._generation += 1
-            self._changed.notify_all()
+            self._bump()  # _changed's lock is reentrant
 
     def _bump(self) -> None:
         with self._changed:

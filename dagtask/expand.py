@@ -89,9 +89,7 @@ def expand(template: TaskTemplate, context: TaskContext) -> ExpandedTask:
     serial = SplitMethod.SERIAL  # an enum member lookup per spec is measurable at 100k specs
     for spec in template.subtasks:
         if spec.split_key is None:
-            index = len(subtasks)
-            subtasks.append(ExpandedSubtask(index, spec, prohibit_rollback=spec.prohibit_rollback))
-            copies[spec.name] = [index]
+            copies[spec.name] = [_new(subtasks, spec)]
             continue
         values = context.list_map.get(spec.split_key)
         if not values:

@@ -28,7 +28,7 @@ import queue
 import threading
 import traceback
 from collections import OrderedDict
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -175,21 +175,21 @@ class PoolHooks:
         if missing:
             facts = self.store.task_run_facts(missing)
             read = {tid: _parse(tid, facts.get(tid)) for tid in missing}
-            with self._lock:
-                self._known.update(read)
-                while len(self._known) > self.MAX_TASKS:
-                    self._known.popitem(last=False)
+            self._keep(read)
             found.update(read)
         return found
+
+    def _keep(self, loaded: Mapping[int, Loaded]) -> None:
+        with self._lock:
+            self._known.update(loaded)
+            while len(self._known) > self.MAX_TASKS:
+                self._known.popitem(last=False)
 
     def known(self, task_id: int, loaded: Loaded) -> None:
         """Keep what a task's first claim would read (its engine's own submit knows it: the
         template it stored, and the span it stored the task under), so that claim reads
         nothing more."""
-        with self._lock:
-            self._known[task_id] = loaded
-            while len(self._known) > self.MAX_TASKS:
-                self._known.popitem(last=False)
+        self._keep({task_id: loaded})
 
     def task_ended(self, task_id: int, status: TaskStatus) -> None:
         """A worker of the pool recorded the end of task ``task_id``: queue its after-task

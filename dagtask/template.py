@@ -467,17 +467,20 @@ class TemplateBuilder:
         }
         # Only what differs from the defaults: a spec remembers the keys it was given (pydantic's
         # fields_set), 0.5 KB a subtask when all ten are passed.
-        optional = {
-            "description": (description, ""),
-            "timeout": (timeout, 0),
-            "retry_count": (retry_count, 0),
-            "prohibit_rollback": (prohibit_rollback, False),
-            "split_key": (split_key, None),
-            "split_method": (split_method, SplitMethod.PARALLEL),
-            "on_worker_lost": (on_worker_lost, Recovery.FAIL),
+        given = {
+            "description": description,
+            "timeout": timeout,
+            "retry_count": retry_count,
+            "prohibit_rollback": prohibit_rollback,
+            "split_key": split_key,
+            "split_method": split_method,
+            "on_worker_lost": on_worker_lost,
         }
-        for key, (value, default) in optional.items():
-            if value is not default and (type(value) is not type(default) or value != default):
+        fields = SubtaskSpec.model_fields
+        for key, value in given.items():
+            default = fields[key].default
+            # A value of another type (0 for False) is passed on, for the model to refuse.
+            if type(value) is not type(default) or value != default:
                 spec[key] = value
         self.specs.append({**spec, **extra})
         return name

@@ -174,6 +174,9 @@ def _sqlite_engine(url: sa.URL, *, immediate: bool, busy_ms: int) -> sa.Engine:
     return engine
 
 
+RETURNING_DIALECTS = ("sqlite", "postgresql")
+"""Dialects whose UPDATE and INSERT take RETURNING (MariaDB's UPDATE does not)."""
+
 RETRIES = 5
 _T = TypeVar("_T")
 

@@ -220,27 +220,38 @@ def _column_values(entry: _Compiled, given: Mapping[str, list[Any]], count: int)
 
 def execute_columns(conn: sa.Connection, stmt: sa.Executable, columns: dict[str, list[Any]]) -> Any:
     """:func:`execute` of an executemany whose rows are given column by column (``{name:
-    values}``, every list as long): a bulk insert builds no dict per row. Statements with
-    ``IN`` lists are not for this (use :func:`execute`)."""
+    values}``, every list as long, at least one row): a bulk insert builds no dict per row.
+    Statements with ``IN`` lists are not for this (use :func:`execute`)."""
+    first = {name: values[0] for name, values in columns.items()}
     count = len(next(iter(columns.values())))
-    if count <= 1:
-        return execute(conn, stmt, [{name: values[0] for name, values in columns.items()}])
-    shape = tuple(columns)
-    key = (stmt, conn.dialect.name, shape, ())
-    entry = _cache.get(key)
-    if entry is None:
-        first = {name: values[0] for name, values in columns.items()}
-        entry = _cache[key] = _compile(stmt, conn.dialect, shape, first)
-    if entry is _FALLBACK or entry.expanding:
+    entry: Any = _entry(conn, stmt, first) if count > 1 else _FALLBACK
+    if entry is _FALLBACK or entry.expanding:  # one row (a plain execute), or not for this path
         rows = [
-            dict(zip(shape, values, strict=True)) for values in zip(*columns.values(), strict=True)
+            dict(zip(columns, values, strict=True))
+            for values in zip(*columns.values(), strict=True)
         ]
         return execute(conn, stmt, rows)
-    values = _column_values(entry, columns, count)
+    return _send(conn, entry, _column_values(entry, columns, count), True)
+
+
+def _entry(conn: sa.Connection, stmt: sa.Executable, first: Params) -> Any:
+    """The compiled form of ``stmt`` for ``conn``'s dialect and ``first``'s keys (and ``IN``
+    list lengths), or :data:`_FALLBACK`."""
+    shape = tuple(first)
+    lengths = tuple(len(v) for v in first.values() if isinstance(v, list | tuple))
+    key = (stmt, conn.dialect.name, shape, lengths)
+    entry = _cache.get(key)
+    if entry is None:
+        entry = _cache[key] = _compile(stmt, conn.dialect, shape, first)
+    return entry
+
+
+def _send(conn: sa.Connection, entry: _Compiled, values: Any, many: bool) -> Any:
+    """Run a compiled statement on the driver (or through SQLAlchemy when it is observed)."""
     observers = _on_driver(conn)
     if observers is None:
         return conn.exec_driver_sql(entry.sql, values)
-    return _run(conn, entry.sql, values, True, observers)
+    return _run(conn, entry.sql, values, many, observers)
 
 
 def execute(
@@ -259,22 +270,14 @@ def execute(
         many, first = len(params) > 1, params[0]  # one row: a plain execute is cheaper
     else:
         many, first = False, params or {}
-    shape = tuple(first)
-    lengths = tuple(len(v) for v in first.values() if isinstance(v, list | tuple))
-    key = (stmt, conn.dialect.name, shape, lengths)
-    entry = _cache.get(key)
-    if entry is None:
-        entry = _cache[key] = _compile(stmt, conn.dialect, shape, first)
+    entry = _entry(conn, stmt, first)
     if entry is _FALLBACK:
         return conn.execute(stmt, params)
     if many and isinstance(params, list):
         values: Any = _many_values(entry, params)
     else:
         values = _values(entry, first)
-    observers = _on_driver(conn)
-    if observers is None:
-        return conn.exec_driver_sql(entry.sql, values)
-    return _run(conn, entry.sql, values, many, observers)
+    return _send(conn, entry, values, many)
 
 
 def execute_text(conn: sa.Connection, sql: str) -> None:

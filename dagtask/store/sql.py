@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dagtask.store.actions import ActionStore
 from dagtask.store.attempts import AttemptStore, Batch, Claim, FinishOutcome, Report
-from dagtask.store.db import Database
+from dagtask.store.db import RETURNING_DIALECTS, Database
 from dagtask.store.reads import StoreReads
 from dagtask.store.submit import SubmitStore
 from dagtask.store.workers import WorkerStore
@@ -29,5 +29,5 @@ class Store(SubmitStore, AttemptStore, ActionStore, WorkerStore, StoreReads):
     def __init__(self, db: Database) -> None:
         self.db = db
         # UPDATE ... RETURNING claims in one statement; MySQL/MariaDB lack it for UPDATE.
-        self._returning = db.dialect in ("sqlite", "postgresql")
+        self._returning = db.dialect in RETURNING_DIALECTS
         self._template_ids: dict[str, int] = {}  # digest -> id; stored templates never change

@@ -20,7 +20,7 @@ from dagtask.models import EventKind
 from dagtask.states import Operation, SubtaskStatus, TaskStatus
 from dagtask.store import changes, host_locks
 from dagtask.store import statements as q
-from dagtask.store.db import Database
+from dagtask.store.db import RETURNING_DIALECTS, Database
 from dagtask.store.prepared import execute as run
 from dagtask.store.prepared import execute_columns as run_columns
 from dagtask.store.schema import task_template as template_table
@@ -71,7 +71,7 @@ class SubmitStore:
     def _allocate(conn: sa.Connection, sequence: str, count: int) -> int:
         """Reserve ``count`` consecutive ids of ``sequence`` (in the caller's transaction)."""
         params = {"seq": sequence, "n": count}
-        if conn.dialect.name in ("sqlite", "postgresql"):  # UPDATE ... RETURNING: one statement
+        if conn.dialect.name in RETURNING_DIALECTS:  # one statement
             end = run(conn, q.next_ids_returning, params).scalar()
         elif run(conn, q.next_ids, params).rowcount:
             end = run(conn, q.read_next_id, {"seq": sequence}).scalar_one()
@@ -262,7 +262,7 @@ class _Rows:
                 "id": list(range(first + start, first + start + count)),
                 "task_id": [task_id] * count,
                 "series_id": [sub.series_id for sub in subs],
-                "name": [spec.display_name or spec.name for spec in specs],
+                "name": [spec.instance_name for spec in specs],
                 "description": [spec.description for spec in specs],
                 "class_name": [spec.handler for spec in specs],
                 "node_type": ["JAVA_TASK"] * count,
