@@ -18,7 +18,7 @@ import threading
 from collections.abc import Iterable
 from datetime import UTC, datetime, tzinfo
 
-from dagtask.clock import aware, utcnow
+from dagtask.clock import aware
 
 HANDLER_LOGGER = "dagtask.handler"
 logging.getLogger(HANDLER_LOGGER).setLevel(logging.DEBUG)
@@ -31,14 +31,23 @@ a ``localtime()`` call, and it can change only on a minute boundary (DST, a new 
 
 def _local(value: datetime) -> datetime:
     """A stored (naive UTC) or aware datetime in local time."""
-    global _zone
+    global _zone, _last
+    last = _last
+    if last is not None and last[0] is value:  # a batch's claims and finishes share one time
+        return last[1]
     moment = aware(value)
     minute = int(moment.timestamp()) // 60
     found_minute, zone = _zone
     if minute != found_minute or zone is None:
         zone = moment.astimezone().tzinfo
         _zone = (minute, zone)
-    return moment.astimezone(zone)
+    local = moment.astimezone(zone)
+    _last = (value, local)
+    return local
+
+
+_last: tuple[datetime, datetime] | None = None
+"""The last :func:`_local` (the value given, its local time)."""
 
 
 def iso_ms(value: datetime) -> str:
@@ -60,13 +69,23 @@ def line(
     when: datetime | None = None,
 ) -> str:
     """One log line in OCP's layout."""
-    t = _local(when or utcnow())
+    t = datetime.now() if when is None else _local(when)  # now: local time, as _local gives
     stamp = (
         f"{t.year:04d}-{t.month:02d}-{t.day:02d} "
         f"{t.hour:02d}:{t.minute:02d}:{t.second:02d}.{t.microsecond // 1000:03d}"
     )
     thread = thread or threading.current_thread().name
-    return f"{stamp} {level:>5} {os.getpid()} --- [{thread}] {logger} : {message}\n"
+    return f"{stamp} {level:>5} {_pid} --- [{thread}] {logger} : {message}\n"
+
+
+def _forked() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+_pid = os.getpid()
+"""This process's id, for :func:`line` (kept up to date across ``fork``)."""
+os.register_at_fork(after_in_child=_forked)
 
 
 def state_line(subtask_id: int, old: str, new: str, *, when: datetime | None = None) -> str:

@@ -43,7 +43,7 @@ SECRET_WORDS: tuple[str, ...] = (
 """A key containing one of these (case-insensitive) is secret."""
 
 ENV_VAR = "DAGTASK_SECRET_KEYS"
-"""More words that make a key secret, comma-separated (read on every check)."""
+"""More words that make a key secret, comma-separated (read again on every check)."""
 
 MIN_TEXT_SECRET = 4
 """The shortest value :func:`mask_text` searches for in free text."""
@@ -67,11 +67,28 @@ def register_secret_keys(*words: str) -> None:
 
 
 def secret_words() -> tuple[str, ...]:
-    """Every word that makes a key secret: built in, from ``DAGTASK_SECRET_KEYS``, registered."""
-    extra = {w.strip().lower() for w in os.environ.get(ENV_VAR, "").split(",") if w.strip()}
+    """Every word that makes a key secret: built in, from ``DAGTASK_SECRET_KEYS``, registered.
+
+    Each call reads the variable and the registry again; the words are worked out only when
+    either changed (a runner masks the context of every attempt it runs)."""
+    global _words
+    given = os.environ.get(ENV_VAR, "")
     with _registered_lock:
-        extra |= _registered
-    return SECRET_WORDS + tuple(sorted(extra - set(SECRET_WORDS)))
+        registered = frozenset(_registered)
+    found = _words
+    if found is not None and found[0] == given and found[1] == registered:
+        return found[2]
+    extra = {w.strip().lower() for w in given.split(",") if w.strip()} | registered
+    words = SECRET_WORDS + tuple(sorted(extra - set(SECRET_WORDS)))
+    _words = (given, registered, words)
+    return words
+
+
+_words: tuple[str, frozenset[str], tuple[str, ...]] | None = None
+"""The last :func:`secret_words`: (the variable's value, the registered words, the words)."""
+_verdicts: tuple[tuple[str, ...], dict[str, bool]] = ((), {})
+"""Which keys were found secret under which words (see :func:`_secret`)."""
+_MAX_VERDICTS = 10_000
 
 
 def is_secret_key(key: str) -> bool:
@@ -174,8 +191,19 @@ def mask_record(record: TaskRecord) -> TaskRecord:
 
 
 def _secret(key: str, words: tuple[str, ...]) -> bool:
-    lowered = key.lower()
-    return any(word in lowered for word in words)
+    global _verdicts
+    seen_words, verdicts = _verdicts
+    if seen_words is not words:
+        verdicts = {}
+        _verdicts = (words, verdicts)
+    found = verdicts.get(key)
+    if found is None:
+        lowered = key.lower()
+        found = any(word in lowered for word in words)
+        if len(verdicts) >= _MAX_VERDICTS:
+            verdicts.clear()
+        verdicts[key] = found
+    return found
 
 
 def _contexts(source: Source) -> list[Mapping[str, Any]]:

@@ -3,6 +3,10 @@
 Every function here runs inside the caller's transaction. Each change is checked against the
 transition table (:mod:`dagtask.states`) and appends its history event to ``events``, which the
 caller inserts in the same transaction. What should change is decided by :mod:`dagtask.planner`.
+
+The functions of the workers' hot path (finishing attempts, claims, events) read an enum
+member's value as ``member._value_``, a plain attribute: ``.value`` is a property that costs
+several times more, and they read dozens per subtask.
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ def event(
         "task_id": task_id,
         "subtask_id": subtask_id,
         "time": now,
-        "kind": kind.value,
+        "kind": kind._value_,
         "old_status": old_status,
         "new_status": new_status,
         "old_operation": old_operation,
@@ -257,8 +261,8 @@ def _take(
     states.check_subtask_transition(S.READY, S.RUNNING)
     params = {
         "ids": ids,
-        "old_status": old.value,
-        "new_operation": ready.operation.value,
+        "old_status": old._value_,
+        "new_operation": ready.operation._value_,
         "new_run_time": ready.run_time,
         "executor": take.executor,
         "now": now,
@@ -275,7 +279,7 @@ def _take(
         rows = run(conn, q.claimed_rows, {"ids": ids}).all()
     if len(rows) != len(ids):
         raise ConcurrentChangeError(
-            f"subtasks {ids} of task {task_id} changed concurrently (not all {old.value})"
+            f"subtasks {ids} of task {task_id} changed concurrently (not all {old._value_})"
         )
     successful_crossing(conn, ids, old, S.READY)
     for sid in ids:
@@ -285,10 +289,10 @@ def _take(
                 sid,
                 now,
                 EventKind.SUBTASK_STATUS,
-                old.value,
-                S.READY.value,
-                old_operation.value,
-                ready.operation.value,
+                old._value_,
+                S.READY._value_,
+                old_operation._value_,
+                ready.operation._value_,
                 ready.run_time,
             )
         )
@@ -298,10 +302,10 @@ def _take(
                 sid,
                 now,
                 EventKind.SUBTASK_STATUS,
-                S.READY.value,
-                S.RUNNING.value,
-                ready.operation.value,
-                ready.operation.value,
+                S.READY._value_,
+                S.RUNNING._value_,
+                ready.operation._value_,
+                ready.operation._value_,
                 ready.run_time,
                 take.executor,
             )
@@ -426,8 +430,20 @@ def notify_ready(conn: sa.Connection) -> None:
 
 
 def relock_task(conn: sa.Connection, task_id: int) -> Any:
-    """The task's row, locked (again) in the caller's transaction."""
-    return run(conn, q.lock_task, {"task_id": task_id}).one()
+    """The task's row as :func:`progress` reads it, locked (again) in the caller's
+    transaction."""
+    return run(conn, q.lock_one_task, {"task_id": task_id}).one()
+
+
+@dataclass(frozen=True)
+class NewTask:
+    """A task's row as :func:`progress` reads it, for the transaction that inserted it (which
+    knows it without reading it back)."""
+
+    concurrency: int
+    status: str = TaskStatus.RUNNING.value
+    operation: str = Operation.EXECUTE.value
+    cancel_requested: bool = False
 
 
 def insert_log(conn: sa.Connection, sid: int, run_time: int, text: str, now: datetime) -> None:
@@ -460,11 +476,11 @@ def _plan(report: Report, old: SubtaskStatus, result: AttemptResult, now: dateti
     keep_output = final.status is S.PENDING  # a rollback keeps what its execute recorded
     params: dict[str, Any] = {
         "sid": claim.subtask_id,
-        "old_status": old.value,
-        "old_operation": claim.operation.value,
+        "old_status": old._value_,
+        "old_operation": claim.operation._value_,
         "old_run_time": claim.run_time,
-        "new_status": final.status.value,
-        "new_operation": final.operation.value,
+        "new_status": final.status._value_,
+        "new_operation": final.operation._value_,
         "new_run_time": final.run_time,
         "ocp_step": int(any(step.ocp_retry for step in steps)),
         "message": None if result.ok else result.message,
@@ -485,11 +501,11 @@ def _attempt_state(
     if (
         row is None
         or row.run_time != claim.run_time
-        or row.operation != claim.operation.value
-        or row.status not in (S.RUNNING.value, S.CANCELING.value)
+        or row.operation != claim.operation._value_
+        or row.status not in (S.RUNNING._value_, S.CANCELING._value_)
     ):
         return None, result
-    if row.status == S.CANCELING.value:
+    if row.status == S.CANCELING._value_:
         message = result.message if not result.ok else "cancelled by the operator"
         return S.CANCELING, AttemptResult(ok=False, message=message, cancelled=True)
     return S.RUNNING, result
@@ -572,8 +588,8 @@ def finish_attempts(
         prev, prev_op = plan.old, claim.operation
         text += logs.transition_lines(
             claim.subtask_id,
-            prev.value,
-            [(step.status.value, step.operation.value) for step in plan.steps],
+            prev._value_,
+            [(step.status._value_, step.operation._value_) for step in plan.steps],
             when=now,
         )
         for step in plan.steps:
@@ -584,10 +600,10 @@ def finish_attempts(
                     claim.subtask_id,
                     now,
                     EventKind.SUBTASK_STATUS,
-                    prev.value,
-                    step.status.value,
-                    prev_op.value,
-                    step.operation.value,
+                    prev._value_,
+                    step.status._value_,
+                    prev_op._value_,
+                    step.operation._value_,
                     step.run_time,
                     executor,
                     plan.result.message,
@@ -615,8 +631,8 @@ def claimed(
             row.id,
             now,
             EventKind.SUBTASK_STATUS,
-            S.READY.value,
-            S.RUNNING.value,
+            S.READY._value_,
+            S.RUNNING._value_,
             row.operation,
             row.operation,
             row.run_time,

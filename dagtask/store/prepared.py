@@ -24,8 +24,9 @@ connection too, since its state is unknown.
 What this path cannot do, it does not do silently wrong. A statement goes through
 ``conn.execute`` when it needs what only the Core path gives:
 
-* an expanding ``IN`` list of more than :data:`MAX_EXPANDED` values (a shorter one is compiled
-  once per length, as SQLAlchemy renders it);
+* an expanding ``IN`` list of more than :data:`MAX_EXPANDED` values (a shorter one is padded to
+  the next power of two by repeating its last value, which changes nothing an ``IN`` matches,
+  so a statement is compiled once per size class rather than once per length);
 * a returned column whose type converts what the driver gives (a ``DateTime`` or ``Boolean`` on
   SQLite, a ``JSON`` column): hot statements select such columns through ``type_coerce`` (see
   ``statements._as_int`` / ``_as_text``), and their readers convert.
@@ -101,8 +102,25 @@ def _on_driver(conn: sa.Connection) -> list[Observer] | None:
 
 
 MAX_EXPANDED = 64
-"""An ``IN`` list longer than this goes through ``conn.execute`` (one compiled form per length
-is kept, so the cache stays small)."""
+"""An ``IN`` list longer than this goes through ``conn.execute``."""
+
+
+def _padded(length: int) -> int:
+    """The size class an ``IN`` list of ``length`` values is compiled for: the next power of
+    two (1, 2, 4, ... :data:`MAX_EXPANDED`), so a statement has at most seven compiled forms
+    (and one for an empty list)."""
+    size = 1 if length else 0
+    while size < length:
+        size *= 2
+    return size
+
+
+def _pad(values: Any) -> list[Any]:
+    """``values`` (an ``IN`` list) repeated at its end up to its size class."""
+    padded: list[Any] = list(values)
+    if padded:
+        padded += [padded[-1]] * (_padded(len(padded)) - len(padded))
+    return padded
 
 
 def _compile(stmt: Any, dialect: sa.Dialect, keys: tuple[str, ...], first: Params) -> Any:
@@ -118,6 +136,7 @@ def _compile(stmt: Any, dialect: sa.Dialect, keys: tuple[str, ...], first: Param
         # This list length's SQL: ``IN (?, ?, ?)``, the values bound as ids_1, ids_2, ...
         if any(len(first[name]) > MAX_EXPANDED for name in expanding):
             return _FALLBACK
+        first = {**first, **{name: _pad(first[name]) for name in expanding}}
         state = compiled.construct_expanded_state(dict(first))
         sql, positiontup = state.statement, state.positiontup
     defaults: dict[str, Any] = {}
@@ -149,7 +168,7 @@ def _values(entry: _Compiled, params: Params, memo: dict[Any, Any] | None = None
     if entry.expanding:
         merged = dict(merged)
         for name in entry.expanding:
-            for i, value in enumerate(merged[name]):
+            for i, value in enumerate(_pad(merged[name])):
                 merged[f"{name}_{i + 1}"] = value
     if entry.processors:
         merged = dict(merged)
@@ -186,6 +205,12 @@ def _many_values(entry: _Compiled, rows: list[dict[str, Any]]) -> list[Any]:
     return _column_values(entry, columns, len(rows))
 
 
+def _same(column: list[Any]) -> bool:
+    """Whether every value of ``column`` is one NULL or one datetime (a check in C)."""
+    first = column[0]
+    return (first is None or type(first) is datetime) and column.count(first) == len(column)
+
+
 def _column_values(entry: _Compiled, given: Mapping[str, list[Any]], count: int) -> list[Any]:
     """The driver's parameters for an executemany, built column by column: a column's
     processor runs once per distinct scalar value (a submit's 100,000 rows share their
@@ -197,7 +222,9 @@ def _column_values(entry: _Compiled, given: Mapping[str, list[Any]], count: int)
         if column is None:
             column = [entry.defaults[name]] * count
         processor = entry.processors.get(name)
-        if processor is not None:
+        if processor is not None and _same(column):
+            column = [processor(column[0])] * count  # the rows' timestamp, or all NULL
+        elif processor is not None:
             done: dict[tuple[type, Any], Any] = {}
             out = []
             for value in column:
@@ -238,7 +265,7 @@ def _entry(conn: sa.Connection, stmt: sa.Executable, first: Params) -> Any:
     """The compiled form of ``stmt`` for ``conn``'s dialect and ``first``'s keys (and ``IN``
     list lengths), or :data:`_FALLBACK`."""
     shape = tuple(first)
-    lengths = tuple(len(v) for v in first.values() if isinstance(v, list | tuple))
+    lengths = tuple(_padded(len(v)) for v in first.values() if isinstance(v, list | tuple))
     key = (stmt, conn.dialect.name, shape, lengths)
     entry = _cache.get(key)
     if entry is None:
@@ -293,14 +320,19 @@ _row_types: dict[tuple[str, ...], Any] = {}
 """A namedtuple class per column list (rows read as ``row.name``)."""
 
 
-@contextlib.contextmanager
-def _translated(
-    conn: sa.Connection, dbapi_connection: Any, cursor: Any, sql: str, values: Any, many: bool
-) -> Iterator[None]:
-    """Driver errors raised in the block, as SQLAlchemy raises them (see the module docs)."""
-    try:
-        yield
-    except conn.dialect.loaded_dbapi.Error as exc:
+def _translate(
+    conn: sa.Connection,
+    exc: BaseException,
+    dbapi_connection: Any,
+    cursor: Any,
+    sql: str,
+    values: Any,
+    many: bool,
+) -> BaseException:
+    """What to raise for ``exc``, raised by the driver: a driver error as SQLAlchemy raises it
+    (see the module docs); anything else as it is, the connection invalidated when it was not an
+    ``Exception`` (interrupted mid-statement: its state is unknown)."""
+    if isinstance(exc, conn.dialect.loaded_dbapi.Error):
         disconnect = conn.dialect.is_disconnect(exc, dbapi_connection, cursor)
         wrapped = sa.exc.DBAPIError.instance(
             sql,
@@ -313,22 +345,32 @@ def _translated(
         )
         if disconnect:
             conn.invalidate(exc)
-        raise wrapped from exc
+        return wrapped
+    if not isinstance(exc, Exception):
+        conn.invalidate(exc)
+    return exc
+
+
+@contextlib.contextmanager
+def _translated(
+    conn: sa.Connection, dbapi_connection: Any, cursor: Any, sql: str, values: Any, many: bool
+) -> Iterator[None]:
+    """Driver errors raised in the block, as SQLAlchemy raises them (:func:`_translate`)."""
+    try:
+        yield
     except BaseException as exc:
-        if not isinstance(exc, Exception):
-            conn.invalidate(exc)  # interrupted mid-statement: its state is unknown
-        raise
+        raised = _translate(conn, exc, dbapi_connection, cursor, sql, values, many)
+        if raised is exc:
+            raise
+        raise raised from exc
 
 
-def _rows_of(cursor: Any) -> list[Any]:
-    description = cursor.description
-    if not description:
-        return []
-    names = tuple(column[0] for column in description)
+def _rows_of(cursor: Any, description: Any) -> list[Any]:
+    names = tuple([column[0] for column in description])
     row_type: Any = _row_types.get(names)
     if row_type is None:
         row_type = _row_types[names] = namedtuple("Row", names, rename=True)
-    return [row_type._make(row) for row in cursor.fetchall()]
+    return list(map(row_type._make, cursor.fetchall()))
 
 
 def _run(
@@ -338,22 +380,28 @@ def _run(
     assert dbapi_connection is not None
     cursor = dbapi_connection.cursor()
     pipe = conn.info.get(_PIPELINE)
-    closing = pipe is None
     try:
-        with _translated(conn, dbapi_connection, cursor, sql, values, many):
-            for observer in observers:
-                observer(conn, cursor, sql, values, None, many)
-            if many:
-                cursor.executemany(sql, values)
-            elif values is None:
-                cursor.execute(sql)
-            else:
-                cursor.execute(sql, values)
-            if pipe is not None:  # sent, not waited for: read when (if ever) it is needed
-                return DriverResult(pending=(conn, pipe, cursor, sql, values, many))
-            return DriverResult(_rows_of(cursor), cursor.rowcount)
+        # No context manager here: this runs for every statement of the hot path.
+        for observer in observers:
+            observer(conn, cursor, sql, values, None, many)
+        if many:
+            cursor.executemany(sql, values)
+        elif values is None:
+            cursor.execute(sql)
+        else:
+            cursor.execute(sql, values)
+        if pipe is not None:  # sent, not waited for: read when (if ever) it is needed
+            return DriverResult(pending=(conn, pipe, cursor, sql, values, many))
+        description = cursor.description
+        rows = _rows_of(cursor, description) if description else []
+        return DriverResult(rows, cursor.rowcount)
+    except BaseException as exc:
+        raised = _translate(conn, exc, dbapi_connection, cursor, sql, values, many)
+        if raised is exc:
+            raise
+        raise raised from exc
     finally:
-        if closing:
+        if pipe is None:
             with contextlib.suppress(conn.dialect.loaded_dbapi.Error):
                 cursor.close()
 
@@ -421,7 +469,8 @@ class DriverResult:
             with _translated(conn, dbapi_connection, cursor, sql, values, many):
                 if cursor.pgresult is None:
                     pipe.sync()
-                self._rows = _rows_of(cursor)
+                description = cursor.description
+                self._rows = _rows_of(cursor, description) if description else []
                 self._rowcount = cursor.rowcount
         finally:
             with contextlib.suppress(conn.dialect.loaded_dbapi.Error):

@@ -217,9 +217,8 @@ class SubmitStore:
             run_columns(conn, q.insert_subtasks, columns)
         for columns in rows.edge_rows(task_id, first):
             run_columns(conn, q.insert_edges, columns)
-        promoted, _ = changes.progress(
-            conn, task_id, changes.relock_task(conn, task_id), now, events
-        )
+        facts = changes.NewTask(concurrency=task_row["concurrency"])
+        promoted, _ = changes.progress(conn, task_id, facts, now, events)
         if events:
             run(conn, q.insert_event, events)
         if promoted:

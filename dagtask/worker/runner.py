@@ -106,9 +106,21 @@ def _run_context(pool: WorkerPool, attempt: Attempt, given: TaskContext) -> hand
         run_time=claim.run_time,
         token=attempt.token,
         services=pool.services,
-        log=logging.getLogger(f"{logs.HANDLER_LOGGER}.{claim.class_name.rsplit('.', 1)[-1]}"),
+        log=_handler_logger(claim.class_name),
         subtask_name=claim.name,
     )
+
+
+_loggers: dict[str, logging.Logger] = {}
+
+
+def _handler_logger(class_name: str) -> logging.Logger:
+    """``dagtask.handler.<ClassName>``: the logger a handler's ``ctx.log`` writes to."""
+    found = _loggers.get(class_name)
+    if found is None:
+        name = f"{logs.HANDLER_LOGGER}.{class_name.rsplit('.', 1)[-1]}"
+        found = _loggers[class_name] = logging.getLogger(name)
+    return found
 
 
 def _call_handler(attempt: Attempt, ctx: handlers.RunContext) -> TaskContext:

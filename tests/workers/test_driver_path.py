@@ -215,3 +215,28 @@ def test_errors_in_a_pipelined_transaction_roll_it_back_and_the_connection_goes_
     finally:
         database.release_hot()
         database.dispose()
+
+
+def test_in_lists_of_every_length_match_what_sqlalchemy_matches_and_share_compiled_forms(
+    tmp_path: Path,
+) -> None:
+    """An ``IN`` list on the driver path is padded to its size class: every length from 0 to
+    past the limit selects exactly the rows ``conn.execute`` selects, and lengths 1 to 64 need
+    no more than seven compiled forms of one statement."""
+    table = sa.Table("t", sa.MetaData(), sa.Column("id", sa.Integer, primary_key=True))
+    stmt = sa.select(table.c.id).where(table.c.id.in_(sa.bindparam("ids", expanding=True)))
+    engine = sa.create_engine(f"sqlite:///{tmp_path}/in.db", poolclass=NullPool)
+    table.metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(table.insert(), [{"id": i} for i in range(1, 101)])
+    before = {k for k in prepared._cache if k[0] is stmt}
+    assert not before
+    with engine.connect() as conn:
+        for length in range(0, 80):
+            ids = [(i * 7) % 120 + 1 for i in range(length)]  # some miss, some repeat
+            got = sorted(r.id for r in prepared.execute(conn, stmt, {"ids": ids}).all())
+            expected = sorted(conn.execute(stmt, {"ids": ids}).scalars().all())
+            assert got == expected, length
+    forms = {k[3] for k in prepared._cache if k[0] is stmt}
+    assert forms == {(0,), (1,), (2,), (4,), (8,), (16,), (32,), (64,), (128,)}
+    engine.dispose()
