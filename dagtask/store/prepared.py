@@ -38,10 +38,11 @@ JSON value its text), so what is stored is byte for byte what ``conn.execute`` s
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 from collections import namedtuple
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -61,6 +62,73 @@ class _Compiled:
     processors: dict[str, Callable[[Any], Any]]
     expanding: tuple[str, ...] = ()
     """Names of ``IN`` lists, bound element by element as ``name_1``, ``name_2``..."""
+    multirow: _MultiRow | None = None
+    """How many rows of this INSERT go out as one statement (PostgreSQL; see :class:`_MultiRow`)."""
+
+
+@dataclass(frozen=True)
+class _MultiRow:
+    """An executemany of an INSERT as multi-row ``INSERT ... VALUES (...), (...)`` statements.
+
+    psycopg sends an executemany as one statement per row (pipelined, but each with its own
+    encoding and socket write, on PostgreSQL the largest part of a batch's client time). This
+    sends the rows in chunks of :data:`MULTIROW_SIZES` instead, so a statement has few compiled
+    forms (which the server prepares): the same rows, in the same order, in the same
+    transaction. Only for INSERTs that return nothing.
+
+    The statements use PostgreSQL's own ``$n`` placeholders through psycopg's ``RawCursor``:
+    psycopg parses a ``%s`` query again on every call once it is longer than 4 KB or has more
+    than 50 parameters, which would cost more than the rows it saves.
+    """
+
+    head: str
+    """``INSERT INTO t (a, b) VALUES ``"""
+    row: tuple[str, ...]
+    """One row's SQL around its placeholders: ``("(", ", ", "::VARCHAR)")``."""
+    names: tuple[str, ...]
+    """The bind names of one row, in the placeholders' order."""
+    forms: dict[int, str] = field(default_factory=dict, compare=False)
+
+    def sql(self, rows: int) -> str:
+        """The statement for ``rows`` rows, with placeholders ``$1`` to ``$(rows * columns)``."""
+        found = self.forms.get(rows)
+        if found is None:
+            width = len(self.names)
+            parts = []
+            for r in range(rows):
+                numbered = [f"${r * width + i + 1}" for i in range(width)]
+                pieces = [self.row[0]]
+                for placeholder, after in zip(numbered, self.row[1:], strict=True):
+                    pieces += [placeholder, after]
+                parts.append("".join(pieces))
+            found = self.forms[rows] = self.head + ", ".join(parts)
+        return found
+
+
+MULTIROW_SIZES = (512, 256, 128, 64, 32, 16, 8, 4, 3, 2, 1)
+"""The row counts of the multi-row INSERTs a batch is split into (largest first)."""
+
+_BIND = re.compile(r"%\(([^)]+)\)s")
+
+
+def _multirow(stmt: Any, dialect: sa.Dialect, keys: tuple[str, ...]) -> _MultiRow | None:
+    """The multi-row form of an INSERT on PostgreSQL (psycopg), or None."""
+    if dialect.name != "postgresql" or not isinstance(stmt, sa.Insert) or stmt._returning:
+        return None
+    sql = stmt.compile(dialect=dialect, column_keys=list(keys), for_executemany=True).string
+    found = re.fullmatch(r"(INSERT INTO .*? VALUES )(\(.*\))", sql, re.S)
+    if found is None or "RETURNING" in sql:
+        return None
+    head, row = found.groups()
+    if "%" in _BIND.sub("", row) or "$" in row or _raw_cursor is None:
+        return None  # a literal percent or dollar sign: not ours to rewrite
+    return _MultiRow(head, tuple(_BIND.split(row)[::2]), tuple(_BIND.findall(row)))
+
+
+try:
+    from psycopg import RawCursor as _raw_cursor
+except ImportError:  # no psycopg (or one before 3.2): executemany as the driver does it
+    _raw_cursor = None  # type: ignore[assignment,misc]
 
 
 _FALLBACK = object()
@@ -158,7 +226,8 @@ def _compile(stmt: Any, dialect: sa.Dialect, keys: tuple[str, ...], first: Param
         names = tuple(n for n in compiled.binds if n not in expanding) + tuple(
             f"{name}_{i + 1}" for name in expanding for i in range(len(first[name]))
         )
-    return _Compiled(sql, names, positional, defaults, processors, expanding)
+    multirow = None if expanding or positional else _multirow(stmt, dialect, keys)
+    return _Compiled(sql, names, positional, defaults, processors, expanding, multirow)
 
 
 def _values(entry: _Compiled, params: Params, memo: dict[Any, Any] | None = None) -> Any:
@@ -278,7 +347,25 @@ def _send(conn: sa.Connection, entry: _Compiled, values: Any, many: bool) -> Any
     observers = _on_driver(conn)
     if observers is None:
         return conn.exec_driver_sql(entry.sql, values)
+    if many and entry.multirow is not None:
+        return _send_rows(conn, entry.multirow, values, observers)
     return _run(conn, entry.sql, values, many, observers)
+
+
+def _send_rows(
+    conn: sa.Connection, form: _MultiRow, rows: list[Mapping[str, Any]], observers: list[Observer]
+) -> DriverResult:
+    """An executemany of an INSERT as multi-row statements (:class:`_MultiRow`)."""
+    names = form.names
+    parts: list[DriverResult] = []
+    start, left = 0, len(rows)
+    while left:
+        size = next(n for n in MULTIROW_SIZES if n <= left)
+        chunk = rows[start : start + size]
+        flat = [row[name] for row in chunk for name in names]
+        parts.append(_run(conn, form.sql(size), flat, False, observers, raw=True))
+        start, left = start + size, left - size
+    return parts[0] if len(parts) == 1 else _Chunked(parts)
 
 
 def execute(
@@ -374,11 +461,17 @@ def _rows_of(cursor: Any, description: Any) -> list[Any]:
 
 
 def _run(
-    conn: sa.Connection, sql: str, values: Any, many: bool, observers: list[Observer]
+    conn: sa.Connection,
+    sql: str,
+    values: Any,
+    many: bool,
+    observers: list[Observer],
+    *,
+    raw: bool = False,
 ) -> DriverResult:
     dbapi_connection = conn.connection.dbapi_connection
     assert dbapi_connection is not None
-    cursor = dbapi_connection.cursor()
+    cursor: Any = _raw_cursor(dbapi_connection) if raw else dbapi_connection.cursor()  # type: ignore[call-overload]
     pipe = conn.info.get(_PIPELINE)
     try:
         # No context manager here: this runs for every statement of the hot path.
@@ -509,3 +602,20 @@ class DriverResult:
     def scalars(self) -> DriverResult:
         rows = self.all()
         return DriverResult([row[0] for row in rows], self._rowcount)
+
+
+class _Chunked(DriverResult):
+    """The result of an executemany sent as several statements: their row counts, summed
+    when read (in a pipeline, each is fetched only then)."""
+
+    __slots__ = ("_parts",)
+
+    def __init__(self, parts: list[DriverResult]) -> None:
+        super().__init__()
+        self._parts: list[DriverResult] | None = parts
+
+    def _fetch(self) -> None:
+        if self._parts is None:
+            return
+        parts, self._parts = self._parts, None
+        self._rowcount = sum(part.rowcount for part in parts)

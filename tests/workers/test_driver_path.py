@@ -240,3 +240,63 @@ def test_in_lists_of_every_length_match_what_sqlalchemy_matches_and_share_compil
     forms = {k[3] for k in prepared._cache if k[0] is stmt}
     assert forms == {(0,), (1,), (2,), (4,), (8,), (16,), (32,), (64,), (128,)}
     engine.dispose()
+
+
+@pytest.mark.postgres
+def test_batched_inserts_on_postgresql_store_every_row_in_order_in_few_statements(
+    pg_url: str,
+) -> None:
+    """On PostgreSQL an executemany of an INSERT goes out as multi-row statements (512, 256,
+    ... 4, 3, 2, 1 rows): every row is stored as given, in order, with its NULLs, timestamps
+    and text (a ``%`` in a value included), whether or not the transaction is pipelined; and a
+    batch takes a handful of statements, not one per row."""
+    metadata = sa.MetaData()
+    table = sa.Table(
+        "batched",
+        metadata,
+        sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=True),
+        sa.Column("n", sa.Integer, nullable=False),
+        sa.Column("note", sa.String(40), nullable=True),
+        sa.Column("at", sa.DateTime, nullable=False),
+    )
+    insert = table.insert()
+    database = dbmod.open_database(pg_url)
+    metadata.create_all(database.engine)
+    sent: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, sql: str, *_: Any) -> None:
+        if sql.startswith("INSERT INTO batched"):
+            sent.append(sql)
+
+    at = datetime(2026, 12, 3, 17, 0, 0, 123456)
+    expected: list[tuple[int, str | None, datetime]] = []
+    statements: dict[int, int] = {}
+    prepared.observe_statements(database.hot_engine, count)
+    prepared.observe_statements(database.engine, count)
+    try:
+        database.keep_hot_connection()
+        for size in (1, 2, 3, 5, 13, 700, 1029):
+            rows = [
+                {"n": size * 10_000 + i, "note": None if i % 3 else f"{i}% done", "at": at}
+                for i in range(size)
+            ]
+            before = len(sent)
+            if size % 2:
+                with database.hot() as conn:  # pipelined
+                    prepared.execute(conn, insert, rows)
+            else:
+                with database.engine.begin() as conn:
+                    assert prepared.execute(conn, insert, rows).rowcount == size
+            statements[size] = len(sent) - before
+            expected += [(r["n"], r["note"], at) for r in rows]
+    finally:
+        database.release_hot()
+        prepared.stop_observing(database.hot_engine, count)
+        prepared.stop_observing(database.engine, count)
+    with database.read() as conn:
+        query = sa.select(table.c.n, table.c.note, table.c.at).order_by(table.c.id)
+        stored = [tuple(r) for r in conn.execute(query)]
+    database.dispose()
+    assert stored == expected  # every row, as given, its id in the order given
+    # 1029 = 512 + 512 + 4 + 1; 700 = 512 + 128 + 32 + 16 + 8 + 4; 13 = 8 + 4 + 1; 5 = 4 + 1
+    assert statements == {1: 1, 2: 1, 3: 1, 5: 2, 13: 3, 700: 6, 1029: 4}
