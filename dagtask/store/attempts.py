@@ -323,8 +323,10 @@ class AttemptStore:
                 if len(task_ids) == 1
                 else run(conn, q.lock_tasks, {"ids": task_ids})
             )
-            tasks = {row.id: row for row in locked.all()}
+            # The lock is sent first, but read after the finish: in a PostgreSQL pipeline both
+            # results then come back in one round trip.
             ended = changes.finish_attempts(conn, reports, now, executor, events)
+            tasks = {row.id: row for row in locked.all()}
             outcomes = [
                 FinishOutcome(applied=False) if final is None else FinishOutcome(True, final)
                 for final in ended.finals

@@ -512,14 +512,15 @@ def _attempt_state(
 
 
 def _apply(conn: sa.Connection, plans: Sequence[_Plan | None]) -> int:
-    """Run the conditional updates of ``plans``; return how many rows matched."""
-    matched = 0
+    """Run the conditional updates of ``plans``; return how many rows matched (read once
+    both are sent: one round trip in a PostgreSQL pipeline)."""
+    results = []
     for keep_output in (False, True):
         params = [p.params for p in plans if p is not None and p.keep_output is keep_output]
         if params:
             stmt = q.finish_subtask_keep_output if keep_output else q.finish_subtask
-            matched += run(conn, stmt, params).rowcount
-    return matched
+            results.append(run(conn, stmt, params))
+    return sum(result.rowcount for result in results)
 
 
 def _replan(
