@@ -31,6 +31,9 @@ What this path cannot do, it does not do silently wrong. A statement goes throug
   SQLite, a ``JSON`` column): hot statements select such columns through ``type_coerce`` (see
   ``statements._as_int`` / ``_as_text``), and their readers convert.
 
+**Batches of rows on PostgreSQL.** An executemany of an INSERT goes out as multi-row INSERTs
+(:class:`_MultiRow`) rather than psycopg's one statement per row.
+
 Parameters go through their types' bind processors (a ``DateTime`` becomes SQLite's string, a
 JSON value its text), so what is stored is byte for byte what ``conn.execute`` stores.
 """
@@ -63,7 +66,7 @@ class _Compiled:
     expanding: tuple[str, ...] = ()
     """Names of ``IN`` lists, bound element by element as ``name_1``, ``name_2``..."""
     multirow: _MultiRow | None = None
-    """How many rows of this INSERT go out as one statement (PostgreSQL; see :class:`_MultiRow`)."""
+    """This INSERT's multi-row form, for an executemany (PostgreSQL; :class:`_MultiRow`)."""
 
 
 @dataclass(frozen=True)
