@@ -19,6 +19,7 @@ a log while protecting nothing.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import threading
@@ -71,24 +72,15 @@ def secret_words() -> tuple[str, ...]:
 
     Each call reads the variable and the registry again; the words are worked out only when
     either changed (a runner masks the context of every attempt it runs)."""
-    global _words
-    given = os.environ.get(ENV_VAR, "")
     with _registered_lock:
         registered = frozenset(_registered)
-    found = _words
-    if found is not None and found[0] == given and found[1] == registered:
-        return found[2]
+    return _words(os.environ.get(ENV_VAR, ""), registered)
+
+
+@functools.lru_cache(maxsize=8)
+def _words(given: str, registered: frozenset[str]) -> tuple[str, ...]:
     extra = {w.strip().lower() for w in given.split(",") if w.strip()} | registered
-    words = SECRET_WORDS + tuple(sorted(extra - set(SECRET_WORDS)))
-    _words = (given, registered, words)
-    return words
-
-
-_words: tuple[str, frozenset[str], tuple[str, ...]] | None = None
-"""The last :func:`secret_words`: (the variable's value, the registered words, the words)."""
-_verdicts: tuple[tuple[str, ...], dict[str, bool]] = ((), {})
-"""Which keys were found secret under which words (see :func:`_secret`)."""
-_MAX_VERDICTS = 10_000
+    return SECRET_WORDS + tuple(sorted(extra - set(SECRET_WORDS)))
 
 
 def is_secret_key(key: str) -> bool:
@@ -190,20 +182,10 @@ def mask_record(record: TaskRecord) -> TaskRecord:
     )
 
 
+@functools.lru_cache(maxsize=10_000)
 def _secret(key: str, words: tuple[str, ...]) -> bool:
-    global _verdicts
-    seen_words, verdicts = _verdicts
-    if seen_words is not words:
-        verdicts = {}
-        _verdicts = (words, verdicts)
-    found = verdicts.get(key)
-    if found is None:
-        lowered = key.lower()
-        found = any(word in lowered for word in words)
-        if len(verdicts) >= _MAX_VERDICTS:
-            verdicts.clear()
-        verdicts[key] = found
-    return found
+    lowered = key.lower()
+    return any(word in lowered for word in words)
 
 
 def _contexts(source: Source) -> list[Mapping[str, Any]]:

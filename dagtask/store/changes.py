@@ -279,7 +279,7 @@ def _take(
         rows = run(conn, q.claimed_rows, {"ids": ids}).all()
     if len(rows) != len(ids):
         raise ConcurrentChangeError(
-            f"subtasks {ids} of task {task_id} changed concurrently (not all {old._value_})"
+            f"subtasks {ids} of task {task_id} changed concurrently (not all {old.value})"
         )
     successful_crossing(conn, ids, old, S.READY)
     for sid in ids:

@@ -41,6 +41,7 @@ JSON value its text), so what is stored is byte for byte what ``conn.execute`` s
 from __future__ import annotations
 
 import contextlib
+import itertools
 import re
 import threading
 from collections import namedtuple
@@ -86,8 +87,8 @@ class _MultiRow:
 
     head: str
     """``INSERT INTO t (a, b) VALUES ``"""
-    row: tuple[str, ...]
-    """One row's SQL around its placeholders: ``("(", ", ", "::VARCHAR)")``."""
+    row: str
+    """One row as SQLAlchemy compiled it: ``(%(a)s, %(b)s::VARCHAR)``."""
     names: tuple[str, ...]
     """The bind names of one row, in the placeholders' order."""
     forms: dict[int, str] = field(default_factory=dict, compare=False)
@@ -96,15 +97,11 @@ class _MultiRow:
         """The statement for ``rows`` rows, with placeholders ``$1`` to ``$(rows * columns)``."""
         found = self.forms.get(rows)
         if found is None:
-            width = len(self.names)
-            parts = []
-            for r in range(rows):
-                numbered = [f"${r * width + i + 1}" for i in range(width)]
-                pieces = [self.row[0]]
-                for placeholder, after in zip(numbered, self.row[1:], strict=True):
-                    pieces += [placeholder, after]
-                parts.append("".join(pieces))
-            found = self.forms[rows] = self.head + ", ".join(parts)
+            numbers = itertools.count(1)
+            each = ", ".join(
+                _BIND.sub(lambda _: f"${next(numbers)}", self.row) for _ in range(rows)
+            )
+            found = self.forms[rows] = self.head + each
         return found
 
 
@@ -125,7 +122,7 @@ def _multirow(stmt: Any, dialect: sa.Dialect, keys: tuple[str, ...]) -> _MultiRo
     head, row = found.groups()
     if "%" in _BIND.sub("", row) or "$" in row or _raw_cursor is None:
         return None  # a literal percent or dollar sign: not ours to rewrite
-    return _MultiRow(head, tuple(_BIND.split(row)[::2]), tuple(_BIND.findall(row)))
+    return _MultiRow(head, row, tuple(_BIND.findall(row)))
 
 
 try:
@@ -455,7 +452,10 @@ def _translated(
         raise raised from exc
 
 
-def _rows_of(cursor: Any, description: Any) -> list[Any]:
+def _rows_of(cursor: Any) -> list[Any]:
+    description = cursor.description
+    if not description:
+        return []
     names = tuple([column[0] for column in description])
     row_type: Any = _row_types.get(names)
     if row_type is None:
@@ -488,9 +488,7 @@ def _run(
             cursor.execute(sql, values)
         if pipe is not None:  # sent, not waited for: read when (if ever) it is needed
             return DriverResult(pending=(conn, pipe, cursor, sql, values, many))
-        description = cursor.description
-        rows = _rows_of(cursor, description) if description else []
-        return DriverResult(rows, cursor.rowcount)
+        return DriverResult(_rows_of(cursor), cursor.rowcount)
     except BaseException as exc:
         raised = _translate(conn, exc, dbapi_connection, cursor, sql, values, many)
         if raised is exc:
@@ -565,8 +563,7 @@ class DriverResult:
             with _translated(conn, dbapi_connection, cursor, sql, values, many):
                 if cursor.pgresult is None:
                     pipe.sync()
-                description = cursor.description
-                self._rows = _rows_of(cursor, description) if description else []
+                self._rows = _rows_of(cursor)
                 self._rowcount = cursor.rowcount
         finally:
             with contextlib.suppress(conn.dialect.loaded_dbapi.Error):

@@ -11,6 +11,7 @@ timeout down with it.
 
 from __future__ import annotations
 
+import functools
 import logging
 import traceback
 from typing import TYPE_CHECKING
@@ -111,16 +112,10 @@ def _run_context(pool: WorkerPool, attempt: Attempt, given: TaskContext) -> hand
     )
 
 
-_loggers: dict[str, logging.Logger] = {}
-
-
+@functools.cache
 def _handler_logger(class_name: str) -> logging.Logger:
     """``dagtask.handler.<ClassName>``: the logger a handler's ``ctx.log`` writes to."""
-    found = _loggers.get(class_name)
-    if found is None:
-        name = f"{logs.HANDLER_LOGGER}.{class_name.rsplit('.', 1)[-1]}"
-        found = _loggers[class_name] = logging.getLogger(name)
-    return found
+    return logging.getLogger(f"{logs.HANDLER_LOGGER}.{class_name.rsplit('.', 1)[-1]}")
 
 
 def _call_handler(attempt: Attempt, ctx: handlers.RunContext) -> TaskContext:
