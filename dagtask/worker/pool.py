@@ -357,6 +357,17 @@ class WorkerPool:
             self.dispatcher.reconcile_needed = True
             return
         for claim in claims:
+            with self.cond:
+                if self.stopping:
+                    # Claimed while the pool was told to stop, after stop() looked for what
+                    # runs: never started, it is handed back by its recovery policy as stop()
+                    # hands back what it interrupts (the dispatcher reconciles it).
+                    self.fenced[claim.subtask_id] = (
+                        claim.run_time,
+                        f"worker {self.name} stopped before the subtask ended",
+                    )
+                    self.cond.notify_all()
+                    continue
             known = found[claim.task_id]
             attempt = Attempt(
                 claim,
