@@ -910,8 +910,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--workers",
         type=int,
-        default=32,
-        help="worker threads (default 32, the Engine's; per process with --pool processes); "
+        default=64,  # dagtask.config.DEFAULT_WORKERS (not imported: the parent stays light)
+        help="worker threads (default 64, the Engine's; per process with --pool processes); "
         "sleep100 always uses 16 in all, split over the processes with --pool processes",
     )
     parser.add_argument(
