@@ -204,3 +204,17 @@ def scripted(ctx: RunContext) -> None:
         with _lock:
             SCRIPTED_TOKEN[key] = time.monotonic()
         ctx.token.raise_if_cancelled()
+
+
+SEEN_LISTS: dict[tuple[int, str], list[str]] = {}
+"""(task id, subtask name) -> listMap.hosts as ``change_lists_in_place`` found it."""
+
+
+def change_lists_in_place(ctx: RunContext) -> None:
+    """Note ``listMap.hosts`` as given, then append this subtask's name to it in place (a
+    handler that treats its context as its own)."""
+    hosts = ctx.list_map.setdefault("hosts", [])
+    with _lock:
+        SEEN_LISTS[(ctx.task_id, ctx.subtask_name)] = list(hosts)
+    hosts.append(ctx.subtask_name)
+    ctx.string_map["touched"] = ctx.subtask_name

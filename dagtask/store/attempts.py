@@ -32,6 +32,9 @@ from dagtask.store.prepared import execute as run
 
 S = SubtaskStatus
 _BACKWARD = {Operation.ROLLBACK.value, Operation.ROLLBACK_SKIP.value}
+_STORED = context.StoredContexts()
+"""Input contexts of claims, parsed and merged once per distinct stored text (shared: the
+runner copies a context's containers before a handler sees it)."""
 
 
 @dataclass(frozen=True)
@@ -185,17 +188,17 @@ class AttemptStore:
     def _input_contexts(conn: sa.Connection, rows: Sequence[Any]) -> dict[int, dict[str, Any]]:
         """``context`` (and ``context_error``) of each claimed row, for :class:`Claim`: the task's
         context for a root, else the merge of its upstreams' outputs; for a rollback, the output
-        its execute recorded. Two queries for the whole batch; each output is parsed once."""
+        its execute recorded. Two queries for the whole batch; each distinct output is parsed,
+        and each distinct set of upstream outputs merged, once (:data:`_STORED`)."""
         found: dict[int, dict[str, Any]] = {}
         forward = []
         for row in rows:
             if row.operation in _BACKWARD and not context.stored_is_empty(row.output_context):
                 # A rollback undoes what this subtask's execute recorded in its own output.
-                found[row.id] = {"context": TaskContext.from_stored(row.output_context)}
+                found[row.id] = {"context": _STORED.parse(row.output_context)}
             else:
                 forward.append(row)
-        upstreams: dict[int, list[int]] = {}
-        parsed: dict[int, TaskContext] = {}
+        upstreams: dict[int, list[Any]] = {}
         if forward:
             links = (
                 run(conn, q.upstream_outputs_of_one, {"sid": forward[0].id})
@@ -203,19 +206,17 @@ class AttemptStore:
                 else run(conn, q.upstream_outputs_of, {"ids": [r.id for r in forward]})
             )
             for link in links:
-                upstreams.setdefault(link.downstream_id, []).append(link.id)
-                if link.id not in parsed:
-                    parsed[link.id] = TaskContext.from_stored(link.output_context)
+                upstreams.setdefault(link.downstream_id, []).append(link.output_context)
         roots = sorted({row.task_id for row in forward if row.id not in upstreams})
         found_tasks = run(conn, q.task_contexts, {"ids": roots}) if roots else []
-        task_contexts = {t.id: TaskContext.from_stored(t.context) for t in found_tasks}
+        task_contexts = {t.id: _STORED.parse(t.context) for t in found_tasks}
         for row in forward:
-            ups = upstreams.get(row.id)
-            if ups is None:
+            outputs = upstreams.get(row.id)
+            if outputs is None:
                 found[row.id] = {"context": task_contexts[row.task_id]}
                 continue
             try:
-                found[row.id] = {"context": context.merge(parsed[u] for u in ups)}
+                found[row.id] = {"context": _STORED.merge(outputs)}
             except ContextError as exc:
                 found[row.id] = {"context": TaskContext(), "context_error": str(exc)}
         for row in rows:

@@ -488,7 +488,7 @@ def _plan(report: Report, old: SubtaskStatus, result: AttemptResult, now: dateti
     }
     if not keep_output:
         output = report.output if result.ok else None
-        params["output"] = output.without_engine_keys().to_json() if output is not None else None
+        params["output"] = output.stored_json() if output is not None else None
     return _Plan(old, result, steps, keep_output, params)
 
 

@@ -51,12 +51,19 @@ def _run(pool: WorkerPool, attempt: Attempt) -> tuple[AttemptResult, TaskContext
         try:
             if claim.context_error:
                 raise ContextError(claim.context_error)
-            seen = claim.context.with_strings(
-                {
-                    "task_instance_id": str(claim.task_id),
-                    "sub_task_instance_id": str(claim.subtask_id),
-                    "task_operation": claim.operation.value.lower(),
-                    "latest_execution_start_time": logs.iso_ms(claim.start_time),
+            given = claim.context
+            # The claim's context is shared with other claims (parsed once per stored text):
+            # the handler gets containers of its own, so what it changes in place stays its own.
+            seen = given.model_copy(
+                update={
+                    "string_map": {
+                        **given.string_map,
+                        "task_instance_id": str(claim.task_id),
+                        "sub_task_instance_id": str(claim.subtask_id),
+                        "task_operation": claim.operation.value.lower(),
+                        "latest_execution_start_time": logs.iso_ms(claim.start_time),
+                    },
+                    "list_map": {key: list(items) for key, items in given.list_map.items()},
                 }
             )
             shown = secrets.mask_json(seen.to_json())

@@ -168,6 +168,25 @@ def test_outputs_flow_to_downstreams_and_conflicts_are_20002(engine: Engine) -> 
     assert "task_instance_id" not in ok.subtask("c").context.string_map  # type: ignore[union-attr]
 
 
+def test_a_handler_changing_its_context_in_place_changes_no_other_subtasks(
+    engine: Engine,
+) -> None:
+    # Siblings (and the next task) get the same stored upstream output, parsed once and
+    # shared by their claims: what one handler appends to its lists must stay its own.
+    t = TemplateBuilder("in-place")
+    t.add("root", "tests.handlers.record")
+    for name in ("b1", "b2", "b3", "b4"):
+        t.add(name, "tests.handlers.change_lists_in_place", after=["root"])
+    template = t.build()
+    for _ in range(2):
+        done = engine.run(template, lists={"hosts": ["h1", "h2"]}, timeout=30)
+        assert done.status is TaskStatus.SUCCESSFUL
+        seen = {n: handlers.SEEN_LISTS.pop((done.id, n)) for n in ("b1", "b2", "b3", "b4")}
+        assert seen == {n: ["h1", "h2"] for n in seen}
+        assert done.context.list_map == {"hosts": ["h1", "h2"]}
+        assert done.subtask("root").context.list_map == {"hosts": ["h1", "h2"]}  # type: ignore[union-attr]
+
+
 def test_handler_logs_are_captured_with_the_engine_lines(engine: Engine) -> None:
     t = TemplateBuilder("chatty")
     t.add("talk", "tests.handlers.chatty")

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from dagtask import ContextError, TaskContext
-from dagtask.context import MAX_LIST_LENGTH, MAX_VALUE_LENGTH, check_arguments, merge
+from dagtask.context import (
+    MAX_LIST_LENGTH,
+    MAX_VALUE_LENGTH,
+    StoredContexts,
+    check_arguments,
+    merge,
+)
 
 keys = st.text("abcdef", min_size=1, max_size=3)
 values = st.text("xyz", max_size=3)
@@ -89,3 +97,49 @@ def test_stored_contexts_read_back_whatever_a_handler_wrote() -> None:
     # The bounds are for a task's arguments; an output already stored must stay readable.
     big = TaskContext.from_json({"stringMap": {"k": "v" * (MAX_VALUE_LENGTH + 1)}})
     assert len(big.string_map["k"]) == MAX_VALUE_LENGTH + 1
+
+
+_outputs = st.builds(
+    TaskContext,
+    string_map=st.dictionaries(
+        st.sampled_from(["a", "b", "prohibit_rollback", "task_instance_id"]), values, max_size=3
+    ),
+    list_map=st.dictionaries(keys, st.lists(values, max_size=3), max_size=2),
+)
+
+
+@given(st.lists(_outputs, min_size=1, max_size=3), st.lists(st.integers(0, 2), max_size=6))
+@example(  # listMap items keep their upstreams' order; a conflict is raised every time
+    [TaskContext(list_map={"h": ["y"]}), TaskContext(list_map={"h": ["x"]})], [0, 1, 0]
+)
+@example([TaskContext(string_map={"a": "1"}), TaskContext(string_map={"a": "2"})], [1, 0])
+def test_remembered_merges_equal_fresh_merges_whatever_repeats(
+    distinct: list[TaskContext], picks: list[int]
+) -> None:
+    # A claim's upstream outputs as stored (JSON text), some repeated, in any order: the
+    # remembered merge gives what merging them afresh gives, conflicts included, every time.
+    texts = [json.dumps(distinct[i % len(distinct)].to_json()) for i in picks] or [
+        json.dumps(distinct[0].to_json())
+    ]
+    memo = StoredContexts()
+    for _ in range(2):  # the second round is answered from the tables
+        try:
+            expected: TaskContext | str = merge(TaskContext.from_stored(t) for t in texts)
+        except ContextError as exc:
+            expected = str(exc)
+        try:
+            got: TaskContext | str = memo.merge(texts)
+        except ContextError as exc:
+            got = str(exc)
+        assert got == expected
+
+
+def test_remembered_contexts_are_bounded() -> None:
+    memo = StoredContexts()
+    texts = [json.dumps({"stringMap": {"n": str(i)}}) for i in range(memo.MAX_ENTRIES + 10)]
+    for text in texts:
+        assert memo.parse(text).string_map["n"] == json.loads(text)["stringMap"]["n"]
+    assert len(memo._parsed) <= memo.MAX_ENTRIES
+    huge = json.dumps({"stringMap": {"k": "v" * memo.MAX_CHARS}})
+    assert memo.parse(huge).string_map["k"] == "v" * memo.MAX_CHARS
+    assert huge not in memo._parsed
