@@ -228,8 +228,7 @@ class StoredContexts:
     Bounded: texts over :attr:`MAX_CHARS` (and mappings, from drivers that decode JSON) are
     parsed each time, and a table that reaches :attr:`MAX_ENTRIES` starts again. The contexts
     it returns are shared between claims: whoever hands one to user code copies its containers
-    first (the runner does). Merging the same output twice changes nothing (equal stringMap
-    values agree, listMap items are unioned), so repeated upstream texts count once.
+    first (the runner does).
     """
 
     MAX_CHARS = 16_384
@@ -255,7 +254,9 @@ class StoredContexts:
         texts; raises :class:`ContextError` as :func:`merge` does (a conflict is not kept)."""
         if not all(isinstance(data, str | bytes) for data in stored):
             return merge(self.parse(data) for data in stored)
-        texts: tuple[str | bytes, ...] = tuple(dict.fromkeys(stored))  # type: ignore[arg-type]
+        # Keyed by every text in order, repeats included: merging an output twice is not always
+        # merging it once (a non-"true" prohibit_rollback: the last upstream's value is kept).
+        texts: tuple[str | bytes, ...] = tuple(stored)  # type: ignore[arg-type]
         if sum(len(text) for text in texts) > self.MAX_CHARS:
             return merge(self.parse(text) for text in texts)
         found = self._merged.get(texts)
