@@ -13,7 +13,7 @@ also reads back what handlers wrote.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -242,12 +242,7 @@ class StoredContexts:
         """:meth:`TaskContext.from_stored`, remembered for a short text."""
         if not isinstance(data, str | bytes) or len(data) > self.MAX_CHARS:
             return TaskContext.from_stored(data)
-        found = self._parsed.get(data)
-        if found is None:
-            if len(self._parsed) >= self.MAX_ENTRIES:
-                self._parsed.clear()
-            found = self._parsed[data] = TaskContext.from_stored(data)
-        return found
+        return self._remembered(self._parsed, data, lambda: TaskContext.from_stored(data))
 
     def merge(self, stored: Sequence[str | bytes | Mapping[str, Any] | None]) -> TaskContext:
         """:func:`merge` of the upstream outputs ``stored`` (in order), remembered for short
@@ -259,10 +254,19 @@ class StoredContexts:
         texts: tuple[str | bytes, ...] = tuple(stored)  # type: ignore[arg-type]
         if sum(len(text) for text in texts) > self.MAX_CHARS:
             return merge(self.parse(text) for text in texts)
-        found = self._merged.get(texts)
+        return self._remembered(
+            self._merged, texts, lambda: merge(self.parse(text) for text in texts)
+        )
+
+    def _remembered(
+        self, table: dict[Any, TaskContext], key: Any, make: Callable[[], TaskContext]
+    ) -> TaskContext:
+        """``table[key]``, made by ``make()`` if missing (the table starts again when full; a
+        ``make`` that raises keeps nothing)."""
+        found = table.get(key)
         if found is None:
-            merged = merge(self.parse(text) for text in texts)
-            if len(self._merged) >= self.MAX_ENTRIES:
-                self._merged.clear()
-            found = self._merged[texts] = merged
+            found = make()
+            if len(table) >= self.MAX_ENTRIES:
+                table.clear()
+            table[key] = found
         return found

@@ -217,4 +217,3 @@ def change_lists_in_place(ctx: RunContext) -> None:
     with _lock:
         SEEN_LISTS[(ctx.task_id, ctx.subtask_name)] = list(hosts)
     hosts.append(ctx.subtask_name)
-    ctx.string_map["touched"] = ctx.subtask_name
